@@ -1,0 +1,141 @@
+"""The exception tree. Provider errors are translated once, at the client boundary, into these.
+
+CoevolError
+├── ConfigError                 invalid configuration or CLI flags
+├── DataError                   a row that cannot be refined (kept as data, see ``RejectedRow``)
+├── ParseError                  a model answer we could not parse; carries ``raw``
+├── BudgetExceeded              ``--max-errors`` / ``--max-budget`` reached
+├── MissingExtra                an optional dependency is not installed; says the ``pip install``
+├── ModelAssetError             the embedded GGUF is missing or corrupt
+└── LLMError                    anything that went wrong talking to a model
+    ├── RetryableError          worth trying again after a pause
+    │   ├── RateLimitError      HTTP 429; ``retry_after`` seconds when the server said so
+    │   ├── ServerError         HTTP 5xx
+    │   ├── APIConnectionError  refused, reset, DNS ...
+    │   └── APITimeoutError     the request ran past ``request_timeout``
+    └── FatalError              retrying cannot help; fail fast
+        ├── AuthenticationError HTTP 401/403
+        ├── NotFoundError       HTTP 404 (wrong base URL or model name)
+        └── BadRequestError     HTTP 400/422 and other 4xx
+            └── ContextLengthError  the prompt does not fit the model's context
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "APIConnectionError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BudgetExceeded",
+    "CoevolError",
+    "ConfigError",
+    "ContextLengthError",
+    "DataError",
+    "FatalError",
+    "LLMError",
+    "MissingExtra",
+    "ModelAssetError",
+    "NotFoundError",
+    "ParseError",
+    "RateLimitError",
+    "RetryableError",
+    "ServerError",
+]
+
+
+class CoevolError(Exception):
+    """Base of every error coevol raises on purpose."""
+
+
+class ConfigError(CoevolError):
+    """Invalid configuration, template or command-line flag."""
+
+
+class DataError(CoevolError):
+    """A dataset row that cannot be refined; ``line`` is 1-based when known."""
+
+    def __init__(self, message: str, *, line: int | None = None, source: str | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+        self.source = source
+
+
+class ParseError(CoevolError):
+    """A model answer that did not parse; ``raw`` keeps the text for the trace."""
+
+    def __init__(self, message: str, raw: str) -> None:
+        super().__init__(message)
+        self.raw = raw
+
+
+class BudgetExceeded(CoevolError):
+    """The run passed its error or money budget and stopped cleanly."""
+
+
+class MissingExtra(CoevolError):
+    """An optional dependency is missing; the message carries the exact install command."""
+
+    def __init__(self, feature: str, extra: str) -> None:
+        super().__init__(f"{feature} needs an optional dependency: pip install 'coevol[{extra}]'")
+        self.extra = extra
+
+
+class ModelAssetError(CoevolError):
+    """The embedded model file is missing, incomplete or fails its checksum."""
+
+
+class LLMError(CoevolError):
+    """A failed model call. ``status`` is the HTTP status when there was one."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RetryableError(LLMError):
+    """Transient: the same request may succeed after a pause."""
+
+    retryable = True
+
+
+class RateLimitError(RetryableError):
+    """HTTP 429. ``retry_after`` is the server's ``Retry-After`` in seconds, if given."""
+
+    def __init__(self, message: str, *, status: int | None = 429, retry_after: float | None = None) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class ServerError(RetryableError):
+    """HTTP 5xx."""
+
+
+class APIConnectionError(RetryableError):
+    """The connection failed or was reset before an answer arrived."""
+
+
+class APITimeoutError(RetryableError):
+    """No answer within the request timeout; the request was cancelled."""
+
+
+class FatalError(LLMError):
+    """Permanent: the same request will fail again."""
+
+
+class AuthenticationError(FatalError):
+    """HTTP 401/403: missing or wrong API key."""
+
+
+class NotFoundError(FatalError):
+    """HTTP 404: wrong base URL or model name."""
+
+
+class BadRequestError(FatalError):
+    """HTTP 400/422 or another 4xx the server will not accept."""
+
+
+class ContextLengthError(BadRequestError):
+    """The prompt plus ``max_tokens`` does not fit the model's context window."""

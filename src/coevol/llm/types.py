@@ -1,0 +1,134 @@
+"""Plain data shared by every model client. No I/O here.
+
+A ``ChatRequest`` is what a backend sends; its ``key()`` is the hash the store caches under, so it
+must name everything that changes the answer (endpoint, model, sampling parameters, messages) and
+nothing that does not (timeouts, API keys).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+__all__ = [
+    "Backend",
+    "ChatRequest",
+    "Completion",
+    "GenParams",
+    "Generate",
+    "Message",
+    "Usage",
+]
+
+Message = dict[str, str]
+"""One chat message, ``{"role": "system"|"user"|"assistant", "content": "..."}``."""
+
+
+@dataclass(frozen=True, slots=True)
+class GenParams:
+    """Sampling parameters; defaults are the paper's (Appendix B)."""
+
+    max_tokens: int = 1000
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def as_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+        }
+        if self.seed is not None:
+            body["seed"] = self.seed
+        if self.stop:
+            body["stop"] = list(self.stop)
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """A fully specified chat completion request.
+
+    ``attempt`` distinguishes deliberate re-asks of an identical prompt (an unparseable judge verdict
+    is asked again); it enters the cache key but is never sent to the server.
+    """
+
+    endpoint: str
+    model: str
+    messages: tuple[Message, ...]
+    params: GenParams = field(default_factory=GenParams)
+    attempt: int = 0
+
+    def body(self) -> dict[str, Any]:
+        """The OpenAI-compatible JSON body (without transport-only fields)."""
+        return {"model": self.model, "messages": list(self.messages), **self.params.as_body()}
+
+    def key(self) -> str:
+        """Stable hash of the canonical request: the cache and resume key."""
+        canon = {"endpoint": self.endpoint, "attempt": self.attempt, **self.body()}
+        return hashlib.sha256(orjson.dumps(canon, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts; summed per role for the progress display and the trace."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    calls: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.calls += other.calls
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "calls": self.calls,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A model's answer. ``cached`` is true when it was replayed from the store, not sent."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    cached: bool = False
+
+    def usage(self) -> Usage:
+        return Usage(self.prompt_tokens, self.completion_tokens, 1)
+
+
+class Backend(Protocol):
+    """Something that answers chat requests: an HTTP server, llama.cpp in-process, or a fake.
+
+    Implementations raise only ``coevol.errors.LLMError`` subclasses.
+    """
+
+    async def complete(self, request: ChatRequest) -> Completion: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Generate(Protocol):
+    """What an agent role receives: ``await generate(role_name, messages)``.
+
+    Which model, endpoint and parameters serve ``role_name`` -- and caching, retries, rate limits
+    and concurrency -- are the engine's business, never the role's. ``attempt`` > 0 marks a
+    deliberate re-ask of the same prompt, so a cache does not hand back the same answer.
+    """
+
+    def __call__(
+        self, role: str, messages: Sequence[Message], *, attempt: int = 0
+    ) -> Awaitable[Completion]: ...

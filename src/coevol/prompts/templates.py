@@ -1,0 +1,128 @@
+"""Load the prompt templates: the paper's texts ship as files, and a user folder may override any.
+
+A template is plain text with ``{name}`` slots. Lines starting with ``#:`` are comments (attribution,
+notes) and are never sent. Substitution touches only the slots a template declares, so user text
+containing braces (code, JSON) passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from coevol.errors import ConfigError
+
+__all__ = ["TEMPLATE_NAMES", "PromptSet", "fill", "load_prompts"]
+
+TEMPLATE_NAMES: tuple[str, ...] = (
+    "sample_with_input",
+    "sample_without_input",
+    "request_with_input",
+    "request_without_input",
+    "positive_system",
+    "critical_system",
+    "advisor_system",
+    "editor_system",
+    "judge_system",
+    "positive_round1",
+    "critical_round1",
+    "positive_round2",
+    "critical_round2",
+    "advisor",
+    "advisor_noresp",
+    "advisor_resp",
+    "editor",
+    "editor_nosugg",
+    "judge",
+    "judge_reverse",
+    "judge_score",
+    "judge_score_reverse",
+    "history_turn",
+)
+
+# The slots each template may use; an override using anything else is a configuration error.
+_SLOTS: dict[str, frozenset[str]] = {
+    "sample_with_input": frozenset({"instruction", "input", "output"}),
+    "sample_without_input": frozenset({"instruction", "output"}),
+    "request_with_input": frozenset({"instruction", "input"}),
+    "request_without_input": frozenset({"instruction"}),
+    "positive_round1": frozenset({"sample"}),
+    "critical_round1": frozenset({"sample"}),
+    "positive_round2": frozenset({"crt_pred"}),
+    "critical_round2": frozenset({"pos_pred"}),
+    "advisor": frozenset({"sample", "pos_pred", "crt_pred", "pos_free", "crt_free"}),
+    "advisor_noresp": frozenset({"sample_request"}),
+    "advisor_resp": frozenset({"sample"}),
+    "editor": frozenset({"adv_sugg", "pre_resp", "sample", "sample_request"}),
+    "editor_nosugg": frozenset({"sample_request"}),
+    "judge": frozenset({"sample_request", "pre_resp", "new_resp"}),
+    "judge_reverse": frozenset({"sample_request", "pre_resp", "new_resp"}),
+    "judge_score": frozenset({"sample_request", "pre_resp", "new_resp"}),
+    "judge_score_reverse": frozenset({"sample_request", "pre_resp", "new_resp"}),
+    "history_turn": frozenset({"role", "content"}),
+}
+
+_SLOT_RE = re.compile(r"\{([a-z_]+)\}")
+
+
+def _strip_comments(text: str) -> str:
+    lines = [line for line in text.splitlines() if not line.startswith("#:")]
+    return "\n".join(lines).rstrip("\n")
+
+
+def fill(template: str, values: Mapping[str, str]) -> str:
+    """Replace ``{name}`` slots with ``values[name]``; other braces are left alone."""
+
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1)
+        return values[name] if name in values else match.group(0)
+
+    return _SLOT_RE.sub(sub, template)
+
+
+@dataclass(frozen=True, slots=True)
+class PromptSet:
+    """Every template by name, comments removed."""
+
+    texts: Mapping[str, str]
+
+    def __getitem__(self, name: str) -> str:
+        return self.texts[name]
+
+    def render(self, name: str, **values: str) -> str:
+        return fill(self.texts[name], values)
+
+
+def _builtin(name: str) -> str:
+    return resources.files("coevol.prompts").joinpath("templates", f"{name}.txt").read_text("utf-8")
+
+
+def load_prompts(override_dir: Path | str | None = None) -> PromptSet:
+    """The paper's prompts, with any ``<name>.txt`` in ``override_dir`` taking precedence.
+
+    Overrides are validated: an unknown file name or a slot the template cannot fill is an error,
+    so a typo fails before the first request instead of silently sending ``{smaple}``.
+    """
+    texts = {name: _strip_comments(_builtin(name)) for name in TEMPLATE_NAMES}
+    if override_dir is not None:
+        folder = Path(override_dir)
+        if not folder.is_dir():
+            raise ConfigError(f"prompt folder not found: {folder}")
+        for path in sorted(folder.glob("*.txt")):
+            name = path.stem
+            if name not in texts:
+                known = ", ".join(TEMPLATE_NAMES)
+                raise ConfigError(f"unknown prompt template {path.name!r}; known: {known}")
+            text = _strip_comments(path.read_text("utf-8"))
+            allowed = _SLOTS.get(name, frozenset())
+            unknown = sorted(set(_SLOT_RE.findall(text)) - allowed)
+            if unknown:
+                raise ConfigError(
+                    f"{path}: unknown slot(s) {', '.join('{' + u + '}' for u in unknown)}; "
+                    f"this template can use: {', '.join(sorted(allowed)) or 'none'}"
+                )
+            texts[name] = text
+    return PromptSet(texts)
