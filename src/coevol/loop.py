@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from coevol.errors import LLMError
+from coevol.errors import AuthenticationError, LLMError, NotFoundError
 from coevol.llm.types import Completion, Generate, Message, Usage
 from coevol.prompts.render import Sample
 from coevol.prompts.templates import PromptSet
@@ -150,6 +150,8 @@ async def coevolve(
             it.accepted = True
             x = x.with_response(it.edited)  # update x with r'; agents start with no memory
         return Refinement(x.response, settings.max_rounds, "max_rounds", iterations)
+    except (AuthenticationError, NotFoundError):
+        raise  # a misconfigured run, not a bad sample: stop everything
     except LLMError as exc:
         if iterations:
             iterations[-1].usage = ledger.take()
@@ -173,6 +175,8 @@ async def single_pass(sample: Sample, generate: Generate, prompts: PromptSet, mo
                 it.debate = await agents.debate(ledger, prompts, sample)
                 it.suggestions = await agents.advise(ledger, prompts, sample, it.debate)
             it.edited = await agents.edit(ledger, prompts, sample, it.suggestions)
+    except (AuthenticationError, NotFoundError):
+        raise
     except LLMError as exc:
         it.usage = ledger.take()
         return Refinement(sample.response, 0, "error", [it], str(exc), type(exc).__name__)

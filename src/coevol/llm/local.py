@@ -13,8 +13,12 @@ request answer differently depending on what ran before it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
+import sys
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -47,6 +51,38 @@ def _default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_PATCH_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _extra_buffer_types(enabled: bool) -> Iterator[None]:
+    """Load with or without ggml's "extra" CPU buffer types (AMX, repacked-weight layouts).
+
+    ``llama_cpp.Llama`` does not expose ``llama_model_params.use_extra_bufts``; it builds its params
+    from ``llama_model_default_params()``, so that function is wrapped for the duration of the load.
+    A native build on an AMX-capable host enables the AMX kernels, which die with SIGILL in some
+    VMs (seen under Firecracker) -- an uncatchable crash -- so the default is off.
+    """
+    low = sys.modules.get("llama_cpp.llama_cpp")
+    original = getattr(low, "llama_model_default_params", None)
+    if enabled or low is None or original is None:
+        yield
+        return
+
+    def patched() -> Any:
+        params = original()
+        if hasattr(params, "use_extra_bufts"):
+            params.use_extra_bufts = False
+        return params
+
+    with _PATCH_LOCK:
+        low.llama_model_default_params = patched  # type: ignore[attr-defined]
+        try:
+            yield
+        finally:
+            low.llama_model_default_params = original  # type: ignore[attr-defined]
+
+
 def _llama_cpp_available() -> bool:
     """Whether llama-cpp-python is installed (checked without importing it)."""
     try:
@@ -65,6 +101,8 @@ class LlamaCppBackend:
 
     ``model_path=None`` means the embedded Qwen2.5-Coder-0.5B-Instruct, assembled and verified in the
     cache folder on first load. ``n_threads=None`` uses every CPU this process may run on.
+    ``extra_buffer_types=True`` lets ggml use its AMX / repacked-weight CPU kernels (faster where they
+    work; see ``_extra_buffer_types`` for why it is off by default).
     ``request.model`` is ignored (the loaded file is the model); ``request.endpoint`` should be
     ``self.endpoint`` so cache keys name this model.
     """
@@ -78,6 +116,7 @@ class LlamaCppBackend:
         n_batch: int = 512,
         seed: int = 0,
         verbose: bool = False,
+        extra_buffer_types: bool = False,
     ) -> None:
         if n_ctx <= 0:
             raise ValueError("n_ctx must be positive")
@@ -93,6 +132,7 @@ class LlamaCppBackend:
         self.n_batch = n_batch
         self.seed = seed
         self.verbose = verbose
+        self.extra_buffer_types = extra_buffer_types
         if self.model_path is None:
             stem = EMBEDDED_MODEL_FILENAME
             self.endpoint = f"llama.cpp://{stem}#{EMBEDDED_MODEL_SHA256[:16]}"
@@ -119,16 +159,17 @@ class LlamaCppBackend:
             path = self.model_path
             verify_gguf(path)
         try:
-            self._llama = llama_cpp.Llama(
-                model_path=str(path),
-                n_ctx=self.n_ctx,
-                n_batch=min(self.n_batch, self.n_ctx),
-                n_threads=self.n_threads,
-                n_threads_batch=self.n_threads,
-                seed=self.seed,
-                n_gpu_layers=0,
-                verbose=self.verbose,
-            )
+            with _extra_buffer_types(self.extra_buffer_types):
+                self._llama = llama_cpp.Llama(
+                    model_path=str(path),
+                    n_ctx=self.n_ctx,
+                    n_batch=min(self.n_batch, self.n_ctx),
+                    n_threads=self.n_threads,
+                    n_threads_batch=self.n_threads,
+                    seed=self.seed,
+                    n_gpu_layers=0,
+                    verbose=self.verbose,
+                )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelAssetError(f"llama.cpp could not load {path}: {exc}") from exc
         return self._llama

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import UTC
 from collections.abc import Mapping
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Final, Self

@@ -113,8 +113,11 @@ class Completion:
 class Backend(Protocol):
     """Something that answers chat requests: an HTTP server, llama.cpp in-process, or a fake.
 
-    Implementations raise only ``coevol.errors.LLMError`` subclasses.
+    Implementations raise only ``coevol.errors.LLMError`` subclasses. ``endpoint`` names the
+    server or model file for cache keys; it never contains a secret.
     """
+
+    endpoint: str
 
     async def complete(self, request: ChatRequest) -> Completion: ...
 

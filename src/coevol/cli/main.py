@@ -1,0 +1,247 @@
+"""``coevol``: refine a dataset, print the effective config, or read a trace.
+
+coevol refine data.json -o refined.json --base-url http://localhost:8000/v1 --model NAME
+coevol config --config run.yaml
+coevol show refined.json.trace.jsonl --index 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from coevol import __version__
+from coevol.config import Config, load_config
+from coevol.errors import BudgetExceeded, CoevolError, LLMError
+from coevol.io.files import count_rows
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_ERROR, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 3, 130
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models")
+    g.add_argument("--config", type=Path, help="YAML config file (flags override it)")
+    g.add_argument(
+        "--base-url",
+        help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (default: the embedded local model)",
+    )
+    g.add_argument("--model", help="model name on the server (default: the server's only model)")
+    g.add_argument("--api-key-env", help="environment variable holding the API key (default OPENAI_API_KEY)")
+    g.add_argument("--model-path", type=Path, help="a GGUF file to run locally instead of the embedded model")
+    g.add_argument("--n-ctx", type=int, help="context size of the local model (default 4096)")
+    g.add_argument(
+        "--merge-system",
+        action="store_true",
+        default=None,
+        help="put role-play prompts in the user message, for models without a system role",
+    )
+    s = p.add_argument_group("sampling (paper defaults: 1000 tokens, temperature 0, top_p 1)")
+    s.add_argument("--max-tokens", type=int)
+    s.add_argument("--temperature", type=float)
+    s.add_argument("--top-p", type=float)
+    s.add_argument("--seed", type=int)
+    a = p.add_argument_group("algorithm")
+    a.add_argument(
+        "--max-rounds", "-k", type=int, help="K, the maximum accepted edits per sample (default 3)"
+    )
+    a.add_argument(
+        "--mode",
+        choices=["full", "debate", "advise", "advise-noresp", "edit"],
+        help="full CoEvol loop (default) or one of the paper's ablations",
+    )
+    a.add_argument("--judge", choices=["verdict", "score"], help="judge by verdict (paper) or 1-10 scores")
+    a.add_argument("--judge-reasks", type=int, help="re-asks for an unparseable verdict (default 2)")
+    a.add_argument(
+        "--judge-early-exit",
+        action="store_true",
+        default=None,
+        help="skip the second judge order when the first already rejects the edit",
+    )
+    a.add_argument("--prompts", dest="prompts_dir", type=Path, help="folder of template overrides")
+    a.add_argument("--window-rounds", type=int, help="conversation rounds shown to agents (default 3)")
+    a.add_argument("--max-turns", type=int, help="refine at most N assistant turns per conversation")
+    a.add_argument("--max-conv-tokens", type=int, help="stop refining once a conversation passes N tokens")
+    t = p.add_argument_group("throughput and faults")
+    t.add_argument("--concurrency", type=int, help="requests in flight (default 256)")
+    t.add_argument("--samples-in-flight", type=int, help="samples in flight (default: concurrency)")
+    t.add_argument("--request-timeout", type=float, help="seconds before a request is cancelled and retried")
+    t.add_argument("--max-retries", type=int, help="retries of a transient failure (default 6)")
+    t.add_argument("--rpm", type=float, help="requests per minute limit")
+    t.add_argument("--tpm", type=float, help="tokens per minute limit")
+    t.add_argument("--max-errors", type=int, help="stop once more than N samples failed")
+    t.add_argument("--max-budget", type=float, help="stop once this many dollars are spent (needs prices)")
+
+
+def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
+    keys = [
+        "base_url", "model", "api_key_env", "model_path", "n_ctx", "merge_system", "max_tokens",
+        "temperature", "top_p", "seed", "max_rounds", "mode", "judge", "judge_reasks", "judge_early_exit",
+        "prompts_dir", "concurrency", "samples_in_flight", "request_timeout", "max_retries", "rpm", "tpm",
+        "max_errors", "max_budget",
+    ]  # fmt: skip
+    out: dict[str, Any] = {k: getattr(ns, k) for k in keys if getattr(ns, k, None) is not None}
+    conv = {
+        "window_rounds": ns.window_rounds,
+        "max_turns": ns.max_turns,
+        "max_tokens": ns.max_conv_tokens,
+    }
+    conv = {k: v for k, v in conv.items() if v is not None}
+    if conv:
+        out["conversation"] = conv
+    for k in ("model_path", "prompts_dir"):
+        if k in out:
+            out[k] = str(out[k])
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="coevol", description="Refine instruction-tuning data with debating LLM agents."
+    )
+    p.add_argument("--version", action="version", version=f"coevol {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("refine", help="refine a dataset", description="Refine every response of a dataset.")
+    r.add_argument("input", type=Path, help="Alpaca / ShareGPT / messages data: .json, .jsonl, .parquet")
+    r.add_argument("-o", "--output", type=Path, required=True, help="where to write the refined data")
+    r.add_argument(
+        "--format",
+        dest="input_format",
+        choices=["alpaca", "sharegpt", "messages"],
+        help="force the input format (default: detected)",
+    )
+    r.add_argument(
+        "--output-format",
+        choices=["alpaca", "sharegpt", "messages"],
+        help="convert on the way out (default: same as input)",
+    )
+    r.add_argument("--pairs", type=Path, help="also write preference pairs (TRL DPO format) here")
+    r.add_argument("--offset", type=int, default=0, help="skip the first N rows")
+    r.add_argument("--limit", type=int, help="refine at most N rows")
+    r.add_argument("--retry-failed", action="store_true", help="run the samples that failed last time again")
+    r.add_argument("--show", type=int, default=0, metavar="N", help="print the trace of the first N samples")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_config_flags(r)
+
+    c = sub.add_parser("config", help="print the effective configuration as YAML")
+    _add_config_flags(c)
+
+    s = sub.add_parser("show", help="print a trace file in readable form")
+    s.add_argument("trace", type=Path)
+    s.add_argument("--index", type=int, action="append", help="only these sample indices (repeatable)")
+    s.add_argument("--limit", type=int, default=5, help="at most N samples (default 5)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = _parser().parse_args(argv)
+    from rich.console import Console
+
+    err = Console(stderr=True)
+    try:
+        if ns.command == "show":
+            from coevol.cli.show import show_trace
+
+            show_trace(ns.trace, indices=ns.index, limit=ns.limit)
+            return EXIT_OK
+        config = load_config(ns.config, _overrides(ns))
+        if ns.command == "config":
+            sys.stdout.write(_masked_yaml(config))
+            return EXIT_OK
+        return _refine(ns, config, err)
+    except CoevolError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        err.print("interrupted; rerun the same command to resume")
+        return EXIT_INTERRUPTED
+
+
+def _masked_yaml(config: Config) -> str:
+    """The config never holds keys, only variable names; say whether each one is set."""
+    import os
+
+    lines = [config.to_yaml().rstrip("\n")]
+    envs = sorted(
+        {config.role(r).api_key_env or "" for r in ("positive", "critical", "advisor", "editor", "judge")}
+    )
+    for env in filter(None, envs):
+        lines.append(f"# {env}: {'set (***)' if os.environ.get(env) else 'not set'}")
+    return "\n".join(lines) + "\n"
+
+
+def _refine(ns: argparse.Namespace, config: Config, err: Any) -> int:
+    from coevol.cli.progress import RunDisplay
+    from coevol.engine.build import build_engine
+    from coevol.engine.runner import Runner, RunPaths
+    from coevol.store.sqlite import Store
+
+    if not ns.input.exists():
+        err.print(f"[bold red]error:[/] input not found: {ns.input}")
+        return EXIT_ERROR
+    paths = RunPaths.beside(ns.input, ns.output, ns.pairs)
+
+    async def run() -> int:
+        store = Store(paths.store)
+        engine = await build_engine(config, store=store)
+        if engine.local and config.samples_in_flight is None:
+            config.samples_in_flight = 1  # one llama.cpp worker: finish samples one by one
+        total = count_rows(paths.input)
+        if total is not None:
+            total = max(0, total - ns.offset)
+            total = min(total, ns.limit) if ns.limit is not None else total
+        display = RunDisplay(err, total=total, quiet=ns.quiet, local=engine.local)
+        runner = Runner(
+            config,
+            engine.dispatcher,
+            engine.prompts,
+            paths,
+            run_fingerprint=engine.fingerprint,
+            input_format=ns.input_format,
+            output_format=ns.output_format,
+            offset=ns.offset,
+            limit=ns.limit,
+            retry_failed=ns.retry_failed,
+            progress=display.update,
+        )
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        if task is not None:
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        code = EXIT_OK
+        try:
+            with display:
+                await runner.run(store)
+        except BudgetExceeded:
+            code = EXIT_BUDGET
+        except asyncio.CancelledError:
+            code = EXIT_INTERRUPTED
+        except LLMError as exc:
+            err.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False)
+            code = EXIT_ERROR
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+            await engine.aclose()
+            store.close()
+        display.summary(runner.summary, engine.dispatcher.stats, paths)
+        if ns.show and runner.summary.complete:
+            from coevol.cli.show import show_trace
+
+            show_trace(paths.trace, limit=ns.show)
+        return code
+
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        err.print("interrupted; rerun the same command to resume")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

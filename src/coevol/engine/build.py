@@ -1,0 +1,115 @@
+"""Turn a ``Config`` into live parts: one backend per distinct endpoint, a route per role.
+
+This is the only place that reads API keys (from the environment variables the config names),
+and it hands them straight to the HTTP client; they never enter the config, the store or a log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from coevol.config import ROLES, Config
+from coevol.engine.dispatch import Dispatcher, RetryPolicy, Route
+from coevol.engine.example import fingerprint
+from coevol.errors import ConfigError
+from coevol.llm.types import Backend, GenParams
+from coevol.prompts.templates import PromptSet, load_prompts
+from coevol.store.sqlite import Store
+
+__all__ = ["EMBEDDED_MODEL_NAME", "Engine", "build_engine"]
+
+EMBEDDED_MODEL_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m"
+
+
+@dataclass(slots=True)
+class Engine:
+    """Everything a run needs, built from one config; ``aclose()`` releases the backends."""
+
+    config: Config
+    prompts: PromptSet
+    dispatcher: Dispatcher
+    backends: list[Backend]
+    fingerprint: str
+    local: bool
+
+    async def aclose(self) -> None:
+        for backend in self.backends:
+            await backend.aclose()
+
+
+def _local_backend(config: Config) -> Backend:
+    from coevol.llm.local import LlamaCppBackend
+
+    return LlamaCppBackend(config.model_path, n_ctx=config.n_ctx, n_threads=config.n_threads)
+
+
+def _http_backend(config: Config, base_url: str, api_key_env: str | None) -> Backend:
+    import os
+
+    from coevol.llm.openai_http import OpenAIHTTPBackend
+
+    key = os.environ.get(api_key_env) if api_key_env else None
+    return OpenAIHTTPBackend(
+        base_url,
+        api_key=key,
+        request_timeout=config.request_timeout,
+        max_connections=max(config.concurrency, 16),
+    )
+
+
+async def _resolve_model(backend: Backend, base_url: str) -> str:
+    """No ``--model``: use the server's only model (the usual vLLM / llama.cpp server case)."""
+    list_models = getattr(backend, "list_models", None)
+    if list_models is None:
+        raise ConfigError(f"no model given for {base_url}; pass --model")
+    models: list[str] = await list_models()
+    if len(models) == 1:
+        return models[0]
+    listed = ", ".join(models[:10]) or "none"
+    raise ConfigError(f"no model given for {base_url} and it serves {len(models)} ({listed}); pass --model")
+
+
+async def build_engine(
+    config: Config, *, store: Store | None = None, backends: dict[str, Backend] | None = None
+) -> Engine:
+    """Build backends and routes. ``backends`` maps a base URL to a ready backend (tests, fakes)."""
+    prompts = load_prompts(config.prompts_dir)
+    made: dict[tuple[str, str | None], Backend] = {}
+    given = backends or {}
+    routes: dict[str, Route] = {}
+    local = False
+    for role in ROLES:
+        rc = config.role(role)
+        if rc.base_url is None:
+            local = True
+            key: tuple[str, str | None] = ("local", None)
+            if key not in made:
+                made[key] = _local_backend(config)
+            model = rc.model or EMBEDDED_MODEL_NAME
+        else:
+            key = (rc.base_url, rc.api_key_env)
+            if key not in made:
+                made[key] = given.get(rc.base_url) or _http_backend(config, rc.base_url, rc.api_key_env)
+            model = rc.model or await _resolve_model(made[key], rc.base_url)
+        assert rc.max_tokens is not None and rc.temperature is not None and rc.top_p is not None
+        params = GenParams(max_tokens=rc.max_tokens, temperature=rc.temperature, top_p=rc.top_p, seed=rc.seed)
+        routes[role] = Route(made[key], model, params, bool(rc.merge_system))
+    dispatcher = Dispatcher(
+        routes,
+        store=store,
+        max_in_flight=config.concurrency,
+        retry=RetryPolicy(max_retries=config.max_retries),
+        rpm=config.rpm,
+        tpm=config.tpm,
+    )
+    parts: list[Any] = [
+        dict(prompts.texts),
+        {
+            role: [r.backend.endpoint, r.model, r.params.as_body(), r.merge_system]
+            for role, r in routes.items()
+        },
+        [config.mode, config.max_rounds, config.judge, config.judge_reasks, config.judge_early_exit],
+        config.conversation.model_dump(),
+    ]
+    return Engine(config, prompts, dispatcher, list(made.values()), fingerprint(parts), local)

@@ -1,0 +1,91 @@
+"""Concurrency and rate control for the dispatcher: an adaptive in-flight limit and token buckets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+__all__ = ["AdaptiveLimit", "TokenBucket"]
+
+
+class AdaptiveLimit:
+    """A semaphore whose size shrinks on 429s and grows back slowly (AIMD).
+
+    Keeps a server saturated without tuning: it starts at ``maximum`` and only backs off when the
+    server says it is overloaded.
+    """
+
+    def __init__(self, maximum: int, minimum: int = 1) -> None:
+        self.maximum = maximum
+        self.minimum = min(minimum, maximum)
+        self.limit = float(maximum)
+        self.in_flight = 0
+        self.peak = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        if self.in_flight < int(self.limit) and not self._waiters:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self._release_slot()  # we were handed a slot but are leaving: pass it on
+            elif fut in self._waiters:
+                self._waiters.remove(fut)
+            raise
+
+    def _release_slot(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < int(self.limit):
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self.in_flight += 1
+                self.peak = max(self.peak, self.in_flight)
+                fut.set_result(None)
+
+    def release(self, *, success: bool = True) -> None:
+        if success and self.limit < self.maximum:
+            self.limit = min(self.maximum, self.limit + 1.0 / self.limit)
+        self._release_slot()
+
+    def backoff(self) -> None:
+        """Halve the limit after the server signalled overload."""
+        self.limit = max(float(self.minimum), self.limit / 2)
+
+
+class TokenBucket:
+    """``rate`` units per minute, bursting up to one minute's worth; for ``--rpm`` and ``--tpm``."""
+
+    def __init__(self, per_minute: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = per_minute
+        self.tokens = per_minute
+        self._stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    async def take(self, amount: float) -> None:
+        amount = min(amount, self.capacity)
+        async with self._lock:
+            self._refill()
+            while self.tokens < amount:
+                await asyncio.sleep((amount - self.tokens) / self.rate)
+                self._refill()
+            self.tokens -= amount
+
+    def give_back(self, amount: float) -> None:
+        """Return an over-estimate once the real token count is known."""
+        self.tokens = min(self.capacity, self.tokens + amount)

@@ -1,0 +1,296 @@
+"""Run a whole dataset: stream rows in, refine many at once, write results out in input order.
+
+Memory stays flat: rows are read lazily, at most ``samples_in_flight`` examples run at a time, and
+finished results wait in a reorder buffer that admission keeps bounded. Every finished example is
+stored before it is written, so a rerun replays it without a call; output, trace and pairs files
+are written to ``.partial`` files and renamed into place only when the whole input is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from coevol.config import Config
+from coevol.conversation import ConversationSettings
+from coevol.engine.dispatch import Dispatcher, RunStats
+from coevol.engine.example import ExampleOutcome, refine_example, sample_key
+from coevol.errors import BudgetExceeded
+from coevol.io.files import OrderedWriter, RejectsWriter, read_examples
+from coevol.io.formats import render_example
+from coevol.io.records import Example, RejectedRow
+from coevol.loop import LoopSettings
+from coevol.prompts.templates import PromptSet
+from coevol.store.sqlite import Store
+
+__all__ = ["RunPaths", "RunSummary", "Runner"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunPaths:
+    """The files of one run, all beside the output."""
+
+    input: Path
+    output: Path
+    trace: Path
+    rejects: Path
+    store: Path
+    pairs: Path | None = None
+
+    @classmethod
+    def beside(cls, input: Path, output: Path, pairs: Path | None = None) -> RunPaths:
+        return cls(
+            input=input,
+            output=output,
+            trace=output.with_name(output.name + ".trace.jsonl"),
+            rejects=output.with_name(output.name + ".rejects.jsonl"),
+            store=output.with_name(output.name + ".coevol.db"),
+            pairs=pairs,
+        )
+
+
+@dataclass(slots=True)
+class RunSummary:
+    """Counts for the end-of-run report."""
+
+    rows: int = 0
+    refined: int = 0
+    kept: int = 0
+    failed: int = 0
+    rejected: int = 0
+    resumed: int = 0
+    accepted_edits: int = 0
+    rounds: Counter[int] = field(default_factory=Counter)
+    stop_reasons: Counter[str] = field(default_factory=Counter)
+    failure_causes: Counter[str] = field(default_factory=Counter)
+    elapsed: float = 0.0
+    stopped: str | None = None  # why the run ended early, if it did
+    complete: bool = False
+
+    def add(self, outcome: ExampleOutcome, *, resumed: bool) -> None:
+        self.rows += 1
+        self.resumed += resumed
+        if outcome.status == "refined":
+            self.refined += 1
+        elif outcome.status == "kept":
+            self.kept += 1
+        elif outcome.status == "failed":
+            self.failed += 1
+            self.failure_causes[outcome.error_type or "unknown"] += 1
+        else:
+            self.rejected += 1
+            self.failure_causes[outcome.error_type or "unknown"] += 1
+        self.accepted_edits += outcome.accepted_rounds
+        for turn in outcome.trace.get("turns", []):
+            self.rounds[turn["accepted_rounds"]] += 1
+            self.stop_reasons[turn["stop_reason"]] += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "refined": self.refined,
+            "kept": self.kept,
+            "failed": self.failed,
+            "rejected": self.rejected,
+            "resumed": self.resumed,
+            "accepted_edits": self.accepted_edits,
+            "rounds_histogram": dict(sorted(self.rounds.items())),
+            "stop_reasons": dict(self.stop_reasons),
+            "failure_causes": dict(self.failure_causes),
+            "elapsed_s": round(self.elapsed, 3),
+            "stopped": self.stopped,
+            "complete": self.complete,
+        }
+
+
+ProgressFn = Callable[[RunSummary, RunStats], None]
+
+
+def _cost(config: Config, stats: RunStats) -> float:
+    total = 0.0
+    for role, usage in stats.usage.items():
+        price = config.role(role).price
+        if price is not None:
+            total += (usage.prompt_tokens * price.prompt + usage.completion_tokens * price.completion) / 1e6
+    return total
+
+
+class Runner:
+    """Drives one dataset through the loop with a shared dispatcher."""
+
+    def __init__(
+        self,
+        config: Config,
+        dispatcher: Dispatcher,
+        prompts: PromptSet,
+        paths: RunPaths,
+        *,
+        run_fingerprint: str,
+        input_format: str | None = None,
+        output_format: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+        retry_failed: bool = False,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self.config = config
+        self.dispatcher = dispatcher
+        self.prompts = prompts
+        self.paths = paths
+        self.fingerprint = run_fingerprint
+        self.input_format = input_format
+        self.output_format = output_format
+        self.offset = offset
+        self.limit = limit
+        self.retry_failed = retry_failed
+        self.progress = progress
+        self.summary = RunSummary()
+        self.settings = LoopSettings(
+            max_rounds=config.max_rounds,
+            mode=config.mode,
+            judge=config.judge,
+            judge_reasks=config.judge_reasks,
+            judge_early_exit=config.judge_early_exit,
+        )
+        conv = config.conversation
+        self.conversation = ConversationSettings(conv.window_rounds, conv.max_turns, conv.max_tokens)
+        self.window = config.samples_in_flight or config.concurrency
+
+    async def run(self, store: Store) -> RunSummary:
+        """Process the whole input. Raises ``BudgetExceeded`` after a clean stop on a budget."""
+        started = time.monotonic()
+        output = OrderedWriter(self.paths.output)
+        trace = OrderedWriter(self.paths.trace)
+        pairs = OrderedWriter(self.paths.pairs) if self.paths.pairs else None
+        writers = [w for w in (output, trace, pairs) if w is not None]
+        rejects = RejectsWriter(self.paths.rejects)
+        ready: dict[int, tuple[Example | RejectedRow, ExampleOutcome | None]] = {}
+        counts = {"next": 0, "rows": 0, "pairs": 0, "active": 0}
+        room = asyncio.Condition()
+        tasks: set[asyncio.Task[None]] = set()
+        stop: list[BaseException] = []
+
+        def emit() -> None:
+            """Write every finished item whose predecessors are all written."""
+            while counts["next"] in ready:
+                item, outcome = ready.pop(counts["next"])
+                counts["next"] += 1
+                if isinstance(item, RejectedRow):
+                    rejects.write(item)
+                elif outcome is not None and outcome.status == "rejected":
+                    rejects.write(RejectedRow(item.line, outcome.error or "rejected", _raw_text(item)))
+                elif outcome is not None:
+                    row = render_example(item, outcome.turns, self.output_format)
+                    output.submit(counts["rows"], row)
+                    trace.submit(counts["rows"], outcome.trace)
+                    counts["rows"] += 1
+                    if pairs is not None:
+                        for pair in outcome.pairs:
+                            pairs.submit(counts["pairs"], pair)
+                            counts["pairs"] += 1
+
+        def finish(
+            position: int, item: Example | RejectedRow, outcome: ExampleOutcome | None, resumed: bool
+        ) -> None:
+            if outcome is not None:
+                self.summary.add(outcome, resumed=resumed)
+            else:
+                self.summary.rows += 1
+                self.summary.rejected += 1
+                self.summary.failure_causes["bad row"] += 1
+            ready[position] = (item, outcome)
+            emit()
+            if self.progress is not None:
+                self.progress(self.summary, self.dispatcher.stats)
+            self._check_budgets()
+
+        async def work(position: int, example: Example, key: str) -> None:
+            try:
+                outcome = await refine_example(
+                    example, self.dispatcher, self.prompts, self.settings, self.conversation
+                )
+                store.put_sample(key, outcome.status, outcome.to_payload())
+                finish(position, example, outcome, False)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                stop.append(exc)
+            finally:
+                counts["active"] -= 1
+                async with room:
+                    room.notify_all()
+
+        def admissible() -> bool:
+            # Bound the work in flight and how far results may run ahead of the slowest
+            # unfinished row, so memory stays flat whatever the input size.
+            return bool(stop) or (counts["active"] < self.window and len(ready) < 4 * self.window)
+
+        try:
+            rows = read_examples(
+                self.paths.input, fmt=self.input_format, offset=self.offset, limit=self.limit
+            )
+            for position, item in enumerate(rows):
+                if isinstance(item, RejectedRow):
+                    finish(position, item, None, False)
+                    continue
+                key = sample_key(item, self.fingerprint)
+                cached = store.get_sample(key)
+                if cached is not None and not (self.retry_failed and cached[0] == "failed"):
+                    finish(position, item, ExampleOutcome.from_payload(cached[1]), True)
+                    continue
+                async with room:
+                    await room.wait_for(admissible)
+                if stop:
+                    break
+                counts["active"] += 1
+                task = asyncio.create_task(work(position, item, key))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            while tasks and not stop:
+                await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
+            if stop:
+                raise stop[0]
+            for writer in writers:
+                writer.close()
+            self.summary.complete = True
+        except BaseException as exc:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(set(tasks))
+            for writer in writers:
+                writer.abort()
+            if isinstance(exc, BudgetExceeded):
+                self.summary.stopped = str(exc)
+            elif isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+                self.summary.stopped = "interrupted"
+            else:
+                self.summary.stopped = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            rejects.close()
+            self.summary.elapsed = time.monotonic() - started
+        return self.summary
+
+    def _check_budgets(self) -> None:
+        limit = self.config.max_errors
+        failed = self.summary.failed
+        if limit is not None and failed > limit:
+            causes = ", ".join(f"{n} x {c}" for c, n in self.summary.failure_causes.most_common())
+            raise BudgetExceeded(f"{failed} samples failed, more than --max-errors {limit} ({causes})")
+        budget = self.config.max_budget
+        if budget is not None and _cost(self.config, self.dispatcher.stats) >= budget:
+            raise BudgetExceeded(
+                f"spent ${_cost(self.config, self.dispatcher.stats):.4f} of --max-budget ${budget}"
+            )
+
+
+def _raw_text(example: Example) -> str:
+    return orjson.dumps(example.raw, default=str).decode()
