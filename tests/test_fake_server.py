@@ -253,7 +253,7 @@ async def test_two_concurrent_requests_overlap_with_two_slots() -> None:
     assert a.end is not None and b.end is not None
     assert overlaps((a.start, a.end), (b.start, b.end))
     assert overlaps(slot_interval(a), slot_interval(b))
-    assert elapsed < 0.35  # in parallel, not 0.4s in series
+    assert elapsed < 0.39  # in parallel; in series it would take at least 0.4s
 
 
 async def test_one_slot_serialises_requests() -> None:

@@ -158,19 +158,18 @@ def _parse_alpaca(obj: dict[str, Any], line: int) -> list[Turn]:
     output = _text(obj, "output", "output", line)
     if _blank(output):
         raise DataError("empty output", line=line)
-    turns: list[Turn] = []
     system = _optional_text(obj, "system", line)
-    if not _blank(system):
-        turns.append(Turn("system", system))
+    last = [Turn("user", instruction, _optional_text(obj, "input", line)), Turn("assistant", output)]
+    if _blank(system) and obj.get("history") is None:
+        return last
+    turns = [] if _blank(system) else [Turn("system", system)]
     for i, (query, response) in enumerate(_history(obj, line)):
         if _blank(query):
             raise DataError(f"empty user turn at history[{i}][0]", line=line)
         if _blank(response):
             raise DataError(f"empty assistant turn at history[{i}][1]", line=line)
         turns += [Turn("user", query), Turn("assistant", response)]
-    turns.append(Turn("user", instruction, input=_optional_text(obj, "input", line)))
-    turns.append(Turn("assistant", output))
-    return turns
+    return turns + last
 
 
 def _history(obj: dict[str, Any], line: int) -> list[tuple[str, str]]:
