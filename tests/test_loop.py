@@ -7,6 +7,8 @@ Eq. 4 and K alone.
 
 from __future__ import annotations
 
+import itertools
+
 from typing import Any
 
 import pytest
@@ -78,7 +80,7 @@ async def test_each_iteration_sends_eight_requests_with_the_pairs_in_flight_toge
                 assert overlap(a, b), "the two debaters / judge orders must be in flight together"
             # Steps follow each other: round 1, round 2, advisor, editor, judges.
             steps = [it[0:2], it[2:4], it[4:5], it[5:6], it[6:8]]
-            for before, after in zip(steps, steps[1:], strict=False):
+            for before, after in itertools.pairwise(steps):
                 last_end = max(r.end or 0.0 for r in before)
                 assert last_end <= min(r.start for r in after)
 

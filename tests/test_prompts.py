@@ -169,5 +169,5 @@ def test_override_with_unknown_slot_or_name_is_rejected(tmp_path: Path) -> None:
         load_prompts(tmp_path)
     (tmp_path / "advisor.txt").unlink()
     (tmp_path / "advisr.txt").write_text("x")
-    with pytest.raises(ConfigError, match="unknown prompt template 'advisr.txt'"):
+    with pytest.raises(ConfigError, match=r"unknown prompt template 'advisr\.txt'"):
         load_prompts(tmp_path)
