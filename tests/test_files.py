@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import sys
 import tracemalloc
+import types
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +102,7 @@ def test_jsonl_good_bad_and_blank_lines(tmp_path: Path) -> None:
     assert last.turns[1].content == "a4"
     assert bad_json == RejectedRow(
         4,
-        "not valid JSON: unexpected end of data: line 1 column 29 (char 28)",
+        "not valid JSON: unexpected end of data: line 1 column 33 (char 32)",
         '{"instruction": "q2", "output": ',
     )
     assert null == RejectedRow(5, "field 'output' is null", '{"instruction": "q3", "output": null}')
@@ -161,7 +163,8 @@ def test_conversion_through_files(tmp_path: Path, rows: list[dict[str, Any]], ou
 
 TRICKY = (
     '\ufeff  [\n  {"id": "a]\\"}[{,", "instruction": "Close ] and } and \\\\", "output": "x\\\\"},\n'
-    '  {"id": "nested", "instruction": "[[1, {\\"a\\": [2]}]]", "output": "ok", "extra": [[1, [2, {"b": "]"}]], {}]},\n'
+    '  {"id": "nested", "instruction": "[[1, {\\"a\\": [2]}]]", "output": "ok",\n'
+    '   "extra": [[1, [2, {"b": "]"}]], {}]},\n'
     '  {"id": "uni", "instruction": "日本語 \\u00e9 🎉", "output": "\\ud83c\\udf89 \\"quoted\\" \\n"},\n'
     '  {"id": "empty", "instruction": "", "output": "a"},\n'
     "  42,\n"
@@ -186,6 +189,30 @@ def test_json_array_streams_tricky_strings(
     assert good[3].turns[0].content == '{"\\""}'
     assert items[3] == RejectedRow(4, "empty instruction", '{"id":"empty","instruction":"","output":"a"}')
     assert items[4] == RejectedRow(5, "row is not a JSON object (number)", "42")
+
+
+def test_json_array_scanner_against_orjson_on_random_arrays() -> None:
+    rnd = random.Random(7)
+    alphabet = ['"', "\\", "[", "]", "{", "}", ",", ":", " ", "\n", "a", "é", "🎉"]
+
+    def value(depth: int) -> Any:
+        kind = rnd.randint(0, 4 if depth < 3 else 1)
+        if kind == 0:
+            return "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 10)))
+        if kind == 1:
+            return rnd.choice([None, True, -1.5, 10**6])
+        if kind == 2:
+            return [value(depth + 1) for _ in range(rnd.randint(0, 3))]
+        return {str(i): value(depth + 1) for i in range(rnd.randint(0, 3))}
+
+    for _ in range(300):
+        rows = [value(0) for _ in range(rnd.randint(0, 5))]
+        data = orjson.dumps(rows, option=rnd.choice([0, orjson.OPT_INDENT_2]))
+        size = rnd.randint(1, 9)
+        chunks = iter([data[i : i + size] for i in range(0, len(data), size)])
+        scanned = list(files._scan_array(chunks))
+        assert [orjson.loads(text) for text, _ in scanned] == rows
+        assert all(error is None for _, error in scanned)
 
 
 @pytest.mark.parametrize(
@@ -374,6 +401,8 @@ def test_parquet_writer_batches_and_schema_drift(tmp_path: Path) -> None:
             writer.submit(i, row)
     assert pq.read_table(out).to_pylist() == rows
 
+    assert pq.read_schema(out).field("b").type == pa.int64()
+
     bad = tmp_path / "bad.parquet"
     with pytest.raises(DataError, match=r"output rows 1025\.\.2048 .*new or retyped columns: c"):  # noqa: SIM117
         with OrderedWriter(bad) as writer:
@@ -393,7 +422,7 @@ def test_parquet_writer_batches_and_schema_drift(tmp_path: Path) -> None:
 
 
 def test_output_suffix_must_be_known(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="output must be .jsonl, .json or .parquet"):
+    with pytest.raises(ConfigError, match=r"output must be \.jsonl, \.json or \.parquet"):
         OrderedWriter(tmp_path / "out.csv")
 
 
@@ -441,3 +470,52 @@ def test_missing_extras(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         read_examples(tmp_path / "d.parquet")
     with pytest.raises(MissingExtra, match="parquet"):
         OrderedWriter(tmp_path / "out.parquet")
+
+
+def test_parquet_columns_null_for_too_long_keep_the_null_type(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "_PARQUET_BATCH", 4)
+    monkeypatch.setattr(files, "_PARQUET_HOLD", 2)
+    out = tmp_path / "out.parquet"
+    writer = OrderedWriter(out)
+    for i in range(8):
+        writer.submit(i, {"a": i, "b": None})
+    with pytest.raises(DataError, match=r"output rows 9\.\.12 do not fit .*new or retyped columns: b\)"):
+        for i in range(8, 12):
+            writer.submit(i, {"a": i, "b": "late"})
+    writer.abort()
+    assert not out.exists()
+
+    with pytest.raises(DataError, match=r"output rows 9\.\.9 do not fit"), OrderedWriter(out) as writer:
+        for i in range(9):
+            writer.submit(i, {"a": i, "b": None if i < 8 else "late"})
+    assert not out.exists() and writer.partial_path.exists()
+    with pytest.raises(RuntimeError, match="already closed"):
+        writer.submit(9, None)
+
+
+def test_datasets_folders_and_hub_ids_are_wired(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class DatasetDict(dict[str, Any]):
+        pass
+
+    calls: list[tuple[str, str, bool]] = []
+
+    def load_dataset(name: str, *, split: str, streaming: bool) -> Any:
+        calls.append((name, split, streaming))
+        return iter(MESSAGES)
+
+    fake = types.ModuleType("datasets")
+    fake.DatasetDict = DatasetDict  # type: ignore[attr-defined]
+    fake.load_from_disk = lambda path: DatasetDict(train=ALPACA, test=[])  # type: ignore[attr-defined]
+    fake.load_dataset = load_dataset  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    (folder / "dataset_dict.json").write_text('{"splits": ["train", "test"]}')
+    items = examples(list(read_examples(folder, offset=1)))
+    assert [(e.index, e.line, e.raw) for e in items] == [(0, 2, ALPACA[1]), (1, 3, ALPACA[2])]
+    assert count_rows(folder) == 3
+    assert [e.fmt for e in examples(list(read_examples("hf://owner/name:validation")))] == ["messages"] * 2
+    list(read_examples("hf://owner/name"))
+    assert calls == [("owner/name", "validation", True), ("owner/name", "train", True)]

@@ -8,7 +8,6 @@ Eq. 4 and K alone.
 from __future__ import annotations
 
 import itertools
-
 from typing import Any
 
 import pytest

@@ -12,10 +12,10 @@ import asyncio
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from coevol.engine.limits import AdaptiveLimit, TokenBucket
-from coevol.errors import ConfigError, FatalError, RateLimitError, RetryableError
+from coevol.errors import ConfigError, FatalError, LLMError, RateLimitError, RetryableError
 from coevol.llm.types import Backend, ChatRequest, Completion, GenParams, Message, Usage
 from coevol.prompts.render import merge_system_prompt
 from coevol.store.sqlite import Store
@@ -35,15 +35,21 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter; a 429's ``Retry-After`` wins when it is given."""
+    """Exponential backoff with full jitter; a 429's ``Retry-After`` wins when it is given.
+
+    Full jitter spreads the retries of requests that failed together (a server restart drops
+    hundreds at once) so they do not return together. ``Retry-After`` is obeyed as given up to
+    ``max_retry_after``: it is the server's own statement of when it can take more.
+    """
 
     max_retries: int = 6
     base_delay: float = 0.5
     max_delay: float = 60.0
+    max_retry_after: float = 600.0
 
     def delay(self, retry: int, error: RetryableError) -> float:
         if isinstance(error, RateLimitError) and error.retry_after is not None:
-            return min(error.retry_after, self.max_delay)
+            return min(error.retry_after, self.max_retry_after)
         return random.uniform(0, min(self.max_delay, self.base_delay * 2**retry))
 
 
@@ -52,15 +58,21 @@ class RunStats:
     """Live counters for the progress display and the summary."""
 
     sent: int = 0
-    cached: int = 0
+    cached: int = 0  # answered from the store, or by an identical request already in flight
     retries: int = 0
     failed_calls: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
+    rate_limited: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # failed calls by error type
     usage: dict[str, Usage] = field(default_factory=dict)  # tokens of calls actually sent
     cached_usage: dict[str, Usage] = field(default_factory=dict)  # tokens replayed from the store
 
     def tokens(self) -> int:
         return sum(u.prompt_tokens + u.completion_tokens for u in self.usage.values())
+
+
+# What a request already in flight hands to identical requests that wait for it: its answer, its
+# error, or ``None`` when it was cancelled and a waiter has to send the request itself.
+_Shared = Completion | LLMError | None
 
 
 class Dispatcher:
@@ -85,6 +97,7 @@ class Dispatcher:
         self._rpm = TokenBucket(rpm) if rpm else None
         self._tpm = TokenBucket(tpm) if tpm else None
         self._not_before = 0.0  # a server-wide pause after a 429, shared by all requests
+        self._in_flight: dict[str, asyncio.Future[_Shared]] = {}
 
     def request(self, role: str, messages: Sequence[Message], *, attempt: int = 0) -> ChatRequest:
         """The exact request a role's messages become (routing and system-prompt merging)."""
@@ -98,61 +111,98 @@ class Dispatcher:
     async def __call__(self, role: str, messages: Sequence[Message], *, attempt: int = 0) -> Completion:
         request = self.request(role, messages, attempt=attempt)
         key = request.key()
-        if self.store is not None:
-            hit = self.store.get_call(key)
-            if hit is not None:
-                self.stats.cached += 1
-                self.stats.cached_usage.setdefault(role, Usage()).add(hit.usage())
-                return hit
-        try:
-            completion = await self._send(self.routes[role].backend, request)
-        except (FatalError, RetryableError) as exc:
-            self.stats.failed_calls += 1
-            name = type(exc).__name__
-            self.stats.errors[name] = self.stats.errors.get(name, 0) + 1
-            if self.store is not None:
-                self.store.put_call_failure(key, role, exc)
-            raise
-        if self.store is not None:
-            self.store.put_call(key, role, request.model, completion)
-        self.stats.sent += 1
-        self.stats.usage.setdefault(role, Usage()).add(completion.usage())
-        return completion
-
-    async def _send(self, backend: Backend, request: ChatRequest) -> Completion:
-        retries = 0
+        store = self.store
+        stats = self.stats
         while True:
-            await self._admit(request)
-            await self.limit.acquire()
-            ok, delay = False, 0.0
+            hit = store.get_call(key) if store is not None else None
+            if hit is not None:
+                stats.cached += 1
+                _add_usage(stats.cached_usage, role, hit)
+                return hit
+            shared = self._in_flight.get(key)
+            if shared is None:
+                break
+            # The same request is on the wire for another sample (duplicate rows are common in
+            # SFT data): wait for its answer instead of paying for it twice.
+            result = await asyncio.shield(shared)
+            if isinstance(result, Completion):
+                stats.cached += 1
+                _add_usage(stats.cached_usage, role, result)
+                return replace(result, cached=True)
+            if result is not None:
+                raise result
+            # its sender was cancelled: look again, and send it ourselves if nobody else has
+        fut: asyncio.Future[_Shared] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = fut
+        outcome: _Shared = None
+        try:
+            try:
+                completion = await self._send(self.routes[role].backend, request, key, role)
+            except (FatalError, RetryableError) as exc:
+                outcome = exc
+                stats.failed_calls += 1
+                name = type(exc).__name__
+                stats.errors[name] = stats.errors.get(name, 0) + 1
+                if store is not None:
+                    store.put_call_failure(key, role, exc)
+                raise
+            outcome = completion
+            return completion
+        finally:
+            del self._in_flight[key]
+            fut.set_result(outcome)
+
+    async def _send(self, backend: Backend, request: ChatRequest, key: str, role: str) -> Completion:
+        """Send under the limits, retrying transient errors; store the answer before returning it."""
+        retries = 0
+        limit = self.limit
+        store = self.store
+        while True:
+            if self._not_before or self._rpm is not None or self._tpm is not None:
+                await self._admit(request)
+            await limit.acquire()
+            epoch = limit.epoch
             try:
                 completion = await backend.complete(request)
-                ok = True
+                self.stats.sent += 1
+                _add_usage(self.stats.usage, role, completion)
+                if store is not None:
+                    # Committed before the slot is released and before anything can depend on it,
+                    # so after a kill only requests still holding a slot are paid for again.
+                    store.put_call(key, role, request.model, completion)
+                    await store.synced()
             except RetryableError as exc:
+                limit.release(success=False)
                 if retries >= self.retry.max_retries:
                     raise
                 delay = self.retry.delay(retries, exc)
                 if isinstance(exc, RateLimitError):
                     # The server is overloaded, not just this request: everyone waits and the
                     # in-flight limit shrinks.
-                    self.limit.backoff()
+                    self.stats.rate_limited += 1
+                    limit.backoff(since=epoch)
                     self._not_before = max(self._not_before, time.monotonic() + delay)
                     delay = 0.0
                 retries += 1
                 self.stats.retries += 1
-            finally:
-                self.limit.release(success=ok)
-            if ok:
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                continue
+            except BaseException:
+                limit.release(success=False)
+                raise
+            limit.release(success=True)
+            if self._tpm is not None:
                 self._settle_tokens(request, completion)
-                return completion
-            if delay > 0:
-                await asyncio.sleep(delay)
+            return completion
 
     async def _admit(self, request: ChatRequest) -> None:
         """Wait out a server-wide 429 pause, then take from the optional rate buckets."""
         wait = self._not_before - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
+        else:
+            self._not_before = 0.0
         if self._rpm is not None:
             await self._rpm.take(1)
         if self._tpm is not None:
@@ -167,3 +217,12 @@ class Dispatcher:
         if self._tpm is not None:
             used = completion.prompt_tokens + completion.completion_tokens
             self._tpm.give_back(max(0.0, self._estimate_tokens(request) - used))
+
+
+def _add_usage(table: dict[str, Usage], role: str, completion: Completion) -> None:
+    usage = table.get(role)
+    if usage is None:
+        usage = table[role] = Usage()
+    usage.prompt_tokens += completion.prompt_tokens
+    usage.completion_tokens += completion.completion_tokens
+    usage.calls += 1

@@ -17,11 +17,15 @@ class AdaptiveLimit:
     """
 
     def __init__(self, maximum: int, minimum: int = 1) -> None:
+        if maximum < 1:
+            raise ValueError(f"maximum must be at least 1, got {maximum}")
         self.maximum = maximum
-        self.minimum = min(minimum, maximum)
+        self.minimum = max(1, min(minimum, maximum))
         self.limit = float(maximum)
         self.in_flight = 0
         self.peak = 0
+        self.backoffs = 0
+        self.epoch = 0  # bumped by every backoff; see ``backoff(since=...)``
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     async def acquire(self) -> None:
@@ -57,9 +61,19 @@ class AdaptiveLimit:
             self.limit = min(self.maximum, self.limit + 1.0 / self.limit)
         self._release_slot()
 
-    def backoff(self) -> None:
-        """Halve the limit after the server signalled overload."""
+    def backoff(self, since: int | None = None) -> bool:
+        """Halve the limit after the server signalled overload; True if it did.
+
+        ``since`` is the ``epoch`` read when the rejected request was admitted. A burst of 429s for
+        requests sent under the old limit is one overload signal, not many: only the first of them
+        halves the limit, so 200 simultaneous rejections do not collapse it to the minimum.
+        """
+        if since is not None and since != self.epoch:
+            return False
         self.limit = max(float(self.minimum), self.limit / 2)
+        self.epoch += 1
+        self.backoffs += 1
+        return True
 
 
 class TokenBucket:

@@ -9,6 +9,7 @@ are written to ``.partial`` files and renamed into place only when the whole inp
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from coevol.config import Config
 from coevol.conversation import ConversationSettings
 from coevol.engine.dispatch import Dispatcher, RunStats
 from coevol.engine.example import ExampleOutcome, refine_example, sample_key
-from coevol.errors import BudgetExceeded
+from coevol.errors import BudgetExceeded, DataError
 from coevol.io.files import OrderedWriter, RejectsWriter, read_examples
 from coevol.io.formats import render_example
 from coevol.io.records import Example, RejectedRow
@@ -152,6 +153,8 @@ class Runner:
         self.retry_failed = retry_failed
         self.progress = progress
         self.summary = RunSummary()
+        self._fresh_causes: Counter[str] = Counter()  # failures of this run, by error type
+        self._cause_example: dict[str, str] = {}
         self.settings = LoopSettings(
             max_rounds=config.max_rounds,
             mode=config.mode,
@@ -170,9 +173,14 @@ class Runner:
         trace = OrderedWriter(self.paths.trace)
         pairs = OrderedWriter(self.paths.pairs) if self.paths.pairs else None
         writers = [w for w in (output, trace, pairs) if w is not None]
-        rejects = RejectsWriter(self.paths.rejects)
+        # Rejects are rebuilt by every run (from the input and the store) like the output, so they
+        # too go to a partial file that replaces the old one only when the run completes.
+        rejects_partial = self.paths.rejects.with_name(self.paths.rejects.name + ".partial")
+        rejects_partial.unlink(missing_ok=True)
+        rejects = RejectsWriter(rejects_partial)
         ready: dict[int, tuple[Example | RejectedRow, ExampleOutcome | None]] = {}
         counts = {"next": 0, "rows": 0, "pairs": 0, "active": 0}
+        ahead = 4 * self.window  # finished results allowed to wait for a slower earlier row
         room = asyncio.Condition()
         tasks: set[asyncio.Task[None]] = set()
         stop: list[BaseException] = []
@@ -187,7 +195,13 @@ class Runner:
                 elif outcome is not None and outcome.status == "rejected":
                     rejects.write(RejectedRow(item.line, outcome.error or "rejected", _raw_text(item)))
                 elif outcome is not None:
-                    row = render_example(item, outcome.turns, self.output_format)
+                    try:
+                        row = render_example(item, outcome.turns, self.output_format)
+                    except DataError as exc:  # e.g. a conversation --output-format cannot hold
+                        rejects.write(RejectedRow(item.line, str(exc), _raw_text(item)))
+                        self.summary.rejected += 1
+                        self.summary.failure_causes["cannot convert"] += 1
+                        continue
                     output.submit(counts["rows"], row)
                     trace.submit(counts["rows"], outcome.trace)
                     counts["rows"] += 1
@@ -209,6 +223,10 @@ class Runner:
             emit()
             if self.progress is not None:
                 self.progress(self.summary, self.dispatcher.stats)
+            if not resumed and outcome is not None and outcome.status == "failed":
+                cause = outcome.error_type or "unknown"
+                self._fresh_causes[cause] += 1
+                self._cause_example.setdefault(cause, outcome.error or "")
             self._check_budgets()
 
         async def work(position: int, example: Example, key: str) -> None:
@@ -230,13 +248,23 @@ class Runner:
         def admissible() -> bool:
             # Bound the work in flight and how far results may run ahead of the slowest
             # unfinished row, so memory stays flat whatever the input size.
-            return bool(stop) or (counts["active"] < self.window and len(ready) < 4 * self.window)
+            return bool(stop) or (counts["active"] < self.window and len(ready) < ahead)
+
+        def behind() -> bool:
+            return bool(stop) or len(ready) < ahead
 
         try:
             rows = read_examples(
                 self.paths.input, fmt=self.input_format, offset=self.offset, limit=self.limit
             )
             for position, item in enumerate(rows):
+                if not behind():
+                    # Replayed and rejected rows finish at once; they must not pile up behind
+                    # a slow sample either.
+                    async with room:
+                        await room.wait_for(behind)
+                if stop:
+                    break
                 if isinstance(item, RejectedRow):
                     finish(position, item, None, False)
                     continue
@@ -245,8 +273,9 @@ class Runner:
                 if cached is not None and not (self.retry_failed and cached[0] == "failed"):
                     finish(position, item, ExampleOutcome.from_payload(cached[1]), True)
                     continue
-                async with room:
-                    await room.wait_for(admissible)
+                if not admissible():
+                    async with room:
+                        await room.wait_for(admissible)
                 if stop:
                     break
                 counts["active"] += 1
@@ -259,12 +288,25 @@ class Runner:
                 raise stop[0]
             for writer in writers:
                 writer.close()
+            rejects.close()
+            if rejects.count:
+                os.replace(rejects_partial, self.paths.rejects)
+            else:
+                rejects_partial.unlink(missing_ok=True)
+                self.paths.rejects.unlink(missing_ok=True)  # a previous run's, now stale
             self.summary.complete = True
         except BaseException as exc:
             for task in tasks:
                 task.cancel()
-            if tasks:
-                await asyncio.wait(set(tasks))
+            pending = set(tasks)
+            while pending:
+                # Wait for every cancelled sample to unwind, even through a second Ctrl-C, so no
+                # call is still running when the caller closes the store.
+                try:
+                    _, pending = await asyncio.wait(pending)
+                except asyncio.CancelledError:
+                    for task in pending:
+                        task.cancel()
             for writer in writers:
                 writer.abort()
             if isinstance(exc, BudgetExceeded):
@@ -280,16 +322,25 @@ class Runner:
         return self.summary
 
     def _check_budgets(self) -> None:
+        """Stop on ``--max-errors`` (failures of this run; replayed ones are old news) or ``--max-budget``."""
         limit = self.config.max_errors
-        failed = self.summary.failed
+        failed = sum(self._fresh_causes.values())
         if limit is not None and failed > limit:
-            causes = ", ".join(f"{n} x {c}" for c, n in self.summary.failure_causes.most_common())
+            causes = "; ".join(
+                f"{n} x {cause}: {_shorten(self._cause_example[cause])}"
+                for cause, n in self._fresh_causes.most_common()
+            )
             raise BudgetExceeded(f"{failed} samples failed, more than --max-errors {limit} ({causes})")
         budget = self.config.max_budget
         if budget is not None and _cost(self.config, self.dispatcher.stats) >= budget:
             raise BudgetExceeded(
                 f"spent ${_cost(self.config, self.dispatcher.stats):.4f} of --max-budget ${budget}"
             )
+
+
+def _shorten(text: str, width: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _raw_text(example: Example) -> str:

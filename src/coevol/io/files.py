@@ -41,12 +41,15 @@ _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet":
 _OUTPUT_FORMATS = ("jsonl", "json", "parquet")
 _CHUNK_SIZE = 1 << 20
 _PARQUET_BATCH = 1024
+_PARQUET_HOLD = 16
 _FLUSH_SECONDS = 1.0
 _BOM = b"\xef\xbb\xbf"
 _WHITESPACE = b" \t\r\n"
-# Outside strings only structure matters; inside them only the closing quote and escapes do.
-_STRUCTURE = re.compile(rb'[\[\]{}",]')
-_STRING_END = re.compile(rb'["\\]')
+# A JSON array's elements are found from its tokens that matter: a whole string (so brackets and commas
+# inside it are skipped in C; group 1 is its closing quote, absent when the chunk ends inside it) or a
+# bracket or comma. _STRING_REST finishes a string that a chunk boundary cut.
+_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(")?|[\[\]{},]', re.DOTALL)
+_STRING_REST = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*(")?', re.DOTALL)
 _TRUNCATED = "unexpected end of file: the JSON array is not closed (truncated file?)"
 _TRAILING = "unexpected data after the end of the JSON array"
 
@@ -226,8 +229,8 @@ def _item(row: _Raw, fmt: str | None, index: int) -> Item:
     if row.text is not None:
         try:
             obj = orjson.loads(row.text)
-        except orjson.JSONDecodeError as e:
-            return RejectedRow(row.line, f"not valid JSON: {e}", _decode(row.text))
+        except orjson.JSONDecodeError:
+            return RejectedRow(row.line, f"not valid JSON: {_json_error(row.text)}", _decode(row.text))
     try:
         return parse_example(obj, fmt, index=index, line=row.line)
     except DataError as e:
@@ -236,6 +239,15 @@ def _item(row: _Raw, fmt: str | None, index: int) -> Item:
         else:
             raw = orjson.dumps(obj, default=str).decode()
         return RejectedRow(row.line, str(e), raw)
+
+
+def _json_error(text: bytes) -> str:
+    """orjson's message for the line without its newline, so positions read "line 1 column N"."""
+    try:
+        orjson.loads(text.rstrip(b"\r\n"))
+    except orjson.JSONDecodeError as e:
+        return str(e)
+    return "invalid JSON"
 
 
 def _decode(text: bytes) -> str:
@@ -262,8 +274,8 @@ def _array_rows(path: Path) -> Iterator[_Raw]:
 def _scan_array(chunks: Iterator[bytes]) -> Iterator[tuple[bytes, str | None]]:
     """Yields the text of each element of a top-level JSON array, holding one element in memory at a time.
 
-    Only string/escape state and bracket depth are tracked (regex searches skip everything else), which
-    is enough to find the commas that separate elements; validating an element is orjson's job. A broken
+    Only strings and bracket depth are tracked (regexes skip everything else in C), which is enough to
+    find the commas that separate elements; validating an element is orjson's job. A broken
     end (truncated array, data after it) comes as a last element carrying its error, so the rows before
     it are still refined.
     """
@@ -282,42 +294,35 @@ def _scan_array(chunks: Iterator[bytes]) -> Iterator[tuple[bytes, str | None]]:
         raise DataError("the top-level JSON value is not an array of rows")
     pos = start = 1
     depth = 1
-    in_string = escaped = separated = False
+    in_string = separated = False
     while True:
-        end = len(buf)
-        while pos < end:
-            if escaped:
-                pos += 1
-                escaped = False
-            elif in_string:
-                m = _STRING_END.search(buf, pos)
-                if m is None:
-                    pos = end
-                    break
-                pos = m.end()
-                escaped = buf[m.start()] == ord("\\")
-                in_string = escaped
-            else:
-                m = _STRUCTURE.search(buf, pos)
-                if m is None:
-                    pos = end
-                    break
-                pos = m.end()
+        if in_string:
+            rest = _STRING_REST.match(buf, pos)
+            assert rest is not None
+            pos = rest.end()
+            in_string = rest.start(1) < 0
+        if not in_string:
+            for m in _TOKEN.finditer(buf, pos):
                 char = buf[m.start()]
                 if char == ord('"'):
-                    in_string = True
+                    if m.start(1) < 0:
+                        in_string = True
+                        pos = m.end()
+                        break
                 elif char == ord(","):
                     if depth == 1:
-                        yield buf[start : pos - 1].strip(_WHITESPACE), None
-                        start = pos
+                        yield buf[start : m.start()].strip(_WHITESPACE), None
+                        start = m.end()
                         separated = True
                 elif char in b"[{":
                     depth += 1
                 else:
                     depth -= 1
                     if depth == 0:
-                        yield from _array_end(buf, start, pos, separated, chunks)
+                        yield from _array_end(buf, start, m.end(), separated, chunks)
                         return
+            else:
+                pos = len(buf)
         chunk = next(chunks, b"")
         if not chunk:
             yield buf[start:].strip(_WHITESPACE), _TRUNCATED
@@ -445,20 +450,15 @@ class OrderedWriter:
     output row, e.g. a rejected one). Rows go to ``<path>.partial``; ``close()`` fsyncs it and renames it
     onto ``path`` atomically, ``abort()`` keeps the partial for inspection and never creates ``path``.
     Output is JSON Lines, a JSON array with one compact row per line, or Parquet, chosen by suffix.
-    ``parquet_schema`` (a pyarrow schema, e.g. the input file's) fixes the column types; otherwise the
-    first 1024 rows decide them, and later rows that do not fit raise ``DataError``.
+    ``parquet_schema`` (a pyarrow schema, e.g. the input file's) fixes Parquet column types; otherwise
+    the first rows decide them (see ``_ParquetSink``), and later rows that do not fit raise ``DataError``.
     """
 
     def __init__(self, path: PathLike, *, file_format: str | None = None, parquet_schema: Any = None) -> None:
         self.path = Path(path)
         self.partial_path = self.path.with_name(self.path.name + ".partial")
         self._kind = _output_kind(path, file_format)
-        self._pa: Any = None
-        self._pq: Any = None
-        if self._kind == "parquet":
-            self._pa, self._pq = _import_pyarrow()
-        self._schema: Any = parquet_schema
-        self._parquet: Any = None
+        pyarrow = _import_pyarrow() if self._kind == "parquet" else None
         self._batch: list[dict[str, Any]] = []
         self._pending: dict[int, dict[str, Any] | None] = {}
         self._next = 0
@@ -469,6 +469,9 @@ class OrderedWriter:
         self._fh: IO[bytes] = self.partial_path.open("wb")
         if self._kind == "json":
             self._fh.write(b"[\n")
+        self._parquet = (
+            None if pyarrow is None else _ParquetSink(*pyarrow, self._fh, parquet_schema, self.path)
+        )
 
     @property
     def written(self) -> int:
@@ -508,34 +511,10 @@ class OrderedWriter:
                 self._write_batch()
         self._written += 1
 
-    def _write_batch(self) -> None:
+    def _write_batch(self, *, final: bool = False) -> None:
+        assert self._parquet is not None
         rows, self._batch = self._batch, []
-        pa = self._pa
-        table = pa.Table.from_pylist(rows)
-        if self._schema is None:
-            self._schema = table.schema
-        if not table.schema.equals(self._schema):
-            first = self._written - len(rows) + 2
-            try:
-                unified = pa.unify_schemas([self._schema, table.schema], promote_options="permissive")
-                fits = unified.equals(self._schema)
-                if fits:
-                    table = pa.Table.from_pylist(rows, schema=self._schema)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
-                raise DataError(
-                    f"output rows {first}..{first + len(rows) - 1} do not fit the Parquet schema: {e}",
-                    source=str(self.path),
-                ) from e
-            if not fits:
-                raise DataError(
-                    f"output rows {first}..{first + len(rows) - 1} do not fit the Parquet schema of the "
-                    f"first rows (new or retyped columns: {_schema_diff(self._schema, unified)}); "
-                    "write .jsonl instead or pass the input's schema",
-                    source=str(self.path),
-                )
-        if self._parquet is None:
-            self._parquet = self._pq.ParquetWriter(self._fh, self._schema)
-        self._parquet.write_table(table)
+        self._parquet.add(rows, final=final)
 
     def flush(self) -> None:
         """Pushes written rows to the OS (Parquet rows reach the file a batch at a time)."""
@@ -553,17 +532,17 @@ class OrderedWriter:
                 f"cannot finish {self.path}: index {missing} was never submitted "
                 f"({len(self._pending)} later rows waiting); the partial file is kept"
             )
-        if self._kind == "json":
-            self._fh.write(b"\n]\n" if self._written else b"]\n")
-        elif self._kind == "parquet":
-            if self._batch:
-                self._write_batch()
-            if self._parquet is None:
-                schema = self._schema if self._schema is not None else self._pa.schema([])
-                self._parquet = self._pq.ParquetWriter(self._fh, schema)
-            self._parquet.close()
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        try:
+            if self._kind == "json":
+                self._fh.write(b"\n]\n" if self._written else b"]\n")
+            elif self._parquet is not None:
+                self._write_batch(final=True)
+                self._parquet.close()
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except BaseException:
+            self.abort()
+            raise
         self._fh.close()
         self._done = True
         os.replace(self.partial_path, self.path)
@@ -574,8 +553,8 @@ class OrderedWriter:
         if self._done:
             return
         self._done = True
-        with contextlib.suppress(Exception):
-            if self._parquet is not None:
+        if self._parquet is not None:
+            with contextlib.suppress(Exception):
                 self._parquet.close()
         self._fh.close()
 
@@ -589,6 +568,101 @@ class OrderedWriter:
             self.close()
         else:
             self.abort()
+
+
+class _ParquetSink:
+    """Row batches into one Parquet file, whose schema must be fixed when writing starts.
+
+    Types are inferred from the rows, so a column that is null in every row seen so far would get the
+    null type and reject the strings that come later; batches are therefore held (up to
+    ``_PARQUET_HOLD``) until every column has a real type. A batch that adds columns or changes a type
+    after writing started cannot be stored and raises ``DataError``.
+    """
+
+    def __init__(self, pa: Any, pq: Any, fh: IO[bytes], schema: Any, path: Path) -> None:
+        self._pa = pa
+        self._pq = pq
+        self._fh = fh
+        self._schema = schema
+        self._fixed = schema is not None
+        self._path = path
+        self._writer: Any = None
+        self._held: list[list[dict[str, Any]]] = []
+        self._stored = 0
+
+    def add(self, rows: list[dict[str, Any]], *, final: bool = False) -> None:
+        if self._writer is not None:
+            if rows:
+                self._store(rows)
+            return
+        if rows:
+            self._held.append(rows)
+            if not self._fixed:
+                self._schema = self._merge(rows)
+        undecided = self._schema is None or any(_has_null(self._pa, f.type) for f in self._schema)
+        if not final and not self._fixed and undecided and len(self._held) < _PARQUET_HOLD:
+            return
+        if self._schema is None:
+            self._schema = self._pa.schema([])
+        self._writer = self._pq.ParquetWriter(self._fh, self._schema)
+        held, self._held = self._held, []
+        for batch in held:
+            self._store(batch)
+
+    def _errors(self) -> tuple[type[Exception], ...]:
+        return (self._pa.ArrowInvalid, self._pa.ArrowTypeError, self._pa.ArrowNotImplementedError)
+
+    def _span(self, count: int) -> str:
+        return f"output rows {self._stored + 1}..{self._stored + count}"
+
+    def _merge(self, rows: list[dict[str, Any]]) -> Any:
+        schema = self._pa.Table.from_pylist(rows).schema
+        if self._schema is None:
+            return schema
+        try:
+            return self._pa.unify_schemas([self._schema, schema], promote_options="permissive")
+        except self._errors() as e:
+            raise DataError(f"{self._span(len(rows))} mix column types: {e}", source=str(self._path)) from e
+
+    def _store(self, rows: list[dict[str, Any]]) -> None:
+        pa = self._pa
+        table = pa.Table.from_pylist(rows)
+        if not table.schema.equals(self._schema):
+            try:
+                unified = pa.unify_schemas([self._schema, table.schema], promote_options="permissive")
+                fits = unified.equals(self._schema)
+                if fits:
+                    table = pa.Table.from_pylist(rows, schema=self._schema)
+            except self._errors() as e:
+                raise DataError(
+                    f"{self._span(len(rows))} do not fit the Parquet schema: {e}", source=str(self._path)
+                ) from e
+            if not fits:
+                raise DataError(
+                    f"{self._span(len(rows))} do not fit the Parquet schema of the first rows "
+                    f"(new or retyped columns: {_schema_diff(self._schema, unified)}); "
+                    "write .jsonl instead or pass the input's schema",
+                    source=str(self._path),
+                )
+        self._writer.write_table(table)
+        self._stored += len(rows)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def _has_null(pa: Any, dtype: Any) -> bool:
+    """Whether a type is, or nests, Arrow's null type (what inference gives a column of only nulls)."""
+    if pa.types.is_null(dtype):
+        return True
+    if pa.types.is_struct(dtype):
+        return any(_has_null(pa, dtype.field(i).type) for i in range(dtype.num_fields))
+    if pa.types.is_map(dtype):
+        return _has_null(pa, dtype.key_type) or _has_null(pa, dtype.item_type)
+    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype):
+        return _has_null(pa, dtype.value_type)
+    return False
 
 
 def _schema_diff(old: Any, new: Any) -> str:

