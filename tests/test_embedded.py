@@ -46,4 +46,4 @@ def test_embedded_model_refines_one_sample_end_to_end(tmp_path: Path) -> None:
     assert [o["order"] for o in orders] == ["forward", "reverse"]
     if turn["stop_reason"] != "judge_unparseable":
         assert all(o["verdict"] in ("assistant 1", "assistant 2", "equal") for o in orders)
-        assert (refined["output"] == it["edited"]) is it["accepted"]
+        assert refined["output"] == (it["edited"] if it["accepted"] else row["output"])
