@@ -18,6 +18,7 @@ from coevol import __version__
 from coevol.config import Config, load_config
 from coevol.errors import BudgetExceeded, CoevolError, LLMError
 from coevol.io.files import count_rows
+from coevol.io.records import RejectedRow
 
 __all__ = ["main"]
 
@@ -176,6 +177,22 @@ def _masked_yaml(config: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write_dataset_info(output: Path) -> Path | None:
+    """Write ``<output>.dataset_info.json``: the LLaMA-Factory entry describing the written file."""
+    import orjson
+
+    from coevol.io.files import read_examples
+    from coevol.io.formats import dataset_info_entry
+
+    first = next((x for x in read_examples(output) if not isinstance(x, RejectedRow)), None)
+    if first is None:
+        return None
+    entry = dataset_info_entry(output.stem, output.name, first.fmt, present=set(first.raw))
+    path = output.with_name(output.name + ".dataset_info.json")
+    path.write_bytes(orjson.dumps(entry, option=orjson.OPT_INDENT_2) + b"\n")
+    return path
+
+
 def _refine(ns: argparse.Namespace, config: Config, err: Any) -> int:
     from coevol.cli.progress import RunDisplay
     from coevol.engine.build import build_engine
@@ -217,7 +234,10 @@ def _refine(ns: argparse.Namespace, config: Config, err: Any) -> int:
         code = EXIT_OK
         try:
             with display:
-                await runner.run(store)
+                try:
+                    await runner.run(store)
+                finally:
+                    display.update(runner.summary, engine.dispatcher.stats, force=True)
         except BudgetExceeded:
             code = EXIT_BUDGET
         except asyncio.CancelledError:
@@ -230,6 +250,10 @@ def _refine(ns: argparse.Namespace, config: Config, err: Any) -> int:
             await engine.aclose()
             store.close()
         display.summary(runner.summary, engine.dispatcher.stats, paths)
+        if runner.summary.complete:
+            info = _write_dataset_info(paths.output)
+            if info is not None:
+                err.print(f"LLaMA-Factory entry: {info} (merge it into your dataset_info.json)")
         if ns.show and runner.summary.complete:
             from coevol.cli.show import show_trace
 

@@ -47,9 +47,9 @@ class RunDisplay:
     ) -> None:
         self._progress.stop()
 
-    def update(self, summary: RunSummary, stats: RunStats) -> None:
+    def update(self, summary: RunSummary, stats: RunStats, *, force: bool = False) -> None:
         now = time.monotonic()
-        if now - self._last < 0.1:
+        if now - self._last < 0.1 and not force:
             return
         self._last = now
         roles = " ".join(
