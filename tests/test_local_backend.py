@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import sys
 import threading
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -162,6 +164,21 @@ async def test_aclose_frees_and_refuses(fake_backend: tuple[LlamaCppBackend, Fak
     await backend.aclose()  # idempotent
     with pytest.raises(FatalError, match="closed"):
         await backend.complete(request(backend))
+
+
+def test_extra_buffer_types_switched_off_only_during_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Params:
+        use_extra_bufts = True
+
+    fake = types.ModuleType("llama_cpp.llama_cpp")
+    original = Params
+    fake.llama_model_default_params = original  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "llama_cpp.llama_cpp", fake)
+    with local._extra_buffer_types(False):
+        assert fake.llama_model_default_params().use_extra_bufts is False  # type: ignore[attr-defined]
+    assert fake.llama_model_default_params is original  # type: ignore[attr-defined]
+    with local._extra_buffer_types(True):
+        assert fake.llama_model_default_params is original  # type: ignore[attr-defined]
 
 
 # -- the real embedded model ----------------------------------------------------------------------

@@ -38,10 +38,13 @@ class Engine:
             await backend.aclose()
 
 
-def _local_backend(config: Config) -> Backend:
+async def _local_backend(config: Config) -> Backend:
+    """Load the model now, so a missing extra or a corrupt file fails before any work starts."""
     from coevol.llm.local import LlamaCppBackend
 
-    return LlamaCppBackend(config.model_path, n_ctx=config.n_ctx, n_threads=config.n_threads)
+    backend = LlamaCppBackend(config.model_path, n_ctx=config.n_ctx, n_threads=config.n_threads)
+    await backend.load()
+    return backend
 
 
 def _http_backend(config: Config, base_url: str, api_key_env: str | None) -> Backend:
@@ -85,7 +88,7 @@ async def build_engine(
             local = True
             key: tuple[str, str | None] = ("local", None)
             if key not in made:
-                made[key] = _local_backend(config)
+                made[key] = await _local_backend(config)
             model = rc.model or EMBEDDED_MODEL_NAME
         else:
             key = (rc.base_url, rc.api_key_env)

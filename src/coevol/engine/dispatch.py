@@ -15,7 +15,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from coevol.engine.limits import AdaptiveLimit, TokenBucket
-from coevol.errors import ConfigError, FatalError, LLMError, RateLimitError, RetryableError
+from coevol.errors import (
+    AuthenticationError,
+    ConfigError,
+    FatalError,
+    LLMError,
+    NotFoundError,
+    RateLimitError,
+    RetryableError,
+)
 from coevol.llm.types import Backend, ChatRequest, Completion, GenParams, Message, Usage
 from coevol.prompts.render import merge_system_prompt
 from coevol.store.sqlite import Store
@@ -98,6 +106,9 @@ class Dispatcher:
         self._tpm = TokenBucket(tpm) if tpm else None
         self._not_before = 0.0  # a server-wide pause after a 429, shared by all requests
         self._in_flight: dict[str, asyncio.Future[_Shared]] = {}
+        # A server that rejected our key (or does not know a model) will reject every later request
+        # too: remember it, and fail those without sending them.
+        self._refused: dict[tuple[str, str | None], FatalError] = {}
 
     def request(self, role: str, messages: Sequence[Message], *, attempt: int = 0) -> ChatRequest:
         """The exact request a role's messages become (routing and system-prompt merging)."""
@@ -163,6 +174,8 @@ class Dispatcher:
             await limit.acquire()
             epoch = limit.epoch
             try:
+                if self._refused:
+                    self._check_refused(request)
                 completion = await backend.complete(request)
                 self.stats.sent += 1
                 _add_usage(self.stats.usage, role, completion)
@@ -188,6 +201,11 @@ class Dispatcher:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 continue
+            except (AuthenticationError, NotFoundError) as exc:
+                limit.release(success=False)
+                scope = request.endpoint, None if isinstance(exc, AuthenticationError) else request.model
+                self._refused.setdefault(scope, exc)
+                raise
             except BaseException:
                 limit.release(success=False)
                 raise
@@ -195,6 +213,13 @@ class Dispatcher:
             if self._tpm is not None:
                 self._settle_tokens(request, completion)
             return completion
+
+    def _check_refused(self, request: ChatRequest) -> None:
+        refused = self._refused.get((request.endpoint, None)) or self._refused.get(
+            (request.endpoint, request.model)
+        )
+        if refused is not None:
+            raise type(refused)(f"{refused} (not sent: the server already refused it)", status=refused.status)
 
     async def _admit(self, request: ChatRequest) -> None:
         """Wait out a server-wide 429 pause, then take from the optional rate buckets."""
