@@ -39,6 +39,8 @@ A1, A2, EQ = Verdict.ASSISTANT_1, Verdict.ASSISTANT_2, Verdict.EQUAL
         ("Equal", EQ),
         ("<assistant 1> is better than <assistant 2>", A1),
         ("The better one is <assistant 2>.", A2),
+        ("Assistant 1 <equal>", EQ),  # seen from the embedded 0.5B model: the requested form wins
+        ("assistant 2, i.e. <assistant 2>", A2),
     ],
 )
 def test_parse_verdict(text: str, expected: Verdict) -> None:

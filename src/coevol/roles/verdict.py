@@ -43,7 +43,8 @@ class Order(StrEnum):
 
 _TOKEN_RE = re.compile(r"<?\s*\b(?:assistant\s*([12])|(equal|tie))\b\s*>?")
 _LEADING_LABEL_RE = re.compile(r"^(?:output|verdict|answer|decision|result)\s*:\s*", re.IGNORECASE)
-_EMPHASIS = "*_`#>[]()\"' \t"
+_LEAD = "*_`#>[(\"' \t"  # markdown emphasis, headings, quotes before the verdict
+_TRAIL = "*_`])\"' \t."  # ... and after it (a closing ">" belongs to the verdict)
 
 
 def first_line(text: str) -> str:
@@ -55,33 +56,41 @@ def first_line(text: str) -> str:
 
 
 def _normalize(line: str) -> str:
-    line = line.strip().strip(_EMPHASIS)
+    line = line.strip().lstrip(_LEAD).rstrip(_TRAIL)
     line = _LEADING_LABEL_RE.sub("", line)
-    return line.strip().strip(_EMPHASIS).lower()
+    return line.lstrip(_LEAD).rstrip(_TRAIL).lower()
 
 
 def parse_verdict(text: str) -> Verdict:
     """``<assistant 1>``, ``<assistant 2>`` or ``<equal>`` from the first non-empty line.
 
-    Tolerates case, surrounding whitespace, markdown emphasis and a leading ``Output:``. The line
-    must name exactly one verdict (or start with one); anything else raises ``ParseError``.
+    Tolerates case, surrounding whitespace, markdown emphasis and a leading ``Output:``. When the
+    line names several verdicts, the one written in the requested ``<...>`` form wins if it is the
+    only such one ("Assistant 1 <equal>" is ``EQUAL``); otherwise the line must start with a
+    verdict ("<assistant 1> is better than <assistant 2>") or name a single one. Anything else
+    raises ``ParseError`` carrying the raw text.
     """
     line = _normalize(first_line(text))
-    found: list[Verdict] = []
+    found: list[tuple[Verdict, bool]] = []
     for match in _TOKEN_RE.finditer(line):
         if match.group(1) == "1":
-            found.append(Verdict.ASSISTANT_1)
+            verdict = Verdict.ASSISTANT_1
         elif match.group(1) == "2":
-            found.append(Verdict.ASSISTANT_2)
+            verdict = Verdict.ASSISTANT_2
         else:
-            found.append(Verdict.EQUAL)
+            verdict = Verdict.EQUAL
+        token = match.group(0).strip()
+        found.append((verdict, token.startswith("<") and token.endswith(">")))
     if not found:
         raise ParseError("judge verdict not found on its first line", raw=text)
-    first = _TOKEN_RE.match(line)
-    if first is not None:
-        return found[0]
-    if len(set(found)) == 1:
-        return found[0]
+    distinct = {v for v, _ in found}
+    bracketed = {v for v, b in found if b}
+    if len(distinct) == 1:
+        return found[0][0]
+    if len(bracketed) == 1:
+        return bracketed.pop()
+    if _TOKEN_RE.match(line) is not None:
+        return found[0][0]
     raise ParseError("judge's first line names more than one verdict", raw=text)
 
 
