@@ -147,6 +147,9 @@ def _explain(exc: ValidationError, source: str) -> str:
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
             lines.append(f"  unknown key {where!r}")
+        elif err["loc"] and err["loc"][-1] == "[key]":  # a mapping key outside its allowed set (roles)
+            key = ".".join(str(p) for p in err["loc"][:-1])
+            lines.append(f"  unknown key {key!r}: {err['msg']}")
         else:
             lines.append(f"  {where}: {err['msg']}")
     return "\n".join(lines)

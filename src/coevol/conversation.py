@@ -37,13 +37,14 @@ def refinable_turns(turns: Sequence[Turn], settings: ConversationSettings) -> li
 
     An assistant turn needs a user turn before it and non-empty text (tool-call-only turns are
     skipped). Refinement stops at ``max_turns`` turns or once the text up to and including the
-    turn passes ``max_tokens``.
+    turn (an alpaca ``input`` included) passes ``max_tokens``. Lengths are those of the original
+    texts, so the plan is known before the first request and does not depend on the edits.
     """
     chosen: list[int] = []
     seen_user = False
     running = 0
     for i, turn in enumerate(turns):
-        running += estimate_tokens(turn.content)
+        running += estimate_tokens(turn.content) + estimate_tokens(turn.input)
         if turn.role == "user":
             seen_user = True
         if turn.role != "assistant" or not seen_user or not turn.content.strip():

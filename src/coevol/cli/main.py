@@ -184,10 +184,15 @@ def _write_dataset_info(output: Path) -> Path | None:
     from coevol.io.files import read_examples
     from coevol.io.formats import dataset_info_entry
 
-    first = next((x for x in read_examples(output) if not isinstance(x, RejectedRow)), None)
-    if first is None:
+    fmt: str | None = None
+    present: set[str] = set()  # every column any row has: LLaMA-Factory reads only those it is told of
+    for x in read_examples(output):
+        if not isinstance(x, RejectedRow):
+            fmt = fmt or x.fmt
+            present.update(x.raw)
+    if fmt is None:
         return None
-    entry = dataset_info_entry(output.stem, output.name, first.fmt, present=set(first.raw))
+    entry = dataset_info_entry(output.stem, output.name, fmt, present=present)
     path = output.with_name(output.name + ".dataset_info.json")
     path.write_bytes(orjson.dumps(entry, option=orjson.OPT_INDENT_2) + b"\n")
     return path

@@ -15,6 +15,7 @@ import orjson
 
 from coevol.conversation import ConversationSettings, refinable_turns, window_sample
 from coevol.errors import ContextLengthError
+from coevol.io.formats import with_input
 from coevol.io.records import Example, Turn
 from coevol.llm.types import Generate, Usage
 from coevol.loop import LoopSettings, Refinement, refine
@@ -75,14 +76,12 @@ def sample_key(example: Example, run_fingerprint: str) -> str:
 
 
 def _prompt_messages(turns: Sequence[Turn], t: int) -> list[dict[str, str]]:
-    """The conversation before turn ``t`` as chat messages (TRL's conversational prompt)."""
-    out = []
-    for turn in turns[:t]:
-        content = turn.content
-        if turn.input.strip():
-            content = f"{content}\n\n{turn.input}"
-        out.append({"role": turn.role, "content": content})
-    return out
+    """The conversation before turn ``t`` as chat messages (TRL's conversational prompt).
+
+    An alpaca input is folded into its user message as ``--output-format`` does (after a newline,
+    placeholders such as ``<noinput>`` dropped), so the pairs match the converted SFT data.
+    """
+    return [{"role": turn.role, "content": with_input(turn)} for turn in turns[:t]]
 
 
 async def refine_example(

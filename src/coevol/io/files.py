@@ -31,6 +31,7 @@ __all__ = [
     "OrderedWriter",
     "RejectsWriter",
     "count_rows",
+    "parquet_schema",
     "read_examples",
 ]
 
@@ -81,6 +82,11 @@ def _dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, default=_json_default)
 
 
+def _file_error(path: PathLike, message: str) -> DataError:
+    """A problem with a whole file: the message starts with the file's name, so a user sees which one."""
+    return DataError(f"{os.fspath(path)}: {message}", source=os.fspath(path))
+
+
 def _input_kind(path: PathLike, file_format: str | None) -> str:
     if file_format is not None:
         kind = "jsonl" if file_format == "ndjson" else file_format
@@ -96,10 +102,10 @@ def _input_kind(path: PathLike, file_format: str | None) -> str:
         return "hf-disk"
     suffix_kind = _SUFFIXES.get(p.suffix.lower())
     if suffix_kind is None:
-        raise DataError(
+        raise _file_error(
+            path,
             f"cannot tell the file format from the suffix {p.suffix!r}; use .jsonl, .json or .parquet, "
             "a datasets folder or hf://owner/name",
-            source=str(path),
         )
     return suffix_kind
 
@@ -172,7 +178,7 @@ def read_examples(
     else:
         p = Path(path)
         if not p.is_file():
-            raise DataError("no such file", source=str(path))
+            raise _file_error(path, "no such file")
         if kind == "parquet":
             rows = _parquet_rows(_open_parquet(p), offset)
             offset = 0
@@ -186,7 +192,7 @@ def read_examples(
             elif first is None or first == ord("["):
                 rows = _array_rows(p)
             else:
-                raise DataError("the top-level JSON value is not an array of rows", source=str(path))
+                raise _file_error(path, "the top-level JSON value is not an array of rows")
     return _items(rows, fmt, offset, limit)
 
 
@@ -197,10 +203,10 @@ def _check_first_line(path: Path) -> None:
     try:
         orjson.loads(line)
     except orjson.JSONDecodeError:
-        raise DataError(
+        raise _file_error(
+            path,
             "not a JSON array and not JSON Lines: the file starts with an object that does not end on its "
             "first line (a single JSON object is not a dataset)",
-            source=str(path),
         ) from None
 
 
@@ -356,7 +362,7 @@ def _open_parquet(path: Path) -> Any:
     try:
         return pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises ArrowInvalid, OSError and others for unreadable files
-        raise DataError(f"not a readable Parquet file: {e}", source=str(path)) from e
+        raise _file_error(path, f"not a readable Parquet file: {e}") from e
 
 
 def _parquet_rows(pf: Any, offset: int) -> Iterator[_Raw]:
@@ -375,7 +381,7 @@ def _parquet_rows(pf: Any, offset: int) -> Iterator[_Raw]:
 def _open_disk(path: Path) -> Any:
     """A folder written by ``Dataset.save_to_disk``; for a ``DatasetDict``, its train (or only) split."""
     if not ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
-        raise DataError("a folder must be a dataset saved with datasets' save_to_disk", source=str(path))
+        raise _file_error(path, "a folder must be a dataset saved with datasets' save_to_disk")
     datasets = _import_datasets()
     ds = datasets.load_from_disk(str(path))
     if isinstance(ds, datasets.DatasetDict):
@@ -383,9 +389,7 @@ def _open_disk(path: Path) -> Any:
         if "train" in ds:
             return ds["train"]
         if len(splits) != 1:
-            raise DataError(
-                f"the saved dataset has several splits and none is 'train': {splits}", source=str(path)
-            )
+            raise _file_error(path, f"the saved dataset has several splits and none is 'train': {splits}")
         return ds[splits[0]]
     return ds
 
@@ -400,6 +404,20 @@ def _open_hub(spec: str) -> Any:
 def _object_rows(rows: Iterable[Any]) -> Iterator[_Raw]:
     for number, row in enumerate(rows, 1):
         yield _Raw(number, None, row)
+
+
+def parquet_schema(path: PathLike, *, file_format: str | None = None) -> Any:
+    """The schema of a Parquet input (a pyarrow schema), or ``None`` for any other kind of input.
+
+    Writing a Parquet output in the input's own row format with this schema keeps every column's type
+    (``int32``, ``large_string``, an all-null list column ...) instead of re-inferring them from the rows.
+    """
+    try:
+        if _input_kind(path, file_format) != "parquet" or not Path(path).is_file():
+            return None
+    except DataError:
+        return None
+    return _open_parquet(Path(path)).schema_arrow
 
 
 def count_rows(path: PathLike, *, file_format: str | None = None) -> int | None:
@@ -622,34 +640,83 @@ class _ParquetSink:
         try:
             return self._pa.unify_schemas([self._schema, schema], promote_options="permissive")
         except self._errors() as e:
-            raise DataError(f"{self._span(len(rows))} mix column types: {e}", source=str(self._path)) from e
+            raise _file_error(self._path, f"{self._span(len(rows))} mix column types: {e}") from e
 
     def _store(self, rows: list[dict[str, Any]]) -> None:
         pa = self._pa
         table = pa.Table.from_pylist(rows)
-        if not table.schema.equals(self._schema):
+        if self._fixed:
+            table = self._given_schema(rows, table.schema)
+        elif not table.schema.equals(self._schema):
             try:
                 unified = pa.unify_schemas([self._schema, table.schema], promote_options="permissive")
                 fits = unified.equals(self._schema)
                 if fits:
                     table = pa.Table.from_pylist(rows, schema=self._schema)
             except self._errors() as e:
-                raise DataError(
-                    f"{self._span(len(rows))} do not fit the Parquet schema: {e}", source=str(self._path)
+                raise _file_error(
+                    self._path, f"{self._span(len(rows))} do not fit the Parquet schema: {e}"
                 ) from e
             if not fits:
-                raise DataError(
+                raise _file_error(
+                    self._path,
                     f"{self._span(len(rows))} do not fit the Parquet schema of the first rows "
                     f"(new or retyped columns: {_schema_diff(self._schema, unified)}); "
                     "write .jsonl instead or pass the input's schema",
-                    source=str(self._path),
                 )
         self._writer.write_table(table)
         self._stored += len(rows)
 
+    def _given_schema(self, rows: list[dict[str, Any]], inferred: Any) -> Any:
+        """``rows`` as a table of the schema the caller gave: values are converted to its types (an
+        ``int32`` column stays ``int32``), but a field it has no place for is an error, never dropped."""
+        pa = self._pa
+        unknown = _unknown_fields(pa, pa.struct(list(self._schema)), pa.struct(list(inferred)), "")
+        if unknown:
+            raise _file_error(
+                self._path,
+                f"{self._span(len(rows))} do not fit the given Parquet schema (fields it lacks: "
+                f"{', '.join(unknown)}); write .jsonl instead",
+            )
+        try:
+            return pa.Table.from_pylist(rows, schema=self._schema)
+        except self._errors() as e:
+            raise _file_error(
+                self._path, f"{self._span(len(rows))} do not fit the Parquet schema: {e}"
+            ) from e
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def _is_list(pa: Any, dtype: Any) -> bool:
+    return bool(
+        pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype)
+    )
+
+
+def _unknown_fields(pa: Any, given: Any, inferred: Any, prefix: str) -> list[str]:
+    """Struct fields of ``inferred`` (nested ones dotted) that ``given`` has no place for.
+
+    Converting rows to a given schema silently drops such fields, so they must be found first. Other
+    mismatches (a string where a number is expected) make the conversion itself fail.
+    """
+    if pa.types.is_struct(inferred) and pa.types.is_struct(given):
+        known = {given.field(i).name: given.field(i).type for i in range(given.num_fields)}
+        found: list[str] = []
+        for i in range(inferred.num_fields):
+            field = inferred.field(i)
+            if field.name not in known:
+                found.append(prefix + field.name)
+            else:
+                found += _unknown_fields(pa, known[field.name], field.type, f"{prefix}{field.name}.")
+        return found
+    if _is_list(pa, inferred) and _is_list(pa, given):
+        return _unknown_fields(pa, given.value_type, inferred.value_type, f"{prefix.removesuffix('.')}[].")
+    if pa.types.is_map(inferred) and pa.types.is_map(given):
+        return _unknown_fields(pa, given.item_type, inferred.item_type, prefix)
+    return []
 
 
 def _has_null(pa: Any, dtype: Any) -> bool:

@@ -10,18 +10,23 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
+import orjson
+
 from coevol.errors import ConfigError, DataError
 from coevol.io.records import Example, Turn
+from coevol.prompts.render import NO_INPUT_PLACEHOLDERS
 
 __all__ = [
     "ALPACA",
     "FORMATS",
     "MESSAGES",
     "SHAREGPT",
+    "TOOL_CALL_ROLE",
     "dataset_info_entry",
     "detect_format",
     "parse_example",
     "render_example",
+    "with_input",
 ]
 
 ALPACA = "alpaca"
@@ -47,6 +52,9 @@ _SOURCE_KEYS = {
     MESSAGES: frozenset({"messages"}),
 }
 _SHAREGPT_TAGS = {"user": "human", "assistant": "gpt", "system": "system"}
+TOOL_CALL_ROLE = "function_call"
+"""The role of an assistant message that calls tools (``tool_calls`` / ``function_call`` in the messages
+format): LLaMA-Factory's name for such a turn, as ShareGPT data spells it. It is context, never refined."""
 _MAX_KEYS_SHOWN = 12
 
 
@@ -217,6 +225,9 @@ def _parse_conversation(
             raise DataError(f"field '{path}.{role_key}' is not a string ({_jtype(role)})", line=line)
         if key == "conversations":
             role = _SHAREGPT_ROLES.get(role.lower(), role)
+        elif role == "assistant" and _calls_tools(message):
+            turns.append(Turn(TOOL_CALL_ROLE, _tool_call_text(message, path, line)))
+            continue
         content = _text(message, content_key, f"{path}.{content_key}", line)
         if role in ("user", "assistant") and _blank(content):
             raise DataError(f"empty {role} turn at {path}", line=line)
@@ -227,6 +238,30 @@ def _parse_conversation(
     if "user" not in roles:
         raise DataError("conversation has no user turn", line=line)
     return turns
+
+
+def _calls_tools(message: dict[str, Any]) -> bool:
+    """An OpenAI/TRL assistant message that calls tools (its ``content`` is often null or absent).
+
+    An empty ``tool_calls`` list, as some exporters write on every message, calls nothing.
+    """
+    return bool(message.get("tool_calls")) or bool(message.get("function_call"))
+
+
+def _tool_call_text(message: dict[str, Any], path: str, line: int) -> str:
+    """What the agents see of a tool-calling turn: its text, if any, then the calls as JSON."""
+    content = message.get("content")
+    if content is not None and not isinstance(content, str):
+        raise DataError(f"field '{path}.content' has non-text content ({_jtype(content)})", line=line)
+    if message.get("tool_calls"):
+        calls = message["tool_calls"]
+        if not isinstance(calls, list):
+            raise DataError(f"field '{path}.tool_calls' is not a list ({_jtype(calls)})", line=line)
+    else:
+        calls = [message["function_call"]]
+    functions = [c["function"] if isinstance(c, dict) and "function" in c else c for c in calls]
+    shown = orjson.dumps(functions[0] if len(functions) == 1 else functions, default=str).decode()
+    return shown if content is None or _blank(content) else f"{content}\n{shown}"
 
 
 def render_example(ex: Example, turns: list[Turn], out_fmt: str | None = None) -> dict[str, Any]:
@@ -253,11 +288,11 @@ def render_example(ex: Example, turns: list[Turn], out_fmt: str | None = None) -
     elif out_fmt == SHAREGPT:
         body = {
             "conversations": [
-                {"from": _SHAREGPT_TAGS.get(t.role, t.role), "value": _with_input(t)} for t in turns
+                {"from": _SHAREGPT_TAGS.get(t.role, t.role), "value": with_input(t)} for t in turns
             ]
         }
     else:
-        body = {"messages": [{"role": t.role, "content": _with_input(t)} for t in turns]}
+        body = {"messages": [{"role": t.role, "content": with_input(t)} for t in turns]}
     source_keys = _SOURCE_KEYS[ex.fmt]
     out: dict[str, Any] = {}
     for key, value in ex.raw.items():
@@ -291,9 +326,15 @@ def _replace_conversation(
     return out
 
 
-def _with_input(turn: Turn) -> str:
-    """The text with alpaca's ``input`` folded in, joined by a newline as LLaMA-Factory does."""
-    return f"{turn.content}\n{turn.input}" if turn.input else turn.content
+def with_input(turn: Turn) -> str:
+    """The text with alpaca's ``input`` folded in, joined by a newline as LLaMA-Factory does.
+
+    A placeholder such as ``<noinput>`` means the sample has no input (as the prompts treat it), so it is
+    not folded into the message.
+    """
+    if turn.input.strip().lower() in NO_INPUT_PLACEHOLDERS:
+        return turn.content
+    return f"{turn.content}\n{turn.input}"
 
 
 def _to_alpaca(turns: list[Turn], line: int) -> dict[str, Any]:
@@ -318,9 +359,7 @@ def _to_alpaca(turns: list[Turn], line: int) -> dict[str, Any]:
     if systems:
         body["system"] = "\n\n".join(systems)
     if len(rest) > 2:
-        body["history"] = [
-            [_with_input(q), a.content] for q, a in zip(rest[:-2:2], rest[1:-2:2], strict=True)
-        ]
+        body["history"] = [[with_input(q), a.content] for q, a in zip(rest[:-2:2], rest[1:-2:2], strict=True)]
     return body
 
 
