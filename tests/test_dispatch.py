@@ -309,7 +309,9 @@ async def test_tpm_limit_accounts_estimated_tokens() -> None:
 
 
 async def test_after_a_refused_key_nothing_more_is_sent() -> None:
-    backend = ScriptedBackend(failing(1, lambda: AuthenticationError("HTTP 401: invalid API key", status=401)))
+    backend = ScriptedBackend(
+        failing(1, lambda: AuthenticationError("HTTP 401: invalid API key", status=401))
+    )
     d = dispatcher(backend)
     with pytest.raises(AuthenticationError):
         await d("judge", MSGS)

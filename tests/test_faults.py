@@ -3,12 +3,15 @@ a budget of failures stops the run, a bad key stops it at once, and the key neve
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from coevol.testing.fake_server import FakeOpenAIServer, Fault, FaultKind, first_attempt_faults
-from coevol.testing.responders import CoEvolResponder, GarbleFirstJudge
+from coevol.testing.responders import CoEvolResponder, GarbleFirstJudge, identify_role
 
 from .engine_support import ThreadedServer, alpaca_rows, child_env, marked, refine_file, run_cli, write_jsonl
 
@@ -145,3 +148,21 @@ def assert_no_leak(logs: str, folder: Path) -> None:
     assert any(p.name.endswith(".coevol.db") for p in files)
     for path in files:
         assert KEY.encode() not in path.read_bytes(), path
+
+
+async def test_a_failed_samples_detached_call_does_not_outlive_the_run(tmp_path: Path) -> None:
+    # The positive debater is refused at once while the critical one is still thinking: the sample
+    # fails, and the critical call must not keep running (or retrying) after the run has ended.
+    def refuse_positive(body: dict[str, Any], seen: int) -> Fault | None:
+        return Fault(FaultKind.BAD_REQUEST) if identify_role(body["messages"]) == "positive" else None
+
+    def slow_critic(body: dict[str, Any]) -> float:
+        return 0.3 if identify_role(body["messages"]) == "critical" else 0.0
+
+    data = write_jsonl(tmp_path / "in.jsonl", alpaca_rows(3, seed=11))
+    async with FakeOpenAIServer(CoEvolResponder(), faults=refuse_positive, latency=slow_critic) as server:
+        summary, _ = await refine_file(server.base_url, data, tmp_path / "out.jsonl")
+        await asyncio.sleep(0.5)  # time for anything left behind to show up at the server
+        roles = Counter(identify_role(r.body["messages"]) for r in server.requests)
+    assert summary.complete and summary.failed == 3
+    assert roles == {"positive": 3, "critical": 3}

@@ -16,11 +16,20 @@ from typing import Any
 
 import pytest
 
+from coevol.prompts.templates import load_prompts
 from coevol.store.sqlite import Store
-from coevol.testing.fake_server import Fault, FaultKind
-from coevol.testing.responders import CoEvolResponder
+from coevol.testing.fake_server import FakeOpenAIServer, Fault, FaultKind
+from coevol.testing.responders import CoEvolResponder, identify_role
 
-from .engine_support import ThreadedServer, alpaca_rows, kill_when, run_cli, start_cli, write_jsonl
+from .engine_support import (
+    ThreadedServer,
+    alpaca_rows,
+    kill_when,
+    refine_file,
+    run_cli,
+    start_cli,
+    write_jsonl,
+)
 
 CONCURRENCY = 8
 
@@ -188,3 +197,24 @@ def test_retry_failed_reruns_only_the_failed_samples(server: ThreadedServer, tmp
     clean = run_cli("refine", data, "-o", tmp_path / "clean" / "out.jsonl", *args(server))
     assert clean.returncode == 0, clean.stderr
     assert out.read_bytes() == (tmp_path / "clean" / "out.jsonl").read_bytes()
+
+
+async def test_changing_one_prompt_resends_only_the_calls_that_use_it(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "in.jsonl", alpaca_rows(10, seed=8))
+    out = tmp_path / "out.jsonl"
+    async with FakeOpenAIServer(CoEvolResponder()) as server:
+        await refine_file(server.base_url, data, out)
+        first = Counter(identify_role(r.body["messages"]) for r in server.requests)
+        expected = out.read_bytes()
+        folder = tmp_path / "prompts"
+        folder.mkdir()
+        (folder / "judge.txt").write_text(
+            load_prompts().texts["judge"] + "\nBe strict."
+        )  # forward order only
+        start = len(server.requests)
+        summary, _ = await refine_file(server.base_url, data, out, prompts_dir=str(folder))
+        resent = server.requests[start:]
+    assert summary.complete
+    assert resent and all(r.body["messages"][-1]["content"].endswith("Be strict.") for r in resent)
+    assert len(resent) == first["judge"] // 2  # the forward half of the judge calls
+    assert out.read_bytes() == expected

@@ -80,6 +80,7 @@ async def arefine(
     try:
         return list(await asyncio.gather(*(one(i, obj) for i, obj in enumerate(rows))))
     finally:
+        await engine.dispatcher.drain()  # a failed sample's detached call must not outlive the engine
         await engine.aclose()
         if store is not None:
             store.close()

@@ -128,6 +128,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--retry-failed", action="store_true", help="run the samples that failed last time again")
     r.add_argument("--show", type=int, default=0, metavar="N", help="print the trace of the first N samples")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    r.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the calls, tokens and cost the run would need, then exit without sending anything",
+    )
+    r.add_argument(
+        "--rate",
+        type=float,
+        metavar="CALLS_PER_S",
+        help="with --dry-run: calls/s your server sustains (measured), for a time estimate",
+    )
     _add_config_flags(r)
 
     c = sub.add_parser("config", help="print the effective configuration as YAML")
@@ -208,6 +219,21 @@ def _refine(ns: argparse.Namespace, config: Config, err: Any) -> int:
         err.print(f"[bold red]error:[/] input not found: {ns.input}")
         return EXIT_ERROR
     paths = RunPaths.beside(ns.input, ns.output, ns.pairs)
+    if ns.dry_run:
+        from coevol.cli.dryrun import estimate, format_estimate
+        from coevol.prompts.templates import load_prompts
+
+        est = estimate(
+            config,
+            ns.input,
+            input_format=ns.input_format,
+            offset=ns.offset,
+            limit=ns.limit,
+            prompts=load_prompts(config.prompts_dir),
+            calls_per_second=ns.rate,
+        )
+        sys.stdout.write(format_estimate(est))
+        return EXIT_OK
 
     async def run() -> int:
         store = Store(paths.store)

@@ -2,8 +2,11 @@
 
 Agents call ``await dispatcher(role, messages)``; the dispatcher picks the role's route (backend,
 model, parameters), replays the answer from the store when it has one, and otherwise sends it under
-the concurrency and rate limits, retrying transient failures with backoff. Every answer is stored
-before it is returned, so a crash never loses a paid-for call.
+the concurrency and rate limits, retrying transient failures with backoff. Every answer is committed
+to the store before it is returned (and before its in-flight slot is freed), so a crash never loses
+a paid-for call and a rerun re-sends at most what was in flight. An identical request already on the
+wire is awaited rather than sent again, and once a server refuses the key (or a model) nothing more
+is sent to it: the run is misconfigured, not unlucky.
 """
 
 from __future__ import annotations
@@ -109,6 +112,7 @@ class Dispatcher:
         # A server that rejected our key (or does not know a model) will reject every later request
         # too: remember it, and fail those without sending them.
         self._refused: dict[tuple[str, str | None], FatalError] = {}
+        self._callers: set[asyncio.Task[object]] = set()  # tasks waiting in ``__call__``
 
     def request(self, role: str, messages: Sequence[Message], *, attempt: int = 0) -> ChatRequest:
         """The exact request a role's messages become (routing and system-prompt merging)."""
@@ -120,6 +124,30 @@ class Dispatcher:
         return ChatRequest(route.backend.endpoint, route.model, tuple(msgs), route.params, attempt)
 
     async def __call__(self, role: str, messages: Sequence[Message], *, attempt: int = 0) -> Completion:
+        task = asyncio.current_task()
+        if task is None:
+            return await self._call(role, messages, attempt)
+        self._callers.add(task)
+        try:
+            return await self._call(role, messages, attempt)
+        finally:
+            self._callers.discard(task)
+
+    async def drain(self) -> int:
+        """Cancel the calls still in flight and wait for them; returns how many there were.
+
+        When one of two concurrent calls of a sample fails, the sample is over but the other call
+        may still be running, detached. A run ends by draining, so nothing keeps sending (or
+        retrying on a closed session) after the run's store and backends are closed.
+        """
+        left = [t for t in self._callers if not t.done() and t is not asyncio.current_task()]
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left)
+        return len(left)
+
+    async def _call(self, role: str, messages: Sequence[Message], attempt: int) -> Completion:
         request = self.request(role, messages, attempt=attempt)
         key = request.key()
         store = self.store

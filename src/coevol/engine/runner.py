@@ -1,9 +1,11 @@
 """Run a whole dataset: stream rows in, refine many at once, write results out in input order.
 
 Memory stays flat: rows are read lazily, at most ``samples_in_flight`` examples run at a time, and
-finished results wait in a reorder buffer that admission keeps bounded. Every finished example is
-stored before it is written, so a rerun replays it without a call; output, trace and pairs files
-are written to ``.partial`` files and renamed into place only when the whole input is done.
+finished results (replayed and rejected rows included) wait in a reorder buffer that admission
+keeps bounded. Every finished example goes to the store, so a rerun replays it without a call and
+rewrites every file from scratch: output, trace, pairs and rejects are written to ``.partial``
+files and renamed into place only when the whole input is done, so a row is never lost or written
+twice. A run ends by draining the dispatcher, so no call outlives it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from coevol.conversation import ConversationSettings
 from coevol.engine.dispatch import Dispatcher, RunStats
 from coevol.engine.example import ExampleOutcome, refine_example, sample_key
 from coevol.errors import BudgetExceeded, DataError
-from coevol.io.files import OrderedWriter, RejectsWriter, read_examples
+from coevol.io.files import OrderedWriter, RejectsWriter, parquet_schema, read_examples
 from coevol.io.formats import render_example
 from coevol.io.records import Example, RejectedRow
 from coevol.loop import LoopSettings
@@ -169,7 +171,10 @@ class Runner:
     async def run(self, store: Store) -> RunSummary:
         """Process the whole input. Raises ``BudgetExceeded`` after a clean stop on a budget."""
         started = time.monotonic()
-        output = OrderedWriter(self.paths.output)
+        # Rows written back in their own format keep a Parquet input's column types.
+        same_shape = self.output_format is None or self.output_format == self.input_format
+        schema = parquet_schema(self.paths.input) if same_shape else None
+        output = OrderedWriter(self.paths.output, parquet_schema=schema)
         trace = OrderedWriter(self.paths.trace)
         pairs = OrderedWriter(self.paths.pairs) if self.paths.pairs else None
         writers = [w for w in (output, trace, pairs) if w is not None]
@@ -286,6 +291,7 @@ class Runner:
                 await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
             if stop:
                 raise stop[0]
+            await self.dispatcher.drain()
             for writer in writers:
                 writer.close()
             rejects.close()
@@ -307,6 +313,7 @@ class Runner:
                 except asyncio.CancelledError:
                     for task in pending:
                         task.cancel()
+            await self.dispatcher.drain()
             for writer in writers:
                 writer.abort()
             if isinstance(exc, BudgetExceeded):

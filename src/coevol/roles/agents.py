@@ -8,8 +8,9 @@ given, so "refresh the memory of all agents" (Algorithm 1, line 17) is simply no
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from coevol.errors import ParseError
 from coevol.llm.types import Generate, Message
@@ -41,6 +42,26 @@ __all__ = [
 
 JudgeKind = Literal["verdict", "score"]
 
+_A = TypeVar("_A")
+_B = TypeVar("_B")
+
+
+async def _both(first: Awaitable[_A], second: Awaitable[_B]) -> tuple[_A, _B]:
+    """Two calls at once. When one fails the other is cancelled: the sample has failed, and a call
+    left running would go on paying (and retrying) for an answer nobody reads."""
+    a, b = asyncio.ensure_future(first), asyncio.ensure_future(second)
+    try:
+        await asyncio.wait((a, b), return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in (a, b):
+            task.cancel()  # a no-op for a finished task
+    errors = [task.exception() for task in (a, b) if task.done() and not task.cancelled()]
+    for error in errors:  # every exception read, so asyncio has none to report as lost
+        if error is not None:
+            raise error
+    return a.result(), b.result()
+
+
 POSITIVE, CRITICAL, ADVISOR, EDITOR, JUDGE = "positive", "critical", "advisor", "editor", "judge"
 
 
@@ -68,7 +89,7 @@ async def debate(generate: Generate, prompts: PromptSet, sample: Sample) -> Deba
     pos_sys, crt_sys = prompts["positive_system"], prompts["critical_system"]
     pos_task = prompts.render("positive_round1", sample=text)
     crt_task = prompts.render("critical_round1", sample=text)
-    pos_pred, crt_pred = await asyncio.gather(
+    pos_pred, crt_pred = await _both(
         generate(POSITIVE, messages(pos_sys, pos_task)),
         generate(CRITICAL, messages(crt_sys, crt_task)),
     )
@@ -81,7 +102,7 @@ async def debate(generate: Generate, prompts: PromptSet, sample: Sample) -> Deba
         {"role": "user", "content": crt_task},
         {"role": "assistant", "content": crt_pred.text},
     ]
-    pos_free, crt_free = await asyncio.gather(
+    pos_free, crt_free = await _both(
         generate(
             POSITIVE,
             messages(pos_sys, prompts.render("positive_round2", crt_pred=crt_pred.text), pos_memory),
@@ -242,7 +263,7 @@ async def judge(
             return Judgment([forward], forward.scores[0], forward.scores[1], skipped_reverse=True)
         reverse = await _judge_order(*args, Order.REVERSE, kind, reasks)
     else:
-        forward, reverse = await asyncio.gather(
+        forward, reverse = await _both(
             _judge_order(*args, Order.FORWARD, kind, reasks),
             _judge_order(*args, Order.REVERSE, kind, reasks),
         )
