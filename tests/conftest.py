@@ -1,8 +1,11 @@
-"""Shared fixtures: a fake OpenAI-compatible server on loopback and engines pointed at it."""
+"""Shared fixtures: a fake OpenAI-compatible server on loopback, engines pointed at it, the CLI."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -50,3 +53,23 @@ async def coevol_server() -> AsyncIterator[FakeOpenAIServer]:
 async def make_engine(server: FakeOpenAIServer, **overrides: Any) -> Engine:
     config = Config(base_url=server.base_url, model="fake-model", **overrides)
     return await build_engine(config)
+
+
+async def coevol_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run ``python -m coevol.cli.main ARGS``; returns (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "coevol.cli.main",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines()]

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,24 +10,9 @@ from typing import Any
 from coevol.testing.fake_server import FakeOpenAIServer
 from coevol.testing.responders import EDIT_MARK, CoEvolResponder, accept_up_to
 
-from .conftest import ALPACA_ROWS
+from .conftest import ALPACA_ROWS, coevol_cli
 
 SECRET = "sk-test-DO-NOT-LEAK-4f1c9a"
-
-
-async def coevol(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "coevol.cli.main",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "COLUMNS": "120", **(env or {})},
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_refine_alpaca_json_keeps_shape_order_and_extra_fields(
@@ -39,7 +21,7 @@ async def test_refine_alpaca_json_keeps_shape_order_and_extra_fields(
     src = write_json("data.json", ALPACA_ROWS)
     out = tmp_path / "out" / "refined.json"
     async with FakeOpenAIServer(CoEvolResponder(accept_up_to(2)), api_key=SECRET) as server:
-        code, stdout, stderr = await coevol(
+        code, stdout, stderr = await coevol_cli(
             "refine", str(src), "-o", str(out), "--base-url", server.base_url, "--model", "m",
             "--max-rounds", "3", "--quiet", env={"OPENAI_API_KEY": SECRET},
         )  # fmt: skip
@@ -87,11 +69,11 @@ async def test_second_run_replays_everything_and_sends_nothing(
     out = tmp_path / "refined.jsonl"
     async with FakeOpenAIServer(CoEvolResponder(accept_up_to(1))) as server:
         args = ("refine", str(src), "-o", str(out), "--base-url", server.base_url, "--model", "m", "-q")
-        code, _, err = await coevol(*args)
+        code, _, err = await coevol_cli(*args)
         assert code == 0, err
         first = out.read_bytes()
         sent = len(server.requests)
-        code, _, err = await coevol(*args)
+        code, _, err = await coevol_cli(*args)
         assert code == 0, err
         assert len(server.requests) == sent
         assert out.read_bytes() == first
@@ -104,7 +86,7 @@ async def test_show_prints_debate_suggestions_edit_and_verdicts(
     src = write_json("data.json", ALPACA_ROWS[:1])
     out = tmp_path / "refined.json"
     async with FakeOpenAIServer(CoEvolResponder(accept_up_to(0))) as server:
-        code, stdout, err = await coevol(
+        code, stdout, err = await coevol_cli(
             "refine", str(src), "-o", str(out), "--base-url", server.base_url, "--model", "m", "-q",
             "--show", "1",
         )  # fmt: skip
@@ -126,7 +108,7 @@ async def test_wrong_key_fails_fast_with_a_clear_message(
 ) -> None:
     src = write_json("data.json", ALPACA_ROWS)
     async with FakeOpenAIServer(CoEvolResponder(), api_key="the-right-key") as server:
-        code, stdout, stderr = await coevol(
+        code, stdout, stderr = await coevol_cli(
             "refine", str(src), "-o", str(tmp_path / "o.json"), "--base-url", server.base_url,
             "--model", "m", "-q", env={"OPENAI_API_KEY": SECRET},
         )  # fmt: skip
@@ -141,7 +123,7 @@ async def test_wrong_key_fails_fast_with_a_clear_message(
 async def test_config_prints_effective_yaml_without_secrets(tmp_path: Path) -> None:
     cfg = tmp_path / "run.yaml"
     cfg.write_text("model: base\nroles:\n  judge:\n    model: strong\n    api_key_env: JUDGE_KEY\n")
-    code, stdout, err = await coevol(
+    code, stdout, err = await coevol_cli(
         "config", "--config", str(cfg), "--max-rounds", "2", env={"JUDGE_KEY": SECRET}
     )
     assert code == 0, err
@@ -153,6 +135,6 @@ async def test_config_prints_effective_yaml_without_secrets(tmp_path: Path) -> N
 async def test_unknown_config_key_is_named(tmp_path: Path) -> None:
     cfg = tmp_path / "run.yaml"
     cfg.write_text("roles:\n  judge:\n    modle: x\n")
-    code, _, err = await coevol("config", "--config", str(cfg))
+    code, _, err = await coevol_cli("config", "--config", str(cfg))
     assert code == 1
     assert "unknown key 'roles.judge.modle'" in err

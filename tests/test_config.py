@@ -14,7 +14,7 @@ from coevol.errors import ConfigError
 from coevol.testing.fake_server import FakeOpenAIServer
 from coevol.testing.responders import EDIT_MARK, CoEvolResponder, accept_up_to, identify_role
 
-from .test_formats_cli import coevol_cli
+from .conftest import coevol_cli
 
 FULL = Config(
     base_url="http://localhost:8000/v1",

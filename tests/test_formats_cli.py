@@ -7,12 +7,9 @@ name their line; file-level problems name the file.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
-import os
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +24,7 @@ from coevol.io.records import Example
 from coevol.testing.fake_server import FakeOpenAIServer
 from coevol.testing.responders import EDIT_MARK, CoEvolResponder, accept_up_to
 
-
-async def coevol_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """Run ``python -m coevol.cli.main ARGS``; returns (exit code, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "coevol.cli.main",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+from .conftest import coevol_cli, read_jsonl
 
 
 def write_rows(path: Path, rows: list[Any]) -> Path:
@@ -69,10 +52,6 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 def ordered(rows: list[Any]) -> str:
     """Key order matters: dict equality ignores it, the serialized text does not."""
     return json.dumps(rows, ensure_ascii=False)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text("utf-8").splitlines()]
 
 
 ALPACA: list[dict[str, Any]] = [

@@ -18,8 +18,7 @@ from coevol.prompts.render import Sample
 from coevol.testing.fake_server import FakeOpenAIServer, RecordedRequest
 from coevol.testing.responders import EDIT_MARK, CoEvolResponder, accept_up_to, identify_role
 
-from .conftest import make_engine
-from .test_formats_cli import coevol_cli, read_jsonl
+from .conftest import coevol_cli, make_engine, read_jsonl
 
 RESPONSE = "Nine is a prime number."
 SAMPLE = Sample("Name a prime number.", "Pick one below ten.", RESPONSE)

@@ -16,7 +16,7 @@ import pytest
 from coevol.testing.fake_server import FakeOpenAIServer
 from coevol.testing.responders import EDIT_MARK, CoEvolResponder, accept_up_to
 
-from .test_formats_cli import coevol_cli, read_jsonl
+from .conftest import coevol_cli, read_jsonl
 
 FORWARD_WINS_EDIT = {
     "order": "forward",
