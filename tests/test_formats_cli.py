@@ -283,6 +283,10 @@ async def test_sharegpt_to_alpaca_rejects_what_alpaca_cannot_hold(tmp_path: Path
     ]
     assert json.loads(rejects[0]["raw"]) == SHAREGPT[0]
     assert re.search(r"rejected rows +1\b", err)
+    # The unconvertible row counts once, as rejected, not also as refined or kept.
+    refined = re.search(r"refined \(>= 1 accepted edit\) +(\d+)", err)
+    kept = re.search(r"kept as they were +(\d+)", err)
+    assert refined and kept and int(refined.group(1)) + int(kept.group(1)) == 1
     info = json.loads(Path(f"{out}.dataset_info.json").read_text())
     assert info == {
         "refined": {

@@ -95,6 +95,15 @@ class RunSummary:
             self.rounds[turn["accepted_rounds"]] += 1
             self.stop_reasons[turn["stop_reason"]] += 1
 
+    def reject_converted(self, status: str) -> None:
+        """A refined or kept row that ``--output-format`` could not hold: count it as rejected."""
+        if status == "refined":
+            self.refined -= 1
+        elif status == "kept":
+            self.kept -= 1
+        self.rejected += 1
+        self.failure_causes["cannot convert"] += 1
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "rows": self.rows,
@@ -204,8 +213,7 @@ class Runner:
                         row = render_example(item, outcome.turns, self.output_format)
                     except DataError as exc:  # e.g. a conversation --output-format cannot hold
                         rejects.write(RejectedRow(item.line, str(exc), _raw_text(item)))
-                        self.summary.rejected += 1
-                        self.summary.failure_causes["cannot convert"] += 1
+                        self.summary.reject_converted(outcome.status)
                         continue
                     output.submit(counts["rows"], row)
                     trace.submit(counts["rows"], outcome.trace)
