@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from coevol.engine.limits import AdaptiveLimit, TokenBucket
@@ -113,6 +113,9 @@ class Dispatcher:
         # too: remember it, and fail those without sending them.
         self._refused: dict[tuple[str, str | None], FatalError] = {}
         self._callers: set[asyncio.Task[object]] = set()  # tasks waiting in ``__call__``
+        # Called after every answer actually sent; may raise (the runner stops on --max-budget here,
+        # so a run overshoots by at most the calls in flight, not by whole samples).
+        self.after_send: Callable[[], None] | None = None
 
     def request(self, role: str, messages: Sequence[Message], *, attempt: int = 0) -> ChatRequest:
         """The exact request a role's messages become (routing and system-prompt merging)."""
@@ -186,6 +189,8 @@ class Dispatcher:
                     store.put_call_failure(key, role, exc)
                 raise
             outcome = completion
+            if self.after_send is not None:
+                self.after_send()
             return completion
         finally:
             del self._in_flight[key]

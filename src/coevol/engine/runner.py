@@ -176,6 +176,8 @@ class Runner:
         conv = config.conversation
         self.conversation = ConversationSettings(conv.window_rounds, conv.max_turns, conv.max_tokens)
         self.window = config.samples_in_flight or config.concurrency
+        if config.max_budget is not None:
+            dispatcher.after_send = self._check_spend
 
     async def run(self, store: Store) -> RunSummary:
         """Process the whole input. Raises ``BudgetExceeded`` after a clean stop on a budget."""
@@ -346,11 +348,15 @@ class Runner:
                 for cause, n in self._fresh_causes.most_common()
             )
             raise BudgetExceeded(f"{failed} samples failed, more than --max-errors {limit} ({causes})")
+        self._check_spend()
+
+    def _check_spend(self) -> None:
+        """``--max-budget``: checked after every sent call as well as after every sample."""
         budget = self.config.max_budget
-        if budget is not None and _cost(self.config, self.dispatcher.stats) >= budget:
-            raise BudgetExceeded(
-                f"spent ${_cost(self.config, self.dispatcher.stats):.4f} of --max-budget ${budget}"
-            )
+        if budget is not None:
+            spent = _cost(self.config, self.dispatcher.stats)
+            if spent >= budget:
+                raise BudgetExceeded(f"spent ${spent:.4f} of --max-budget ${budget}")
 
 
 def _shorten(text: str, width: int = 160) -> str:
