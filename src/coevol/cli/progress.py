@@ -97,6 +97,6 @@ class RunDisplay:
             why = summary.stopped or "stopped"
             c.print(
                 f"[yellow]not finished ({why}). Finished work is kept in {paths.store.name}: "
-                "rerun the same command to continue.[/]",
+                "rerun the same command to resume.[/]",
                 highlight=False,
             )
