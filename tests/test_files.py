@@ -304,7 +304,9 @@ def test_count_rows(tmp_path: Path) -> None:
     (tmp_path / "b.jsonl").write_bytes(b'{"a": 1}\n{"a": 2}')
     assert count_rows(tmp_path / "b.jsonl") == 2
     (tmp_path / "c.json").write_text("[]")
-    assert count_rows(tmp_path / "c.json") is None
+    assert count_rows(tmp_path / "c.json") == 0
+    (tmp_path / "d.json").write_text('[{"a": "]"}, {"b": [1, {"c": "x,y"}]}, 3]')
+    assert count_rows(tmp_path / "d.json") == 3
     assert count_rows(tmp_path / "missing.parquet") is None
 
 

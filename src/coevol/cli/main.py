@@ -284,7 +284,9 @@ def _refine(ns: argparse.Namespace, config: Config, err: Any) -> int:
         if runner.summary.complete:
             info = _write_dataset_info(paths.output)
             if info is not None:
-                err.print(f"LLaMA-Factory entry: {info} (merge it into your dataset_info.json)")
+                err.print(
+                    f"LLaMA-Factory entry: {info} (merge it into your dataset_info.json)", highlight=False
+                )
         if ns.show and runner.summary.complete:
             from coevol.cli.show import show_trace
 

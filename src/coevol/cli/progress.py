@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 from types import TracebackType
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from coevol.engine.dispatch import RunStats
 from coevol.engine.runner import RunPaths, RunSummary
@@ -19,47 +21,58 @@ def _tokens(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
 
 
+_ROLE_ABBREV = {"positive": "pos", "critical": "crt", "advisor": "adv", "editor": "edt", "judge": "jdg"}
+
+
 class RunDisplay:
-    """A live bar with counts, calls and tokens per role; refreshed at most 10 times a second."""
+    """A live bar with sample counts, and a line of calls and tokens per role (stderr, 10 Hz)."""
 
     def __init__(self, console: Console, *, total: int | None, quiet: bool, local: bool) -> None:
         self.console = console
         self.local = local
+        self.quiet = quiet
         self._last = 0.0
         self._progress = Progress(
             TextColumn("[bold]refining"),
-            BarColumn(),
+            BarColumn(bar_width=30),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}"),
+            TextColumn("{task.fields[counts]}"),
             console=console,
-            disable=quiet,
-            transient=False,
         )
-        self._task = self._progress.add_task("refine", total=total, info="")
+        self._task = self._progress.add_task("refine", total=total, counts="")
+        self._detail = Text("", style="dim", no_wrap=True, overflow="ellipsis")
+        self._live = Live(Group(self._progress, self._detail), console=console, refresh_per_second=10)
 
     def __enter__(self) -> RunDisplay:
-        self._progress.start()
+        if not self.quiet:
+            self._live.start()
         return self
 
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._progress.stop()
+        if not self.quiet:
+            self._live.stop()
 
     def update(self, summary: RunSummary, stats: RunStats, *, force: bool = False) -> None:
         now = time.monotonic()
         if now - self._last < 0.1 and not force:
             return
         self._last = now
-        roles = " ".join(
-            f"{role[:3]}:{_tokens(u.prompt_tokens + u.completion_tokens)}" for role, u in stats.usage.items()
+        counts = (
+            f"{summary.refined} refined, {summary.kept} kept, {summary.failed} failed, "
+            f"{summary.rejected} rejected"
         )
-        info = (
-            f"refined {summary.refined} kept {summary.kept} failed {summary.failed} "
-            f"rejected {summary.rejected} | calls {stats.sent} (+{stats.cached} cached) | tok {roles}"
+        self._progress.update(self._task, completed=summary.rows, counts=counts)
+        roles = "  ".join(
+            f"{_ROLE_ABBREV.get(role, role)} {_tokens(u.prompt_tokens + u.completion_tokens)}"
+            for role, u in stats.usage.items()
         )
-        self._progress.update(self._task, completed=summary.rows, info=info)
+        retries = f", {stats.retries} retries" if stats.retries else ""
+        self._detail.plain = (
+            f"  calls {stats.sent} sent, {stats.cached} replayed{retries} | tokens {roles or '-'}"
+        )
 
     def summary(self, summary: RunSummary, stats: RunStats, paths: RunPaths) -> None:
         c = self.console
@@ -88,7 +101,7 @@ class RunDisplay:
         table.add_row("elapsed", f"{summary.elapsed:.1f}s")
         c.print(table)
         if summary.complete:
-            c.print(f"output: {paths.output}\ntrace:  {paths.trace}")
+            c.print(f"output: {paths.output}\ntrace:  {paths.trace}", highlight=False)
             if summary.rejected:
                 c.print(f"rejects: {paths.rejects}")
             if paths.pairs is not None:

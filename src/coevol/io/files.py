@@ -423,13 +423,16 @@ def parquet_schema(path: PathLike, *, file_format: str | None = None) -> Any:
 def count_rows(path: PathLike, *, file_format: str | None = None) -> int | None:
     """A cheap row count for a progress bar, or ``None`` when only reading everything would tell.
 
-    For JSON Lines it counts lines, so blank lines make it an upper bound.
+    For JSON Lines it counts lines, so blank lines make it an upper bound. A JSON array is scanned
+    (not parsed) when it is small enough to take a moment: up to ``_COUNT_ARRAY_BYTES``.
     """
     try:
         kind = _input_kind(path, file_format)
         p = Path(path)
         if kind == "jsonl" or (kind == "json" and _first_byte(p) == ord("{")):
             return _count_lines(p)
+        if kind == "json" and p.stat().st_size <= _COUNT_ARRAY_BYTES:
+            return sum(1 for _ in _array_rows(p))
         if kind == "parquet":
             return int(_open_parquet(p).metadata.num_rows)
         if kind == "hf-disk":
@@ -437,6 +440,9 @@ def count_rows(path: PathLike, *, file_format: str | None = None) -> int | None:
     except (OSError, DataError, MissingExtra):
         return None
     return None
+
+
+_COUNT_ARRAY_BYTES = 64 * 1024 * 1024
 
 
 def _count_lines(path: Path) -> int:
