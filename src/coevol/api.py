@@ -19,12 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from coevol.config import Config
-from coevol.conversation import ConversationSettings
 from coevol.engine.build import build_engine
 from coevol.engine.example import refine_example
 from coevol.errors import DataError
 from coevol.io.formats import parse_example, render_example
-from coevol.loop import LoopSettings
 from coevol.store.sqlite import Store
 
 __all__ = ["Result", "arefine", "refine"]
@@ -61,10 +59,7 @@ async def arefine(
     cfg = _config(config, overrides)
     store = Store(cache) if cache is not None else None
     engine = await build_engine(cfg, store=store)
-    settings = LoopSettings(cfg.max_rounds, cfg.mode, cfg.judge, cfg.judge_reasks, cfg.judge_early_exit)
-    conv = ConversationSettings(
-        cfg.conversation.window_rounds, cfg.conversation.max_turns, cfg.conversation.max_tokens
-    )
+    settings, conv = cfg.loop_settings(), cfg.conversation_settings()
     window = asyncio.Semaphore(cfg.samples_in_flight or (1 if engine.local else cfg.concurrency))
 
     async def one(index: int, obj: dict[str, Any]) -> Result:

@@ -14,7 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from coevol.conversation import ConversationSettings
 from coevol.errors import ConfigError
+from coevol.loop import LoopSettings
 
 __all__ = ["ROLES", "Config", "ConversationConfig", "Price", "RoleConfig", "load_config"]
 
@@ -113,6 +115,21 @@ class Config(_Strict):
             merge_system=self.merge_system if own.merge_system is None else own.merge_system,
             price=own.price or self.price,
         )
+
+    def loop_settings(self) -> LoopSettings:
+        """The knobs of Algorithm 1 this config sets."""
+        return LoopSettings(
+            max_rounds=self.max_rounds,
+            mode=self.mode,
+            judge=self.judge,
+            judge_reasks=self.judge_reasks,
+            judge_early_exit=self.judge_early_exit,
+        )
+
+    def conversation_settings(self) -> ConversationSettings:
+        """The multi-turn bounds this config sets."""
+        conv = self.conversation
+        return ConversationSettings(conv.window_rounds, conv.max_turns, conv.max_tokens)
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json", exclude_none=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coevol.config import ROLES, Config
-from coevol.conversation import ConversationSettings, refinable_turns, window_sample
+from coevol.conversation import refinable_turns, window_sample
 from coevol.io.files import read_examples
 from coevol.io.records import RejectedRow
 from coevol.prompts.render import has_input
@@ -204,8 +204,7 @@ def estimate(
     ``calls_per_second`` (for instance the rate ``benchmarks/run.py`` or an earlier run measured
     against the same server) turns call counts into a time range; without it there is none.
     """
-    conv = config.conversation
-    settings = ConversationSettings(conv.window_rounds, conv.max_turns, conv.max_tokens)
+    settings = config.conversation_settings()
     est = DryRunEstimate(config.mode, config.max_rounds, calls_per_second=calls_per_second)
     est.roles = {role: RoleEstimate() for role in ROLES}
     max_tokens = {role: config.role(role).max_tokens or config.max_tokens for role in ROLES}

@@ -22,14 +22,12 @@ from typing import Any
 import orjson
 
 from coevol.config import Config
-from coevol.conversation import ConversationSettings
 from coevol.engine.dispatch import Dispatcher, RunStats
 from coevol.engine.example import ExampleOutcome, refine_example, sample_key
 from coevol.errors import BudgetExceeded, DataError
 from coevol.io.files import OrderedWriter, RejectsWriter, parquet_schema, read_examples
 from coevol.io.formats import render_example
 from coevol.io.records import Example, RejectedRow
-from coevol.loop import LoopSettings
 from coevol.prompts.templates import PromptSet
 from coevol.store.sqlite import Store
 
@@ -166,15 +164,8 @@ class Runner:
         self.summary = RunSummary()
         self._fresh_causes: Counter[str] = Counter()  # failures of this run, by error type
         self._cause_example: dict[str, str] = {}
-        self.settings = LoopSettings(
-            max_rounds=config.max_rounds,
-            mode=config.mode,
-            judge=config.judge,
-            judge_reasks=config.judge_reasks,
-            judge_early_exit=config.judge_early_exit,
-        )
-        conv = config.conversation
-        self.conversation = ConversationSettings(conv.window_rounds, conv.max_turns, conv.max_tokens)
+        self.settings = config.loop_settings()
+        self.conversation = config.conversation_settings()
         self.window = config.samples_in_flight or config.concurrency
         if config.max_budget is not None:
             dispatcher.after_send = self._check_spend
