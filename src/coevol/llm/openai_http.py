@@ -218,7 +218,7 @@ class OpenAIHTTPBackend:
         return Completion(text, prompt_tokens, completion_tokens, finish_reason)
 
     async def list_models(self) -> list[str]:
-        """Model ids the server offers (``GET /models``); for diagnostics and ``coevol doctor``."""
+        """Model ids the server offers (``GET /models``): the default when ``--model`` is omitted."""
         raw = await self._send("GET", self._models_url, None)
         try:
             return [str(m["id"]) for m in orjson.loads(raw)["data"]]
