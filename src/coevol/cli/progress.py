@@ -27,9 +27,8 @@ _ROLE_ABBREV = {"positive": "pos", "critical": "crt", "advisor": "adv", "editor"
 class RunDisplay:
     """A live bar with sample counts, and a line of calls and tokens per role (stderr, 10 Hz)."""
 
-    def __init__(self, console: Console, *, total: int | None, quiet: bool, local: bool) -> None:
+    def __init__(self, console: Console, *, total: int | None, quiet: bool) -> None:
         self.console = console
-        self.local = local
         self.quiet = quiet
         self._last = 0.0
         self._progress = Progress(

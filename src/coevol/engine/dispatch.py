@@ -77,9 +77,6 @@ class RunStats:
     usage: dict[str, Usage] = field(default_factory=dict)  # tokens of calls actually sent
     cached_usage: dict[str, Usage] = field(default_factory=dict)  # tokens replayed from the store
 
-    def tokens(self) -> int:
-        return sum(u.prompt_tokens + u.completion_tokens for u in self.usage.values())
-
 
 # What a request already in flight hands to identical requests that wait for it: its answer, its
 # error, or ``None`` when it was cancelled and a waiter has to send the request itself.

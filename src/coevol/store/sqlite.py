@@ -25,7 +25,6 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -195,12 +194,6 @@ class Store:
         self.flush()
         return int(self._db.execute("SELECT COUNT(*) FROM call_failures").fetchone()[0])
 
-    def calls_by_role(self) -> dict[str, int]:
-        """How many answers each role has stored (diagnostics and tests)."""
-        self.flush()
-        rows = self._db.execute("SELECT role, COUNT(*) FROM calls GROUP BY role")
-        return {role: int(n) for role, n in rows}
-
     # samples -----------------------------------------------------------------------------------
     def get_sample(self, sample_key: str) -> tuple[str, dict[str, Any]] | None:
         pending = self._samples.get(sample_key)
@@ -217,10 +210,6 @@ class Store:
         self._check()
         self._samples[sample_key] = (sample_key, status, orjson.dumps(payload), time.time())
         self._written()
-
-    def sample_statuses(self) -> Iterator[tuple[str, str]]:
-        self.flush()
-        yield from self._db.execute("SELECT sample_key, status FROM samples")
 
     def close(self) -> None:
         """Commit what is buffered and close; safe to call twice."""
