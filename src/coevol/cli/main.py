@@ -18,7 +18,6 @@ from coevol import __version__
 from coevol.config import Config, load_config
 from coevol.errors import BudgetExceeded, CoevolError, LLMError
 from coevol.io.files import count_rows
-from coevol.io.records import RejectedRow
 
 __all__ = ["main"]
 
@@ -188,22 +187,13 @@ def _masked_yaml(config: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_dataset_info(output: Path) -> Path | None:
+def _write_dataset_info(output: Path, fmt: str, columns: set[str]) -> Path:
     """Write ``<output>.dataset_info.json``: the LLaMA-Factory entry describing the written file."""
     import orjson
 
-    from coevol.io.files import read_examples
     from coevol.io.formats import dataset_info_entry
 
-    fmt: str | None = None
-    present: set[str] = set()  # every column any row has: LLaMA-Factory reads only those it is told of
-    for x in read_examples(output):
-        if not isinstance(x, RejectedRow):
-            fmt = fmt or x.fmt
-            present.update(x.raw)
-    if fmt is None:
-        return None
-    entry = dataset_info_entry(output.stem, output.name, fmt, present=present)
+    entry = dataset_info_entry(output.stem, output.name, fmt, present=columns)
     path = output.with_name(output.name + ".dataset_info.json")
     path.write_bytes(orjson.dumps(entry, option=orjson.OPT_INDENT_2) + b"\n")
     return path
@@ -244,7 +234,7 @@ def _refine(ns: argparse.Namespace, config: Config, err: Any) -> int:
         if total is not None:
             total = max(0, total - ns.offset)
             total = min(total, ns.limit) if ns.limit is not None else total
-        display = RunDisplay(err, total=total, quiet=ns.quiet, local=engine.local)
+        display = RunDisplay(err, total=total, quiet=ns.quiet)
         runner = Runner(
             config,
             engine.dispatcher,
@@ -281,12 +271,9 @@ def _refine(ns: argparse.Namespace, config: Config, err: Any) -> int:
             await engine.aclose()
             store.close()
         display.summary(runner.summary, engine.dispatcher.stats, paths)
-        if runner.summary.complete:
-            info = _write_dataset_info(paths.output)
-            if info is not None:
-                err.print(
-                    f"LLaMA-Factory entry: {info} (merge it into your dataset_info.json)", highlight=False
-                )
+        if runner.summary.complete and runner.output_fmt is not None:
+            info = _write_dataset_info(paths.output, runner.output_fmt, runner.output_columns)
+            err.print(f"LLaMA-Factory entry: {info} (merge it into your dataset_info.json)", highlight=False)
         if ns.show and runner.summary.complete:
             from coevol.cli.show import show_trace
 

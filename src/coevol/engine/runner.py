@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import orjson
 
@@ -102,23 +101,6 @@ class RunSummary:
         self.rejected += 1
         self.failure_causes["cannot convert"] += 1
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rows": self.rows,
-            "refined": self.refined,
-            "kept": self.kept,
-            "failed": self.failed,
-            "rejected": self.rejected,
-            "resumed": self.resumed,
-            "accepted_edits": self.accepted_edits,
-            "rounds_histogram": dict(sorted(self.rounds.items())),
-            "stop_reasons": dict(self.stop_reasons),
-            "failure_causes": dict(self.failure_causes),
-            "elapsed_s": round(self.elapsed, 3),
-            "stopped": self.stopped,
-            "complete": self.complete,
-        }
-
 
 ProgressFn = Callable[[RunSummary, RunStats], None]
 
@@ -162,6 +144,10 @@ class Runner:
         self.retry_failed = retry_failed
         self.progress = progress
         self.summary = RunSummary()
+        # What the written output holds, for its LLaMA-Factory entry: its format and every column
+        # any row has (LLaMA-Factory reads only the columns it is told of).
+        self.output_fmt: str | None = None
+        self.output_columns: set[str] = set()
         self._fresh_causes: Counter[str] = Counter()  # failures of this run, by error type
         self._cause_example: dict[str, str] = {}
         self.settings = config.loop_settings()
@@ -208,6 +194,8 @@ class Runner:
                         rejects.write(RejectedRow(item.line, str(exc), _raw_text(item)))
                         self.summary.reject_converted(outcome.status)
                         continue
+                    self.output_fmt = self.output_fmt or self.output_format or item.fmt
+                    self.output_columns.update(row)
                     output.submit(counts["rows"], row)
                     trace.submit(counts["rows"], outcome.trace)
                     counts["rows"] += 1
