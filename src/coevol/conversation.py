@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from coevol.io.records import Turn
+from coevol.domain import Turn
 from coevol.prompts.render import Sample
 from coevol.prompts.templates import PromptSet
 

@@ -2,7 +2,7 @@
 
 CoevolError
 ├── ConfigError                 invalid configuration or CLI flags
-├── DataError                   a row that cannot be refined (kept as data, see ``RejectedRow``)
+├── DataError                   a row that cannot be refined (kept as data, see ``BadRow``)
 ├── ParseError                  a model answer we could not parse; carries ``raw``
 ├── BudgetExceeded              ``--max-errors`` / ``--max-budget`` reached
 ├── MissingExtra                an optional dependency is not installed; says the ``pip install``

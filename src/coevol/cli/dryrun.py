@@ -23,7 +23,7 @@ from pathlib import Path
 from coevol.config import ROLES, Config
 from coevol.conversation import refinable_turns, window_sample
 from coevol.io.files import read_examples
-from coevol.io.records import RejectedRow
+from coevol.domain import BadRow
 from coevol.prompts.render import has_input
 from coevol.prompts.templates import PromptSet
 
@@ -226,7 +226,7 @@ def estimate(
     ]
     for item in read_examples(input_path, fmt=input_format, offset=offset, limit=limit):
         est.rows += 1
-        if isinstance(item, RejectedRow):
+        if isinstance(item, BadRow):
             est.rejected += 1
             continue
         est.examples += 1

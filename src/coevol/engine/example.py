@@ -16,7 +16,7 @@ import orjson
 from coevol.conversation import ConversationSettings, refinable_turns, window_sample
 from coevol.errors import ContextLengthError
 from coevol.io.formats import with_input
-from coevol.io.records import Example, Turn
+from coevol.domain import Example, Turn
 from coevol.llm.types import Generate, Usage
 from coevol.loop import LoopSettings, Refinement, refine
 from coevol.prompts.templates import PromptSet

@@ -26,7 +26,7 @@ from coevol.engine.example import ExampleOutcome, refine_example, sample_key
 from coevol.errors import BudgetExceeded, DataError
 from coevol.io.files import OrderedWriter, RejectsWriter, parquet_schema, read_examples
 from coevol.io.formats import render_example
-from coevol.io.records import Example, RejectedRow
+from coevol.domain import Example, BadRow
 from coevol.prompts.templates import PromptSet
 from coevol.store.sqlite import Store
 
@@ -171,7 +171,7 @@ class Runner:
         rejects_partial = self.paths.rejects.with_name(self.paths.rejects.name + ".partial")
         rejects_partial.unlink(missing_ok=True)
         rejects = RejectsWriter(rejects_partial)
-        ready: dict[int, tuple[Example | RejectedRow, ExampleOutcome | None]] = {}
+        ready: dict[int, tuple[Example | BadRow, ExampleOutcome | None]] = {}
         counts = {"next": 0, "rows": 0, "pairs": 0, "active": 0}
         ahead = 4 * self.window  # finished results allowed to wait for a slower earlier row
         room = asyncio.Condition()
@@ -183,15 +183,15 @@ class Runner:
             while counts["next"] in ready:
                 item, outcome = ready.pop(counts["next"])
                 counts["next"] += 1
-                if isinstance(item, RejectedRow):
+                if isinstance(item, BadRow):
                     rejects.write(item)
                 elif outcome is not None and outcome.status == "rejected":
-                    rejects.write(RejectedRow(item.line, outcome.error or "rejected", _raw_text(item)))
+                    rejects.write(BadRow(item.line, outcome.error or "rejected", _raw_text(item)))
                 elif outcome is not None:
                     try:
                         row = render_example(item, outcome.turns, self.output_format)
                     except DataError as exc:  # e.g. a conversation --output-format cannot hold
-                        rejects.write(RejectedRow(item.line, str(exc), _raw_text(item)))
+                        rejects.write(BadRow(item.line, str(exc), _raw_text(item)))
                         self.summary.reject_converted(outcome.status)
                         continue
                     self.output_fmt = self.output_fmt or self.output_format or item.fmt
@@ -205,7 +205,7 @@ class Runner:
                             counts["pairs"] += 1
 
         def finish(
-            position: int, item: Example | RejectedRow, outcome: ExampleOutcome | None, resumed: bool
+            position: int, item: Example | BadRow, outcome: ExampleOutcome | None, resumed: bool
         ) -> None:
             if outcome is not None:
                 self.summary.add(outcome, resumed=resumed)
@@ -259,7 +259,7 @@ class Runner:
                         await room.wait_for(behind)
                 if stop:
                     break
-                if isinstance(item, RejectedRow):
+                if isinstance(item, BadRow):
                     finish(position, item, None, False)
                     continue
                 key = sample_key(item, self.fingerprint)

@@ -1,7 +1,7 @@
 """Streaming dataset files in and out with flat memory.
 
 Inputs (JSONL, JSON arrays, Parquet, ``datasets`` folders, Hub ids) are read row by row and turned into
-``Example`` or ``RejectedRow`` items, so a bad row is reported instead of stopping the run. Outputs go to
+``Example`` or ``BadRow`` items, so a bad row is reported instead of stopping the run. Outputs go to
 ``<path>.partial`` in input order and are renamed onto the final path only when complete, so a crashed
 run never leaves a file that looks finished.
 """
@@ -23,7 +23,7 @@ import orjson
 
 from coevol.errors import ConfigError, DataError, MissingExtra
 from coevol.io.formats import FORMATS, parse_example
-from coevol.io.records import Example, RejectedRow
+from coevol.domain import Example, BadRow
 
 __all__ = [
     "FILE_FORMATS",
@@ -54,7 +54,7 @@ _STRING_REST = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*(")?', re.DOTALL)
 _TRUNCATED = "unexpected end of file: the JSON array is not closed (truncated file?)"
 _TRAILING = "unexpected data after the end of the JSON array"
 
-Item = Example | RejectedRow
+Item = Example | BadRow
 PathLike = str | os.PathLike[str]
 
 
@@ -158,7 +158,7 @@ def read_examples(
     offset: int = 0,
     limit: int | None = None,
 ) -> Iterator[Item]:
-    """Streams the rows of a dataset as ``Example`` or ``RejectedRow`` items, in file order.
+    """Streams the rows of a dataset as ``Example`` or ``BadRow`` items, in file order.
 
     With ``fmt=None`` the format is detected on each row until one parses, then fixed: a row of another
     format is rejected rather than silently mixed in. ``offset`` skips rows (good or bad), ``limit`` stops
@@ -230,13 +230,13 @@ def _items(rows: Iterator[_Raw], fmt: str | None, offset: int, limit: int | None
 
 def _item(row: _Raw, fmt: str | None, index: int) -> Item:
     if row.error is not None:
-        return RejectedRow(row.line, row.error, _decode(row.text or b""))
+        return BadRow(row.line, row.error, _decode(row.text or b""))
     obj = row.obj
     if row.text is not None:
         try:
             obj = orjson.loads(row.text)
         except orjson.JSONDecodeError:
-            return RejectedRow(row.line, f"not valid JSON: {_json_error(row.text)}", _decode(row.text))
+            return BadRow(row.line, f"not valid JSON: {_json_error(row.text)}", _decode(row.text))
     try:
         return parse_example(obj, fmt, index=index, line=row.line)
     except DataError as e:
@@ -244,7 +244,7 @@ def _item(row: _Raw, fmt: str | None, index: int) -> Item:
             raw = _decode(row.text)
         else:
             raw = orjson.dumps(obj, default=str).decode()
-        return RejectedRow(row.line, str(e), raw)
+        return BadRow(row.line, str(e), raw)
 
 
 def _json_error(text: bytes) -> str:
@@ -791,7 +791,7 @@ class RejectsWriter:
         """Rows written by this writer."""
         return self._out.count
 
-    def write(self, row: RejectedRow) -> None:
+    def write(self, row: BadRow) -> None:
         self._out.append({"line": row.line, "error": row.error, "raw": row.raw})
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from coevol.errors import ConfigError, DataError
-from coevol.io.records import Example, Turn
+from coevol.domain import Example, Turn
 from coevol.prompts.render import NO_INPUT_PLACEHOLDERS
 
 __all__ = [

@@ -1,0 +1,423 @@
+"""The records every layer shares, and the words the code uses for them. Pure data, no I/O.
+
+Glossary (one meaning each, everywhere in the code, the trace and the docs):
+
+- **row**: one record of the user's dataset file, exactly as read (``Example.raw``).
+- **example**: a row that parsed (``Example``): its turns plus the untouched row. A row that did
+  not parse is a ``BadRow`` and goes to the rejects file.
+- **turn**: one message of an example (``Turn``). An Alpaca row is a user turn and an assistant
+  turn; a conversation has many. Only assistant turns are refined.
+- **sample**: what the agents see when refining one assistant turn (``coevol.prompts.render.Sample``):
+  an instruction (with the visible history for a conversation), an optional input, a response.
+- **iteration**: one pass of Algorithm 1's loop over a sample: debate, advise, edit, judge.
+  At most ``max_rounds`` (K) iterations *accept* an edit.
+- **debate stage**: stage 1 (fixed positions, Eq. 5-6) or stage 2 (free cross-evaluation, Eq. 7-8)
+  of an iteration's debate.
+- **order**: one of the judge's two presentations, ``forward`` (previous response first) or
+  ``reverse``.
+- **attempt**: one call for the same prompt; a judge answer that does not parse is asked again,
+  each re-ask a new attempt.
+- **status**: what became of a row: ``refined`` (at least one edit accepted), ``kept`` (no edit
+  accepted), ``failed`` (a call failed; the row is written unchanged) or ``rejected`` (the row
+  could not be refined at all and is listed in the rejects file).
+
+The trace (one ``TraceRecord`` per example, a JSON line each) is the schema every reader uses:
+``coevol show``, the run summary, the report and the store's replay. ``SCHEMA`` names its
+version; a reader given another version refuses it with ``TraceSchemaError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from coevol import errors
+from coevol.errors import CoevolError
+from coevol.llm.types import Usage
+
+__all__ = [
+    "SCHEMA",
+    "Answer",
+    "BadRow",
+    "DebateTrace",
+    "Example",
+    "Failure",
+    "IterationTrace",
+    "JudgeOrderTrace",
+    "JudgeTrace",
+    "RoleRoute",
+    "Status",
+    "StopReason",
+    "TraceRecord",
+    "TraceSchemaError",
+    "Turn",
+    "TurnTrace",
+]
+
+SCHEMA = "coevol.trace/2"
+"""The trace format version. Version 1 (coevol 0.1) had no ``schema`` field."""
+
+
+# dataset side ----------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Turn:
+    """One message. ``role`` is "system", "user", "assistant", or any other role kept verbatim."""
+
+    role: str
+    content: str
+    input: str = ""
+    """Alpaca only: the ``input`` field that goes with the instruction (kept apart for the prompt layer)."""
+
+
+@dataclass(slots=True)
+class Example:
+    """A row that parsed.
+
+    ``index`` is the 0-based position among the rows read in this run (bad rows count), so results
+    that finish out of order are written back in input order; ``line`` is the 1-based line (JSONL),
+    element (JSON array) or row (Parquet, datasets) number for messages.
+    """
+
+    index: int
+    line: int
+    fmt: str
+    turns: list[Turn]
+    raw: dict[str, Any]
+
+
+@dataclass(slots=True)
+class BadRow:
+    """A row that cannot be refined; ``raw`` is its text so the rejects file can be fixed and re-run."""
+
+    line: int
+    error: str
+    raw: str
+
+
+# outcomes --------------------------------------------------------------------------------------
+class Status(StrEnum):
+    """What became of a row (see the glossary)."""
+
+    REFINED = "refined"
+    KEPT = "kept"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+
+class StopReason(StrEnum):
+    """Why the loop stopped for one assistant turn."""
+
+    REJECTED = "rejected"  # the judge preferred the previous response (Eq. 4)
+    MAX_ROUNDS = "max_rounds"  # K edits accepted
+    JUDGE_UNPARSEABLE = "judge_unparseable"  # no usable verdict after every re-ask
+    EDIT_UNUSABLE = "edit_unusable"  # the editor's answer was empty or cut off: never judged
+    UNCHANGED = "unchanged"  # the edit equals the previous response: it cannot win, never judged
+    CONTEXT_LENGTH = "context_length"  # the prompt outgrew the model's context after accepted edits
+    ERROR = "error"  # a call failed
+    SINGLE_PASS = "single_pass"  # an ablation mode: one pass, no judge
+
+
+class TraceSchemaError(CoevolError):
+    """A trace line that is not of this version's schema (or not a trace at all)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One model answer as the trace keeps it: the text and why generation stopped."""
+
+    text: str
+    finish_reason: str | None = None
+
+    @property
+    def truncated(self) -> bool:
+        """The server cut the answer off at ``max_tokens`` (OpenAI and llama.cpp say "length")."""
+        return self.finish_reason == "length"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "finish_reason": self.finish_reason}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Answer:
+        return cls(d["text"], d.get("finish_reason"))
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A failure kept with its type: ``type`` is the name of a ``coevol.errors`` class."""
+
+    type: str
+    message: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> Failure:
+        return cls(type(exc).__name__, str(exc))
+
+    @property
+    def error_class(self) -> type[CoevolError]:
+        """The class itself, so callers test ``issubclass`` rather than compare strings."""
+        found = getattr(errors, self.type, None)
+        if isinstance(found, type) and issubclass(found, CoevolError):
+            return found
+        return CoevolError
+
+    def is_a(self, kind: type[CoevolError]) -> bool:
+        return issubclass(self.error_class, kind)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "message": self.message}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Failure | None:
+        return None if d is None else cls(d["type"], d["message"])
+
+
+@dataclass(frozen=True, slots=True)
+class DebateTrace:
+    """G_dbt: the four arguments in the paper's order (Eq. 5-8)."""
+
+    positive_stage1: Answer
+    critical_stage1: Answer
+    positive_stage2: Answer
+    critical_stage2: Answer
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "positive_stage1": self.positive_stage1.to_dict(),
+            "critical_stage1": self.critical_stage1.to_dict(),
+            "positive_stage2": self.positive_stage2.to_dict(),
+            "critical_stage2": self.critical_stage2.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> DebateTrace | None:
+        if d is None:
+            return None
+        return cls(*(Answer.from_dict(d[k]) for k in _DEBATE_KEYS))
+
+
+_DEBATE_KEYS = ("positive_stage1", "critical_stage1", "positive_stage2", "critical_stage2")
+
+
+@dataclass(slots=True)
+class JudgeOrderTrace:
+    """One order: every attempt's answer and the parsed result.
+
+    ``scores`` are (previous, edited) for this order whatever the presentation, so readers never
+    have to undo the swap; ``verdict`` is the parsed text as the judge wrote it (position terms).
+    """
+
+    order: str  # "forward" | "reverse"
+    attempts: list[Answer] = field(default_factory=list)
+    verdict: str | None = None
+    scores: tuple[float, float] | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "order": self.order,
+            "attempts": [a.to_dict() for a in self.attempts],
+            "verdict": self.verdict,
+            "scores": None if self.scores is None else {"previous": self.scores[0], "edited": self.scores[1]},
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> JudgeOrderTrace:
+        s = d.get("scores")
+        return cls(
+            d["order"],
+            [Answer.from_dict(a) for a in d["attempts"]],
+            d.get("verdict"),
+            None if s is None else (float(s["previous"]), float(s["edited"])),
+            d.get("error"),
+        )
+
+
+@dataclass(slots=True)
+class JudgeTrace:
+    """Both orders and the Eq. 4 averages; no averages when a verdict stayed unparseable."""
+
+    orders: list[JudgeOrderTrace]
+    score_previous: float | None = None
+    score_edited: float | None = None
+    skipped_reverse: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "orders": [o.to_dict() for o in self.orders],
+            "score_previous": self.score_previous,
+            "score_edited": self.score_edited,
+            "skipped_reverse": self.skipped_reverse,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> JudgeTrace | None:
+        if d is None:
+            return None
+        return cls(
+            [JudgeOrderTrace.from_dict(o) for o in d["orders"]],
+            d.get("score_previous"),
+            d.get("score_edited"),
+            bool(d.get("skipped_reverse", False)),
+        )
+
+
+def _usage_to_dict(usage: dict[str, Usage]) -> dict[str, Any]:
+    return {role: u.to_dict() for role, u in usage.items()}
+
+
+def _usage_from_dict(d: dict[str, Any] | None) -> dict[str, Usage]:
+    return {role: Usage(**u) for role, u in (d or {}).items()}
+
+
+@dataclass(slots=True)
+class IterationTrace:
+    """One iteration: ``previous`` is the response it started from; ``edit`` the editor's raw answer,
+    ``edited`` the response it proposes (header stripped)."""
+
+    iteration: int
+    previous: str
+    debate: DebateTrace | None = None
+    suggestions: Answer | None = None
+    edit: Answer | None = None
+    edited: str | None = None
+    judge: JudgeTrace | None = None
+    accepted: bool = False
+    usage: dict[str, Usage] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "iteration": self.iteration,
+            "previous": self.previous,
+            "debate": None if self.debate is None else self.debate.to_dict(),
+            "suggestions": None if self.suggestions is None else self.suggestions.to_dict(),
+            "edit": None if self.edit is None else self.edit.to_dict(),
+            "edited": self.edited,
+            "judge": None if self.judge is None else self.judge.to_dict(),
+            "accepted": self.accepted,
+            "usage": _usage_to_dict(self.usage),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IterationTrace:
+        return cls(
+            iteration=d["iteration"],
+            previous=d["previous"],
+            debate=DebateTrace.from_dict(d.get("debate")),
+            suggestions=None if d.get("suggestions") is None else Answer.from_dict(d["suggestions"]),
+            edit=None if d.get("edit") is None else Answer.from_dict(d["edit"]),
+            edited=d.get("edited"),
+            judge=JudgeTrace.from_dict(d.get("judge")),
+            accepted=bool(d["accepted"]),
+            usage=_usage_from_dict(d.get("usage")),
+        )
+
+
+@dataclass(slots=True)
+class TurnTrace:
+    """One refined assistant turn, readable on its own: what the agents saw, before, after, how."""
+
+    turn: int
+    instruction: str  # for a conversation: the visible history and the current user turn
+    input: str
+    original: str
+    final: str
+    accepted_rounds: int
+    stop_reason: StopReason
+    iterations: list[IterationTrace] = field(default_factory=list)
+    failure: Failure | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "turn": self.turn,
+            "instruction": self.instruction,
+            "input": self.input,
+            "original": self.original,
+            "final": self.final,
+            "accepted_rounds": self.accepted_rounds,
+            "stop_reason": self.stop_reason.value,
+            "iterations": [it.to_dict() for it in self.iterations],
+            "failure": None if self.failure is None else self.failure.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TurnTrace:
+        return cls(
+            turn=d["turn"],
+            instruction=d["instruction"],
+            input=d["input"],
+            original=d["original"],
+            final=d["final"],
+            accepted_rounds=d["accepted_rounds"],
+            stop_reason=StopReason(d["stop_reason"]),
+            iterations=[IterationTrace.from_dict(it) for it in d["iterations"]],
+            failure=Failure.from_dict(d.get("failure")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RoleRoute:
+    """Which model and endpoint served a role (the endpoint never carries a secret)."""
+
+    model: str
+    endpoint: str
+
+
+@dataclass(slots=True)
+class TraceRecord:
+    """One line of the trace file: what became of one example and why."""
+
+    index: int
+    line: int
+    status: Status
+    accepted_rounds: int
+    turns: list[TurnTrace] = field(default_factory=list)
+    usage: dict[str, Usage] = field(default_factory=dict)
+    failure: Failure | None = None
+    roles: dict[str, RoleRoute] = field(default_factory=dict)
+    id: Any = None  # the row's own ``id`` field, when it has one
+    schema: str = SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "schema": self.schema,
+            "index": self.index,
+            "line": self.line,
+            "status": self.status.value,
+            "accepted_rounds": self.accepted_rounds,
+            "turns": [t.to_dict() for t in self.turns],
+            "usage": _usage_to_dict(self.usage),
+            "failure": None if self.failure is None else self.failure.to_dict(),
+            "roles": {r: {"model": v.model, "endpoint": v.endpoint} for r, v in self.roles.items()},
+        }
+        if self.id is not None:
+            out["id"] = self.id
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Any) -> TraceRecord:
+        """Parse one trace line; a line of another schema version is refused, never guessed at."""
+        if not isinstance(d, dict):
+            raise TraceSchemaError("not a trace record (expected a JSON object per line)")
+        schema = d.get("schema")
+        if schema != SCHEMA:
+            found = "no schema field (a coevol 0.1 trace)" if schema is None else f"schema {schema!r}"
+            raise TraceSchemaError(
+                f"this trace has {found}; this coevol reads {SCHEMA!r}. "
+                "Rerun the same refine command to rewrite it (finished calls are replayed from the store)."
+            )
+        try:
+            return cls(
+                index=d["index"],
+                line=d["line"],
+                status=Status(d["status"]),
+                accepted_rounds=d["accepted_rounds"],
+                turns=[TurnTrace.from_dict(t) for t in d["turns"]],
+                usage=_usage_from_dict(d.get("usage")),
+                failure=Failure.from_dict(d.get("failure")),
+                roles={r: RoleRoute(v["model"], v["endpoint"]) for r, v in (d.get("roles") or {}).items()},
+                id=d.get("id"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TraceSchemaError(f"malformed trace record: {type(exc).__name__}: {exc}") from None
