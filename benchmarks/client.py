@@ -27,12 +27,12 @@ import orjson
 
 from coevol.config import load_config
 from coevol.conversation import ConversationSettings
+from coevol.domain import Example
 from coevol.engine.build import build_engine
 from coevol.engine.example import refine_example
 from coevol.engine.runner import Runner, RunPaths
 from coevol.io.files import read_examples
 from coevol.io.formats import render_example
-from coevol.io.records import Example
 from coevol.llm.openai_http import OpenAIHTTPBackend
 from coevol.llm.types import ChatRequest, Completion, GenParams, Message
 from coevol.loop import LoopSettings

@@ -12,9 +12,9 @@ import pytest
 from coevol.cli.dryrun import calls_per_turn, estimate, format_estimate
 from coevol.config import Config
 from coevol.conversation import ConversationSettings
+from coevol.domain import Example
 from coevol.engine.example import refine_example
 from coevol.io.files import read_examples
-from coevol.io.records import Example
 from coevol.llm.types import Completion, Message
 from coevol.loop import LoopSettings
 from coevol.prompts.templates import load_prompts

@@ -14,11 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from coevol.domain import BadRow, Example
 from coevol.errors import ConfigError, DataError, MissingExtra
 from coevol.io import files
 from coevol.io.files import JsonlAppender, OrderedWriter, RejectsWriter, count_rows, read_examples
 from coevol.io.formats import render_example
-from coevol.io.records import Example, RejectedRow
 
 ALPACA = [
     {"id": 0, "instruction": "Add 2 and 3.", "input": "", "output": "5", "meta": {"src": "x"}},
@@ -64,7 +64,7 @@ def read_jsonl(path: Path) -> list[Any]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
-def examples(items: list[Example | RejectedRow]) -> list[Example]:
+def examples(items: list[Example | BadRow]) -> list[Example]:
     assert all(isinstance(i, Example) for i in items), items
     return [i for i in items if isinstance(i, Example)]
 
@@ -91,22 +91,22 @@ def test_jsonl_good_bad_and_blank_lines(tmp_path: Path) -> None:
     items = list(read_examples(path))
     assert [(type(i).__name__, i.line) for i in items] == [
         ("Example", 1),
-        ("RejectedRow", 4),
-        ("RejectedRow", 5),
-        ("RejectedRow", 6),
+        ("BadRow", 4),
+        ("BadRow", 5),
+        ("BadRow", 6),
         ("Example", 7),
     ]
     first, bad_json, null, not_object, last = items
     assert isinstance(first, Example) and isinstance(last, Example)
     assert (first.index, last.index) == (0, 4)
     assert last.turns[1].content == "a4"
-    assert bad_json == RejectedRow(
+    assert bad_json == BadRow(
         4,
         "not valid JSON: unexpected end of data: line 1 column 33 (char 32)",
         '{"instruction": "q2", "output": ',
     )
-    assert null == RejectedRow(5, "field 'output' is null", '{"instruction": "q3", "output": null}')
-    assert not_object == RejectedRow(6, "row is not a JSON object (array)", "[1]")
+    assert null == BadRow(5, "field 'output' is null", '{"instruction": "q3", "output": null}')
+    assert not_object == BadRow(6, "row is not a JSON object (array)", "[1]")
 
 
 def test_format_is_fixed_by_the_first_good_row(tmp_path: Path) -> None:
@@ -117,14 +117,14 @@ def test_format_is_fixed_by_the_first_good_row(tmp_path: Path) -> None:
         {"instruction": "q2", "output": "a2"},
     ]
     items = list(read_examples(write_jsonl(tmp_path / "mix.jsonl", rows)))
-    assert [i.error if isinstance(i, RejectedRow) else i.fmt for i in items] == [
+    assert [i.error if isinstance(i, BadRow) else i.fmt for i in items] == [
         "field 'conversations' is empty",
         "alpaca",
         "row is in sharegpt format, expected alpaca",
         "alpaca",
     ]
     forced = list(read_examples(tmp_path / "mix.jsonl", fmt="sharegpt"))
-    assert [i.error if isinstance(i, RejectedRow) else i.fmt for i in forced] == [
+    assert [i.error if isinstance(i, BadRow) else i.fmt for i in forced] == [
         "field 'conversations' is empty",
         "row is in alpaca format, expected sharegpt",
         "sharegpt",
@@ -187,8 +187,8 @@ def test_json_array_streams_tricky_strings(
     assert [e.raw for e in good] == [expected[0], expected[1], expected[2], expected[5]]
     assert good[2].turns[0].content == "日本語 é 🎉"
     assert good[3].turns[0].content == '{"\\""}'
-    assert items[3] == RejectedRow(4, "empty instruction", '{"id":"empty","instruction":"","output":"a"}')
-    assert items[4] == RejectedRow(5, "row is not a JSON object (number)", "42")
+    assert items[3] == BadRow(4, "empty instruction", '{"id":"empty","instruction":"","output":"a"}')
+    assert items[4] == BadRow(5, "row is not a JSON object (number)", "42")
 
 
 def test_json_array_scanner_against_orjson_on_random_arrays() -> None:
@@ -235,7 +235,7 @@ def test_json_array_broken_ends_become_rejects(tmp_path: Path, text: str, tail: 
     path.write_text(text)
     first, last = list(read_examples(path))
     assert isinstance(first, Example)
-    assert last == RejectedRow(2, *tail)
+    assert last == BadRow(2, *tail)
 
 
 def test_json_file_edge_cases(tmp_path: Path) -> None:
@@ -268,7 +268,7 @@ def test_offset_and_limit(tmp_path: Path) -> None:
     items = list(read_examples(path, offset=2, limit=4))
     assert [(type(i).__name__, i.line) for i in items] == [
         ("Example", 3),
-        ("RejectedRow", 4),
+        ("BadRow", 4),
         ("Example", 5),
         ("Example", 6),
     ]
@@ -295,7 +295,7 @@ def test_parquet_rejects_are_reserialized(tmp_path: Path) -> None:
     path = tmp_path / "d.parquet"
     pq.write_table(pa.Table.from_pylist([{"instruction": "q", "output": None, "n": 1}]), path)
     assert list(read_examples(path)) == [
-        RejectedRow(1, "field 'output' is null", '{"instruction":"q","output":null,"n":1}')
+        BadRow(1, "field 'output' is null", '{"instruction":"q","output":null,"n":1}')
     ]
 
 
@@ -432,16 +432,16 @@ def test_rejects_writer(tmp_path: Path) -> None:
     path = tmp_path / "runs" / "rejects.jsonl"
     with RejectsWriter(path) as rejects:
         assert not path.exists()
-        rejects.write(RejectedRow(3, "field 'output' is null", '{"output": null}'))
+        rejects.write(BadRow(3, "field 'output' is null", '{"output": null}'))
         assert (
             path.read_bytes()
             == b'{"line":3,"error":"field \'output\' is null","raw":"{\\"output\\": null}"}\n'
         )
-        rejects.write(RejectedRow(9, "empty instruction", "é"))
+        rejects.write(BadRow(9, "empty instruction", "é"))
     assert rejects.count == 2
     assert read_jsonl(path)[1] == {"line": 9, "error": "empty instruction", "raw": "é"}
     with RejectsWriter(path) as again:
-        again.write(RejectedRow(1, "x", "y"))
+        again.write(BadRow(1, "x", "y"))
     assert len(read_jsonl(path)) == 3
 
 

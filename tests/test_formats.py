@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
+from coevol.domain import Example, Turn
 from coevol.errors import ConfigError, DataError
 from coevol.io.formats import dataset_info_entry, detect_format, parse_example, render_example
-from coevol.io.records import Example, Turn
 
 ALPACA_ROW: dict[str, Any] = {
     "id": "a1",

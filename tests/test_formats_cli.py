@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from coevol.domain import Example
 from coevol.errors import DataError
 from coevol.io.files import OrderedWriter, parquet_schema, read_examples
 from coevol.io.formats import render_example
-from coevol.io.records import Example
 from coevol.testing.fake_server import FakeOpenAIServer
 from coevol.testing.responders import EDIT_MARK, CoEvolResponder, accept_up_to
 

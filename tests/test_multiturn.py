@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from coevol.conversation import ConversationSettings, estimate_tokens, refinable_turns, window_sample
+from coevol.domain import Turn
 from coevol.engine.example import refine_example
 from coevol.io.formats import parse_example
-from coevol.io.records import Turn
 from coevol.loop import LoopSettings
 from coevol.prompts.render import Sample
 from coevol.prompts.templates import load_prompts

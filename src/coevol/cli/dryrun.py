@@ -22,8 +22,8 @@ from pathlib import Path
 
 from coevol.config import ROLES, Config
 from coevol.conversation import refinable_turns, window_sample
-from coevol.io.files import read_examples
 from coevol.domain import BadRow
+from coevol.io.files import read_examples
 from coevol.prompts.render import has_input
 from coevol.prompts.templates import PromptSet
 

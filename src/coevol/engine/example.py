@@ -14,9 +14,9 @@ from typing import Any, Literal
 import orjson
 
 from coevol.conversation import ConversationSettings, refinable_turns, window_sample
+from coevol.domain import Example, Turn
 from coevol.errors import ContextLengthError
 from coevol.io.formats import with_input
-from coevol.domain import Example, Turn
 from coevol.llm.types import Generate, Usage
 from coevol.loop import LoopSettings, Refinement, refine
 from coevol.prompts.templates import PromptSet

@@ -21,9 +21,9 @@ from typing import IO, Any, NamedTuple, Self
 
 import orjson
 
+from coevol.domain import BadRow, Example
 from coevol.errors import ConfigError, DataError, MissingExtra
 from coevol.io.formats import FORMATS, parse_example
-from coevol.domain import Example, BadRow
 
 __all__ = [
     "FILE_FORMATS",
