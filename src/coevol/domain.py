@@ -28,6 +28,7 @@ version; a reader given another version refuses it with ``TraceSchemaError``.
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -154,14 +155,14 @@ class Failure:
         return cls(type(exc).__name__, str(exc))
 
     @property
-    def error_class(self) -> type[CoevolError]:
+    def error_class(self) -> builtins.type[CoevolError]:
         """The class itself, so callers test ``issubclass`` rather than compare strings."""
         found = getattr(errors, self.type, None)
         if isinstance(found, type) and issubclass(found, CoevolError):
             return found
         return CoevolError
 
-    def is_a(self, kind: type[CoevolError]) -> bool:
+    def is_a(self, kind: builtins.type[CoevolError]) -> bool:
         return issubclass(self.error_class, kind)
 
     def to_dict(self) -> dict[str, Any]:
@@ -242,6 +243,20 @@ class JudgeTrace:
     score_previous: float | None = None
     score_edited: float | None = None
     skipped_reverse: bool = False
+
+    @property
+    def decided(self) -> bool:
+        """Every order asked gave a usable verdict, so Eq. 4 has its averages."""
+        return self.score_previous is not None and self.score_edited is not None
+
+    @property
+    def accept(self) -> bool:
+        """Eq. 4: the edit wins only when its average is strictly higher."""
+        return (
+            self.score_previous is not None
+            and self.score_edited is not None
+            and self.score_edited > self.score_previous
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
