@@ -7,6 +7,8 @@ CoevolError
 ├── BudgetExceeded              ``--max-errors`` / ``--max-budget`` reached
 ├── MissingExtra                an optional dependency is not installed; says the ``pip install``
 ├── ModelAssetError             the embedded GGUF is missing or corrupt
+├── OutputError                 an output path refused before the run, or a file that cannot be written
+├── StoreError                  the run store or call cache is corrupt, locked or cannot be written
 └── LLMError                    anything that went wrong talking to a model
     ├── RetryableError          worth trying again after a pause
     │   ├── RateLimitError      HTTP 429; ``retry_after`` seconds when the server said so
@@ -37,10 +39,12 @@ __all__ = [
     "MissingExtra",
     "ModelAssetError",
     "NotFoundError",
+    "OutputError",
     "ParseError",
     "RateLimitError",
     "RetryableError",
     "ServerError",
+    "StoreError",
 ]
 
 
@@ -83,6 +87,14 @@ class MissingExtra(CoevolError):
 
 class ModelAssetError(CoevolError):
     """The embedded model file is missing, incomplete or fails its checksum."""
+
+
+class OutputError(CoevolError):
+    """An output path that would lose or clobber a file, or a write that failed (disk full, permissions)."""
+
+
+class StoreError(CoevolError):
+    """The SQLite run store or call cache cannot be used; the message names the file and what to do."""
 
 
 class LLMError(CoevolError):
