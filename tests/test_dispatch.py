@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -166,17 +167,50 @@ async def test_fatal_errors_are_not_retried(store: Store, error: Callable[[], LL
     assert d.stats.retries == 0
 
 
-async def test_retry_after_is_waited_for_by_every_request() -> None:
+async def test_a_429_delays_only_its_own_request() -> None:
     backend = ScriptedBackend(failing(1, lambda: RateLimitError("HTTP 429", retry_after=0.15)))
     d = dispatcher(backend)
     rejected = asyncio.create_task(d("judge", MSGS))
     await asyncio.sleep(0.02)
-    other = await d("editor", MSGS)  # asked during the pause: it waits too
+    assert [w.reason for w in d.stats.waits.values()] == ["429"]  # visible while it waits
+    other = await d("editor", MSGS)  # asked during the backoff: sent at once
+    assert not rejected.done()
     assert (await rejected).text == other.text == "fine"
     times = [t for _, t in backend.calls]
     assert len(times) == 3
-    assert all(t - times[0] >= 0.15 - 0.005 for t in times[1:])
+    assert times[1] - times[0] < 0.15 <= times[2] - times[0] + 0.005
     assert d.stats.rate_limited == 1 and d.stats.retries == 1
+    assert d.stats.waits == {} and d.stats.pauses == {}
+
+
+async def test_a_retry_after_beyond_the_cap_is_capped_and_shown_until_when() -> None:
+    backend = ScriptedBackend(failing(1, lambda: RateLimitError("HTTP 429", retry_after=3600.0)))
+    d = dispatcher(backend, retry=RetryPolicy(max_retries=2, max_retry_after=0.1))
+    task = asyncio.create_task(d("judge", MSGS))
+    await asyncio.sleep(0.03)
+    (wait,) = d.stats.waits.values()
+    assert (wait.roles, wait.reason, wait.server_wide) == ("judge", "429", False)
+    assert wait.until < time.time() + 0.1  # the cap, not the hour the server asked for
+    assert (await task).text == "fine"
+
+
+async def test_a_server_answering_mostly_429_pauses_every_request_to_it() -> None:
+    def script(request: ChatRequest, n: int) -> Completion | LLMError:
+        return RateLimitError("429", retry_after=0.2) if n < 12 else Completion("ok")
+
+    backend = ScriptedBackend(script, delay=0.005)
+    d = dispatcher(backend, max_in_flight=16)
+    burst = [asyncio.create_task(d("judge", [{"role": "user", "content": str(i)}])) for i in range(12)]
+    while backend.in_flight or len(backend.calls) < 12:
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.01)
+    (pause,) = d.stats.pauses.values()
+    assert pause.server_wide and pause.reason == "429" and pause.roles == "judge, editor"
+    await d("editor", [{"role": "user", "content": "asked during the pause"}])
+    await asyncio.gather(*burst)
+    first_429 = backend.calls[0][1]
+    fresh = next(t for r, t in backend.calls if r.messages[0]["content"] == "asked during the pause")
+    assert fresh - first_429 >= 0.2 - 0.01  # it waited for the server-wide pause
 
 
 def test_retry_policy_obeys_retry_after_and_jitters_otherwise() -> None:

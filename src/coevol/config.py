@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from coevol.conversation import ConversationSettings
 from coevol.errors import ConfigError
+from coevol.llm.urls import has_userinfo, masked_url
 from coevol.loop import LoopSettings
 
 __all__ = ["ROLES", "Config", "ConversationConfig", "Price", "RoleConfig", "load_config"]
@@ -26,6 +27,18 @@ RoleName = Literal["positive", "critical", "advisor", "editor", "judge"]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_base_url(value: str | None) -> str | None:
+    """Strip a trailing slash; refuse user info (the error never repeats the URL, it may hold a key)."""
+    if not value:
+        return value
+    if has_userinfo(value):
+        raise ValueError(
+            "base_url must not carry a user name or password (user:pass@host); put the key in an "
+            "environment variable and name it with api_key_env"
+        )
+    return value.strip().rstrip("/")
 
 
 class Price(_Strict):
@@ -47,6 +60,11 @@ class RoleConfig(_Strict):
     seed: int | None = None
     merge_system: bool | None = None
     price: Price | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _valid_url(cls, value: str | None) -> str | None:
+        return _check_base_url(value)
 
 
 class ConversationConfig(_Strict):
@@ -95,19 +113,37 @@ class Config(_Strict):
     max_errors: int | None = Field(default=None, ge=0)
     max_budget: float | None = Field(default=None, gt=0)
     price: Price | None = None
+    max_retry_after: float = Field(default=90.0, ge=0, description="cap on a server's Retry-After, s")
+    max_answer_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="cap on one answer body")
 
     @field_validator("base_url")
     @classmethod
-    def _strip_slash(cls, value: str | None) -> str | None:
-        return value.rstrip("/") if value else value
+    def _valid_url(cls, value: str | None) -> str | None:
+        return _check_base_url(value)
+
+    @model_validator(mode="after")
+    def _budget_needs_a_price(self) -> Config:
+        priced = self.price is not None or any(r.price is not None for r in self.roles.values())
+        if self.max_budget is not None and not priced:
+            raise ValueError(
+                "--max-budget needs prices to count spend: give --price-prompt/--price-completion "
+                "(dollars per million tokens) or price: in the config"
+            )
+        return self
 
     def role(self, name: str) -> RoleConfig:
-        """The role's settings with every gap filled from the top level."""
+        """The role's settings with every gap filled from the top level.
+
+        A role sent to a different server than the top-level one gets a key only from its own
+        ``api_key_env``: the top-level key belongs to the top-level server and must never be sent
+        to another (possibly third-party) one.
+        """
         own = self.roles.get(name, RoleConfig())  # type: ignore[call-overload]
+        same_server = own.base_url is None or own.base_url == self.base_url
         return RoleConfig(
             model=own.model or self.model,
             base_url=own.base_url or self.base_url,
-            api_key_env=own.api_key_env or self.api_key_env,
+            api_key_env=own.api_key_env or (self.api_key_env if same_server else None),
             max_tokens=own.max_tokens or self.max_tokens,
             temperature=self.temperature if own.temperature is None else own.temperature,
             top_p=own.top_p or self.top_p,
@@ -132,16 +168,18 @@ class Config(_Strict):
         return ConversationSettings(conv.window_rounds, conv.max_turns, conv.max_tokens)
 
     def to_yaml(self) -> str:
+        """The config as YAML, with every secret in a base URL masked (``?api-key=***``)."""
         data = self.model_dump(mode="json", exclude_none=True)
+        if "base_url" in data:
+            data["base_url"] = masked_url(data["base_url"])
+        for role in data.get("roles", {}).values():
+            if "base_url" in role:
+                role["base_url"] = masked_url(role["base_url"])
         return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
     @classmethod
     def from_yaml(cls, text: str, *, source: str = "<config>") -> Config:
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
-        return cls.from_mapping(data, source=source)
+        return cls.from_mapping(_parse_yaml(text, source), source=source)
 
     @classmethod
     def from_mapping(cls, data: Any, *, source: str = "<config>") -> Config:
@@ -168,8 +206,37 @@ def _explain(exc: ValidationError, source: str) -> str:
             key = ".".join(str(p) for p in err["loc"][:-1])
             lines.append(f"  unknown key {key!r}: {err['msg']}")
         else:
-            lines.append(f"  {where}: {err['msg']}")
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {where}: {msg}")
     return "\n".join(lines)
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` with every way it fails (syntax, hostile nesting) as a ``ConfigError``."""
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid YAML: nested too deeply") from None
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        text = path.read_text("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    loaded = _parse_yaml(text, str(path))
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return dict(loaded)
 
 
 def load_config(path: Path | str | None, overrides: dict[str, Any] | None = None) -> Config:
@@ -177,14 +244,8 @@ def load_config(path: Path | str | None, overrides: dict[str, Any] | None = None
     data: dict[str, Any] = {}
     source = "<flags>"
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        source = str(p)
-        loaded = yaml.safe_load(p.read_text("utf-8")) if p.stat().st_size else {}
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: expected a mapping at the top level")
-        data = dict(loaded or {})
+        source = str(path)
+        data = _read_config_file(Path(path))
     for key, value in (overrides or {}).items():
         if value is None:
             continue

@@ -12,11 +12,14 @@ is sent to it: the run is misconfigured, not unlucky.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from coevol.conversation import estimate_tokens
 from coevol.engine.limits import AdaptiveLimit, TokenBucket
 from coevol.errors import (
     AuthenticationError,
@@ -31,7 +34,7 @@ from coevol.llm.types import Backend, ChatRequest, Completion, GenParams, Messag
 from coevol.prompts.render import merge_system_prompt
 from coevol.store.sqlite import Store
 
-__all__ = ["Dispatcher", "RetryPolicy", "Route", "RunStats"]
+__all__ = ["Dispatcher", "RetryPolicy", "Route", "RunStats", "Wait"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,19 +52,30 @@ class RetryPolicy:
     """Exponential backoff with full jitter; a 429's ``Retry-After`` wins when it is given.
 
     Full jitter spreads the retries of requests that failed together (a server restart drops
-    hundreds at once) so they do not return together. ``Retry-After`` is obeyed as given up to
-    ``max_retry_after``: it is the server's own statement of when it can take more.
+    hundreds at once) so they do not return together. ``Retry-After`` is obeyed up to
+    ``max_retry_after`` (``--max-retry-after``): a server asking for an hour would otherwise stall
+    the run without a word.
     """
 
     max_retries: int = 6
     base_delay: float = 0.5
     max_delay: float = 60.0
-    max_retry_after: float = 600.0
+    max_retry_after: float = 90.0
 
     def delay(self, retry: int, error: RetryableError) -> float:
         if isinstance(error, RateLimitError) and error.retry_after is not None:
             return min(error.retry_after, self.max_retry_after)
         return random.uniform(0, min(self.max_delay, self.base_delay * 2**retry))
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """A request (or a whole server) waiting before it may send: shown by the progress display."""
+
+    roles: str  # the roles whose requests wait, e.g. "judge" or "positive, critical"
+    reason: str  # "429", "HTTP 503", "rate limit" ...
+    until: float  # wall-clock time (``time.time()``) the wait ends
+    server_wide: bool = False
 
 
 @dataclass(slots=True)
@@ -76,6 +90,29 @@ class RunStats:
     errors: dict[str, int] = field(default_factory=dict)  # failed calls by error type
     usage: dict[str, Usage] = field(default_factory=dict)  # tokens of calls actually sent
     cached_usage: dict[str, Usage] = field(default_factory=dict)  # tokens replayed from the store
+    waits: dict[int, Wait] = field(default_factory=dict)  # one request's backoff, by request token
+    pauses: dict[str, Wait] = field(default_factory=dict)  # server-wide pauses, by endpoint
+    sending: dict[int, tuple[str, float]] = field(default_factory=dict)  # token -> (role, monotonic start)
+
+
+class _Window:
+    """The last ``size`` answers of one server: did it answer 429? For the server-wide pause rule."""
+
+    __slots__ = ("limited", "outcomes")
+
+    def __init__(self, size: int = 32) -> None:
+        self.outcomes: deque[bool] = deque(maxlen=size)
+        self.limited = 0
+
+    def add(self, rate_limited: bool) -> None:
+        if len(self.outcomes) == self.outcomes.maxlen and self.outcomes[0]:
+            self.limited -= 1
+        self.outcomes.append(rate_limited)
+        self.limited += rate_limited
+
+    def dominated(self, minimum: int = 8) -> bool:
+        """Whether 429s are at least half of a window of at least ``minimum`` answers."""
+        return len(self.outcomes) >= minimum and 2 * self.limited >= len(self.outcomes)
 
 
 # What a request already in flight hands to identical requests that wait for it: its answer, its
@@ -84,7 +121,14 @@ _Shared = Completion | LLMError | None
 
 
 class Dispatcher:
-    """Implements ``coevol.llm.types.Generate`` for a set of role routes."""
+    """Implements ``coevol.llm.types.Generate`` for a set of role routes.
+
+    A 429 is one request's problem first: that request backs off (``Retry-After``, capped, or a
+    jittered exponential delay) and the adaptive in-flight limit shrinks, but the other requests
+    keep going. Only when 429s make up at least half of a server's recent answers, and the server
+    said how long to wait, does every request to that server pause. Waits are published in
+    ``stats.waits`` so the progress display can say what is waiting and until when.
+    """
 
     def __init__(
         self,
@@ -104,7 +148,9 @@ class Dispatcher:
         self.limit = AdaptiveLimit(max_in_flight)
         self._rpm = TokenBucket(rpm) if rpm else None
         self._tpm = TokenBucket(tpm) if tpm else None
-        self._not_before = 0.0  # a server-wide pause after a 429, shared by all requests
+        self._paused: dict[str, float] = {}  # endpoint -> monotonic end of a server-wide pause
+        self._windows: dict[str, _Window] = {}
+        self._tokens = itertools.count()
         self._in_flight: dict[str, asyncio.Future[_Shared]] = {}
         # A server that rejected our key (or does not know a model) will reject every later request
         # too: remember it, and fail those without sending them.
@@ -122,6 +168,10 @@ class Dispatcher:
             raise ConfigError(f"no model configured for role {role!r}") from None
         msgs = merge_system_prompt(messages) if route.merge_system else messages
         return ChatRequest(route.backend.endpoint, route.model, tuple(msgs), route.params, attempt)
+
+    def roles_of(self, endpoint: str) -> str:
+        """The roles served by ``endpoint``, for messages ("judge", "positive, critical")."""
+        return ", ".join(r for r, route in self.routes.items() if route.backend.endpoint == endpoint)
 
     async def __call__(self, role: str, messages: Sequence[Message], *, attempt: int = 0) -> Completion:
         task = asyncio.current_task()
@@ -147,9 +197,8 @@ class Dispatcher:
             await asyncio.wait(left)
         return len(left)
 
-    async def _call(self, role: str, messages: Sequence[Message], attempt: int) -> Completion:
-        request = self.request(role, messages, attempt=attempt)
-        key = request.key()
+    async def _replayed(self, role: str, key: str) -> Completion | None:
+        """The stored answer, or that of an identical request already on the wire; ``None``: send."""
         store = self.store
         stats = self.stats
         while True:
@@ -160,7 +209,7 @@ class Dispatcher:
                 return hit
             shared = self._in_flight.get(key)
             if shared is None:
-                break
+                return None
             # The same request is on the wire for another sample (duplicate rows are common in
             # SFT data): wait for its answer instead of paying for it twice.
             result = await asyncio.shield(shared)
@@ -171,6 +220,13 @@ class Dispatcher:
             if result is not None:
                 raise result
             # its sender was cancelled: look again, and send it ourselves if nobody else has
+
+    async def _call(self, role: str, messages: Sequence[Message], attempt: int) -> Completion:
+        request = self.request(role, messages, attempt=attempt)
+        key = request.key()
+        replayed = await self._replayed(role, key)
+        if replayed is not None:
+            return replayed
         fut: asyncio.Future[_Shared] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = fut
         outcome: _Shared = None
@@ -179,11 +235,7 @@ class Dispatcher:
                 completion = await self._send(self.routes[role].backend, request, key, role)
             except (FatalError, RetryableError) as exc:
                 outcome = exc
-                stats.failed_calls += 1
-                name = type(exc).__name__
-                stats.errors[name] = stats.errors.get(name, 0) + 1
-                if store is not None:
-                    store.put_call_failure(key, role, exc)
+                self._count_failure(key, role, exc)
                 raise
             outcome = completion
             if self.after_send is not None:
@@ -193,56 +245,102 @@ class Dispatcher:
             del self._in_flight[key]
             fut.set_result(outcome)
 
+    def _count_failure(self, key: str, role: str, exc: LLMError) -> None:
+        stats = self.stats
+        stats.failed_calls += 1
+        name = type(exc).__name__
+        stats.errors[name] = stats.errors.get(name, 0) + 1
+        if self.store is not None:
+            self.store.put_call_failure(key, role, exc)
+
     async def _send(self, backend: Backend, request: ChatRequest, key: str, role: str) -> Completion:
         """Send under the limits, retrying transient errors; store the answer before returning it."""
         retries = 0
-        limit = self.limit
-        store = self.store
         while True:
-            if self._not_before or self._rpm is not None or self._tpm is not None:
-                await self._admit(request)
-            await limit.acquire()
-            epoch = limit.epoch
             try:
-                if self._refused:
-                    self._check_refused(request)
-                completion = await backend.complete(request)
-                self.stats.sent += 1
-                _add_usage(self.stats.usage, role, completion)
-                if store is not None:
-                    # Committed before the slot is released and before anything can depend on it,
-                    # so after a kill only requests still holding a slot are paid for again.
-                    store.put_call(key, role, request.model, completion)
-                    await store.synced()
+                return await self._attempt(backend, request, key, role)
             except RetryableError as exc:
-                limit.release(success=False)
                 if retries >= self.retry.max_retries:
                     raise
-                delay = self.retry.delay(retries, exc)
-                if isinstance(exc, RateLimitError):
-                    # The server is overloaded, not just this request: everyone waits and the
-                    # in-flight limit shrinks.
-                    self.stats.rate_limited += 1
-                    limit.backoff(since=epoch)
-                    self._not_before = max(self._not_before, time.monotonic() + delay)
-                    delay = 0.0
-                retries += 1
-                self.stats.retries += 1
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                continue
-            except (AuthenticationError, NotFoundError) as exc:
-                limit.release(success=False)
-                scope = request.endpoint, None if isinstance(exc, AuthenticationError) else request.model
-                self._refused.setdefault(scope, exc)
-                raise
-            except BaseException:
-                limit.release(success=False)
-                raise
-            limit.release(success=True)
-            if self._tpm is not None:
-                self._settle_tokens(request, completion)
-            return completion
+                delay = self._after_transient(request, exc, retries)
+                reason = "429" if isinstance(exc, RateLimitError) else _short_reason(exc)
+            retries += 1
+            self.stats.retries += 1
+            if delay > 0:
+                await self._wait(role, reason, delay)
+
+    async def _attempt(self, backend: Backend, request: ChatRequest, key: str, role: str) -> Completion:
+        """One try: admission, a slot, the call, the store; the slot is released on every path."""
+        if self._paused or self._rpm is not None or self._tpm is not None:
+            await self._admit(request, role)
+        limit = self.limit
+        await limit.acquire()
+        epoch = limit.epoch
+        token = next(self._tokens)
+        self.stats.sending[token] = (role, time.monotonic())
+        try:
+            if self._refused:
+                self._check_refused(request)
+            completion = await backend.complete(request)
+            self.stats.sent += 1
+            _add_usage(self.stats.usage, role, completion)
+            if self.store is not None:
+                # Committed before the slot is released and before anything can depend on it,
+                # so after a kill only requests still holding a slot are paid for again.
+                self.store.put_call(key, role, request.model, completion)
+                await self.store.synced()
+        except RateLimitError:
+            limit.release(success=False)
+            limit.backoff(since=epoch)
+            raise
+        except (AuthenticationError, NotFoundError) as exc:
+            limit.release(success=False)
+            scope = request.endpoint, None if isinstance(exc, AuthenticationError) else request.model
+            self._refused.setdefault(scope, exc)
+            raise
+        except BaseException:
+            limit.release(success=False)
+            raise
+        finally:
+            del self.stats.sending[token]
+        limit.release(success=True)
+        self._window(request.endpoint).add(False)
+        if self._tpm is not None:
+            self._settle_tokens(request, completion)
+        return completion
+
+    def _window(self, endpoint: str) -> _Window:
+        window = self._windows.get(endpoint)
+        if window is None:
+            window = self._windows[endpoint] = _Window()
+        return window
+
+    def _after_transient(self, request: ChatRequest, exc: RetryableError, retries: int) -> float:
+        """This request's delay before its next try; a server-wide pause only when 429s dominate."""
+        delay = self.retry.delay(retries, exc)
+        if not isinstance(exc, RateLimitError):
+            return delay
+        self.stats.rate_limited += 1
+        window = self._window(request.endpoint)
+        window.add(True)
+        if exc.retry_after is not None and window.dominated():
+            until = time.monotonic() + delay
+            if until > self._paused.get(request.endpoint, 0.0):
+                self._paused[request.endpoint] = until
+                self.stats.pauses[request.endpoint] = Wait(
+                    self.roles_of(request.endpoint), "429", time.time() + delay, server_wide=True
+                )
+            return 0.0  # the pause applies to this request as to every other one
+        return delay
+
+    async def _wait(self, role: str, reason: str, delay: float) -> None:
+        """Sleep out one request's backoff, visible in ``stats.waits`` while it lasts."""
+        token = next(self._tokens)
+        self.stats.waits[token] = Wait(role, reason, time.time() + delay)
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            del self.stats.waits[token]
 
     def _check_refused(self, request: ChatRequest) -> None:
         refused = self._refused.get((request.endpoint, None)) or self._refused.get(
@@ -251,13 +349,15 @@ class Dispatcher:
         if refused is not None:
             raise type(refused)(f"{refused} (not sent: the server already refused it)", status=refused.status)
 
-    async def _admit(self, request: ChatRequest) -> None:
-        """Wait out a server-wide 429 pause, then take from the optional rate buckets."""
-        wait = self._not_before - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        else:
-            self._not_before = 0.0
+    async def _admit(self, request: ChatRequest, role: str) -> None:
+        """Wait out a server-wide pause of this request's server, then take from the rate buckets."""
+        until = self._paused.get(request.endpoint)
+        if until is not None:
+            wait = until - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif self._paused.pop(request.endpoint, None) is not None:
+                self.stats.pauses.pop(request.endpoint, None)
         if self._rpm is not None:
             await self._rpm.take(1)
         if self._tpm is not None:
@@ -265,13 +365,21 @@ class Dispatcher:
 
     @staticmethod
     def _estimate_tokens(request: ChatRequest) -> float:
-        chars = sum(len(m["content"]) for m in request.messages)
-        return chars / 4 + request.params.max_tokens
+        prompt = sum(estimate_tokens(m["content"]) for m in request.messages)
+        return float(prompt + request.params.max_tokens)
 
     def _settle_tokens(self, request: ChatRequest, completion: Completion) -> None:
         if self._tpm is not None:
             used = completion.prompt_tokens + completion.completion_tokens
             self._tpm.give_back(max(0.0, self._estimate_tokens(request) - used))
+
+
+def _short_reason(exc: RetryableError) -> str:
+    if exc.status is not None:
+        return f"HTTP {exc.status}"
+    return {"APITimeoutError": "timeout", "APIConnectionError": "connection error"}.get(
+        type(exc).__name__, type(exc).__name__
+    )
 
 
 def _add_usage(table: dict[str, Usage], role: str, completion: Completion) -> None:
