@@ -3,7 +3,7 @@
     python benchmarks/run.py            # the full set, about 5 minutes on 2 cores
     python benchmarks/run.py --quick    # smaller inputs, about 1.5 minutes
 
-The server (``python -m coevol.testing.fake_server`` with the deterministic CoEvol responder) runs
+The server (``python -m coevol.testing`` with the deterministic CoEvol responder) runs
 in its own process, and every client run in another (``benchmarks/client.py``), so each CPU and
 memory figure belongs to one process. Inputs are synthetic Alpaca rows written to a temporary
 folder. Results go to ``benchmarks/RESULTS.md`` (a table and the exact command) and stdout.
@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from coevol.testing.fake_server import fetch_stats, reset_stats
+from coevol.testing import fetch_stats, reset_stats
 
 HERE = Path(__file__).resolve().parent
 WORDS = [
@@ -83,7 +83,7 @@ def server(
     *, latency: float = 0.0, slots: int | None = None, faults: list[str] | None = None
 ) -> Iterator[Server]:
     cmd = [
-        sys.executable, "-m", "coevol.testing.fake_server", "--port", "0", "--no-record",
+        sys.executable, "-m", "coevol.testing", "--port", "0", "--no-record",
         "--responder", "coevol.testing.responders:responder", "--latency", str(latency),
     ]  # fmt: skip
     if slots:

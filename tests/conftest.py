@@ -14,7 +14,7 @@ import pytest
 
 from coevol.config import Config
 from coevol.engine.build import Engine, build_engine
-from coevol.testing.fake_server import FakeOpenAIServer
+from coevol.testing import FakeOpenAIServer
 from coevol.testing.responders import CoEvolResponder, accept_up_to
 
 ALPACA_ROWS = [

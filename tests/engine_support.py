@@ -26,7 +26,7 @@ from coevol.engine.build import build_engine
 from coevol.engine.dispatch import RunStats
 from coevol.engine.runner import Runner, RunPaths, RunSummary
 from coevol.store.sqlite import Store
-from coevol.testing.fake_server import FakeOpenAIServer, Fault, FaultPolicy, RecordedRequest
+from coevol.testing import FakeOpenAIServer, Fault, FaultPolicy, RecordedRequest
 from coevol.testing.responders import identify_role
 
 WORDS = [

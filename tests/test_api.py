@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from coevol import Config, arefine, refine
-from coevol.testing.fake_server import FakeOpenAIServer, fetch_stats, serve_in_subprocess
+from coevol.testing import FakeOpenAIServer, fetch_stats, serve_in_subprocess
 from coevol.testing.responders import EDIT_MARK, CoEvolResponder, accept_up_to
 
 from .conftest import ALPACA_ROWS

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from coevol.testing.fake_server import Fault, FaultKind
+from coevol.testing import Fault, FaultKind
 from coevol.testing.responders import CoEvolResponder
 
 from .engine_support import ThreadedServer, alpaca_rows, marked, refine_file, run_cli, write_jsonl

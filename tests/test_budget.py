@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from coevol.testing.fake_server import FakeOpenAIServer, Reply
+from coevol.testing import FakeOpenAIServer, Reply
 from coevol.testing.responders import CoEvolResponder, accept_up_to
 
 from .conftest import coevol_cli

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from coevol.testing.fake_server import FakeOpenAIServer
+from coevol.testing import FakeOpenAIServer
 from coevol.testing.responders import EDIT_MARK, CoEvolResponder, accept_up_to
 
 from .conftest import ALPACA_ROWS, coevol_cli

@@ -11,7 +11,7 @@ import pytest
 from coevol.cli.main import main
 from coevol.config import ROLES, Config, ConversationConfig, Price, RoleConfig, load_config
 from coevol.errors import ConfigError
-from coevol.testing.fake_server import FakeOpenAIServer
+from coevol.testing import FakeOpenAIServer
 from coevol.testing.responders import EDIT_MARK, CoEvolResponder, accept_up_to, identify_role
 
 from .conftest import coevol_cli

@@ -19,7 +19,7 @@ import pytest
 from coevol.errors import RateLimitError, ServerError
 from coevol.llm.openai_http import OpenAIHTTPBackend
 from coevol.llm.types import ChatRequest
-from coevol.testing.fake_server import (
+from coevol.testing import (
     FakeOpenAIServer,
     Fault,
     FaultKind,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from coevol.testing.fake_server import FakeOpenAIServer, Fault, FaultKind, first_attempt_faults
+from coevol.testing import FakeOpenAIServer, Fault, FaultKind, first_attempt_faults
 from coevol.testing.responders import CoEvolResponder, GarbleFirstJudge, identify_role
 
 from .engine_support import ThreadedServer, alpaca_rows, child_env, marked, refine_file, run_cli, write_jsonl

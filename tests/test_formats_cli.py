@@ -21,7 +21,7 @@ from coevol.domain import Example
 from coevol.errors import DataError
 from coevol.io.files import OrderedWriter, parquet_schema, read_examples
 from coevol.io.formats import render_example
-from coevol.testing.fake_server import FakeOpenAIServer
+from coevol.testing import FakeOpenAIServer
 from coevol.testing.responders import EDIT_MARK, CoEvolResponder, accept_up_to
 
 from .conftest import coevol_cli, read_jsonl

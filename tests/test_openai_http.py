@@ -28,7 +28,7 @@ from coevol.errors import (
 )
 from coevol.llm.openai_http import OpenAIHTTPBackend, parse_retry_after
 from coevol.llm.types import ChatRequest, GenParams
-from coevol.testing.fake_server import FakeOpenAIServer, Fault, FaultKind, Reply, always
+from coevol.testing import FakeOpenAIServer, Fault, FaultKind, Reply, always
 
 SECRET = "sk-test-NEVER-LEAK-7f3a9c2e51"
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from coevol.testing.fake_server import FakeOpenAIServer
+from coevol.testing import FakeOpenAIServer
 from coevol.testing.responders import EDIT_MARK, CoEvolResponder, accept_up_to
 
 from .conftest import coevol_cli, read_jsonl

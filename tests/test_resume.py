@@ -18,7 +18,7 @@ import pytest
 
 from coevol.prompts.templates import load_prompts
 from coevol.store.sqlite import Store
-from coevol.testing.fake_server import FakeOpenAIServer, Fault, FaultKind
+from coevol.testing import FakeOpenAIServer, Fault, FaultKind
 from coevol.testing.responders import CoEvolResponder, identify_role
 
 from .engine_support import (

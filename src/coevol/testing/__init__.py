@@ -1,0 +1,99 @@
+"""Test doubles for coevol and for code built on it; none of it is used by a real run.
+
+- ``coevol.testing.faults``: the deterministic fault model (``Fault``, ``FaultKind``, policies).
+- ``coevol.testing.server``: ``FakeOpenAIServer``, a real OpenAI-compatible HTTP peer on loopback
+  that models slots and latency, injects faults and records every request with its headers;
+  ``ThreadedServer`` runs one on a background thread.
+- ``coevol.testing.cli``: ``python -m coevol.testing`` runs that server in its own process
+  (``serve_in_subprocess``, ``fetch_stats``, ``reset_stats``).
+- ``coevol.testing.fakes``: in-process fakes, no sockets: ``ScriptedGenerate``, ``Recorder``,
+  ``ResponderGenerate`` (``Generate``), ``ScriptedBackend`` and ``ResponderBackend`` (``Backend``).
+- ``coevol.testing.responders``: ``CoEvolResponder``, which answers the five agents predictably
+  (over HTTP as a server responder, in-process through ``as_generate()``).
+"""
+
+from coevol.testing.cli import fetch_stats, reset_stats, serve_in_subprocess
+from coevol.testing.fakes import (
+    Answer,
+    BackendScript,
+    Call,
+    GenerateScript,
+    Recorder,
+    ResponderBackend,
+    ResponderGenerate,
+    ScriptedBackend,
+    ScriptedGenerate,
+    ScriptExhausted,
+    SentRequest,
+    fault_error,
+    to_completion,
+)
+from coevol.testing.faults import (
+    HOSTILE_TEXT,
+    Fault,
+    FaultKind,
+    FaultPolicy,
+    always,
+    body_digest,
+    canonical_body,
+    first_attempt_faults,
+    mentioning,
+)
+from coevol.testing.responders import (
+    EDIT_MARK,
+    CoEvolResponder,
+    GarbleFirstJudge,
+    accept_up_to,
+    hashed_policy,
+    identify_role,
+)
+from coevol.testing.server import (
+    FakeOpenAIServer,
+    RecordedRequest,
+    Reply,
+    Responder,
+    ThreadedServer,
+    echo_responder,
+    word_count,
+)
+
+__all__ = [
+    "EDIT_MARK",
+    "HOSTILE_TEXT",
+    "Answer",
+    "BackendScript",
+    "Call",
+    "CoEvolResponder",
+    "FakeOpenAIServer",
+    "Fault",
+    "FaultKind",
+    "FaultPolicy",
+    "GarbleFirstJudge",
+    "GenerateScript",
+    "RecordedRequest",
+    "Recorder",
+    "Reply",
+    "Responder",
+    "ResponderBackend",
+    "ResponderGenerate",
+    "ScriptExhausted",
+    "ScriptedBackend",
+    "ScriptedGenerate",
+    "SentRequest",
+    "ThreadedServer",
+    "accept_up_to",
+    "always",
+    "body_digest",
+    "canonical_body",
+    "echo_responder",
+    "fault_error",
+    "fetch_stats",
+    "first_attempt_faults",
+    "hashed_policy",
+    "identify_role",
+    "mentioning",
+    "reset_stats",
+    "serve_in_subprocess",
+    "to_completion",
+    "word_count",
+]

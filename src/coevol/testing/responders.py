@@ -8,6 +8,9 @@ over real HTTP without a model:
 - the editor appends `` [edit]`` to the previous response, so the k-th edit carries k markers;
 - the judge follows a policy ``(instruction, previous, edited) -> prefer edited?`` and answers with
   the matching ``<assistant N>`` line followed by an explanation that names the other assistant.
+
+The same responder runs in-process, without HTTP: ``CoEvolResponder(...).as_generate()`` is a
+``coevol.llm.types.Generate`` for ``coevolve``, and ``coevol.testing.ResponderBackend`` a ``Backend``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+
+from coevol.testing.fakes import ResponderGenerate
+from coevol.testing.faults import FaultPolicy
 
 __all__ = [
     "EDIT_MARK",
@@ -137,6 +143,10 @@ class CoEvolResponder:
                 f"Although <assistant {loser}> is longer, Assistant {winner} is more accurate."
             )
         return "ok"
+
+    def as_generate(self, *, faults: FaultPolicy | None = None) -> ResponderGenerate:
+        """This responder as an in-process ``Generate`` (no HTTP), with optional fault injection."""
+        return ResponderGenerate(self, faults=faults)
 
 
 class GarbleFirstJudge:
