@@ -29,13 +29,13 @@ from coevol.config import load_config
 from coevol.conversation import ConversationSettings
 from coevol.domain import Example
 from coevol.engine.build import build_engine
-from coevol.engine.example import refine_example
 from coevol.engine.runner import Runner, RunPaths
 from coevol.io.files import read_examples
 from coevol.io.formats import render_example
 from coevol.llm.openai_http import OpenAIHTTPBackend
 from coevol.llm.types import ChatRequest, Completion, GenParams, Message
 from coevol.loop import LoopSettings
+from coevol.multiturn import refine_example
 from coevol.prompts.templates import load_prompts
 from coevol.store.sqlite import Store
 

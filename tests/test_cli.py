@@ -42,12 +42,12 @@ async def test_refine_alpaca_json_keeps_shape_order_and_extra_fields(
     its = first["turns"][0]["iterations"]
     assert [it["accepted"] for it in its] == [True, True, False]
     assert set(its[0]["debate"]) == {
-        "positive_round1",
-        "critical_round1",
-        "positive_round2",
-        "critical_round2",
+        "positive_stage1",
+        "critical_stage1",
+        "positive_stage2",
+        "critical_stage2",
     }
-    assert its[0]["suggestions"].startswith("1. ")
+    assert its[0]["suggestions"]["text"].startswith("1. ")
     assert its[0]["edited"] == "16" + EDIT_MARK
     orders = its[0]["judge"]["orders"]
     assert [o["order"] for o in orders] == ["forward", "reverse"]

@@ -13,10 +13,10 @@ from coevol.cli.dryrun import calls_per_turn, estimate, format_estimate
 from coevol.config import Config
 from coevol.conversation import ConversationSettings
 from coevol.domain import Example
-from coevol.engine.example import refine_example
 from coevol.io.files import read_examples
 from coevol.llm.types import Completion, Message
 from coevol.loop import LoopSettings
+from coevol.multiturn import refine_example
 from coevol.prompts.templates import load_prompts
 
 from .engine_support import write_jsonl

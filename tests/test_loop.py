@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from coevol.domain import StopReason
 from coevol.loop import LoopSettings, coevolve
 from coevol.prompts.render import Sample
-from coevol.testing.fake_server import FakeOpenAIServer, RecordedRequest
+from coevol.testing import FakeOpenAIServer, RecordedRequest
 from coevol.testing.responders import EDIT_MARK, CoEvolResponder, accept_up_to, identify_role
 
 from .conftest import make_engine
@@ -42,23 +43,23 @@ async def run(server: FakeOpenAIServer, settings: LoopSettings, **config: Any) -
 @pytest.mark.parametrize(
     ("accept", "k", "rounds", "iterations", "stop"),
     [
-        (0, 3, 0, 1, "rejected"),
-        (1, 3, 1, 2, "rejected"),
-        (2, 3, 2, 3, "rejected"),
-        (3, 3, 3, 3, "max_rounds"),
-        (9, 3, 3, 3, "max_rounds"),
-        (9, 1, 1, 1, "max_rounds"),
-        (1, 2, 1, 2, "rejected"),
+        (0, 3, 0, 1, StopReason.REJECTED),
+        (1, 3, 1, 2, StopReason.REJECTED),
+        (2, 3, 2, 3, StopReason.REJECTED),
+        (3, 3, 3, 3, StopReason.MAX_ROUNDS),
+        (9, 3, 3, 3, StopReason.MAX_ROUNDS),
+        (9, 1, 1, 1, StopReason.MAX_ROUNDS),
+        (1, 2, 1, 2, StopReason.REJECTED),
     ],
 )
 async def test_final_response_and_rounds_follow_eq4_and_k(
-    accept: int, k: int, rounds: int, iterations: int, stop: str
+    accept: int, k: int, rounds: int, iterations: int, stop: StopReason
 ) -> None:
     async with FakeOpenAIServer(CoEvolResponder(accept_up_to(accept))) as server:
         result = await run(server, LoopSettings(max_rounds=k))
         assert result.response == "9" + EDIT_MARK * rounds
         assert result.accepted_rounds == rounds
-        assert result.stop_reason == stop
+        assert result.stop_reason is stop
         assert len(result.iterations) == iterations
         assert [it.accepted for it in result.iterations] == [i < rounds for i in range(iterations)]
         assert len(server.requests) == 8 * iterations  # 4 debate, advisor, editor, 2 judge
@@ -88,7 +89,10 @@ async def test_memory_handoffs_are_visible_in_the_requests() -> None:
     async with FakeOpenAIServer(CoEvolResponder(accept_up_to(1))) as server:
         result = await run(server, LoopSettings(max_rounds=3))
         first = result.iterations[0]
-        assert first.debate is not None
+        assert first.debate is not None and first.suggestions is not None
+        d = first.debate
+        pos_pred, crt_pred = d.positive_stage1.text, d.critical_stage1.text
+        pos_free, crt_free = d.positive_stage2.text, d.critical_stage2.text
         by_role: dict[str, list[list[dict[str, str]]]] = {}
         for r in server.requests:
             by_role.setdefault(identify_role(r.body["messages"]), []).append(r.body["messages"])
@@ -98,21 +102,20 @@ async def test_memory_handoffs_are_visible_in_the_requests() -> None:
         assert [m["role"] for m in pos1] == ["system", "user"]
         # Round 2 keeps the debater's own round-1 exchange and shows the other's review.
         assert pos2[:2] == pos1 and crt2[:2] == crt1
-        assert pos2[2] == {"role": "assistant", "content": first.debate.pos_pred}
-        assert crt2[2] == {"role": "assistant", "content": first.debate.crt_pred}
-        assert pos2[3]["content"].startswith(f"### Review from others:\n{first.debate.crt_pred}\n\n")
-        assert crt2[3]["content"].startswith(f"### Review from others:\n{first.debate.pos_pred}\n\n")
+        assert pos2[2] == {"role": "assistant", "content": pos_pred}
+        assert crt2[2] == {"role": "assistant", "content": crt_pred}
+        assert pos2[3]["content"].startswith(f"### Review from others:\n{crt_pred}\n\n")
+        assert crt2[3]["content"].startswith(f"### Review from others:\n{pos_pred}\n\n")
 
         advisor = by_role["advisor"][0][-1]["content"]
-        d = first.debate
         expected = (
-            f"### Reviewer 1:\n{d.pos_pred}\n\n### Reviewer 2:\n{d.crt_pred}\n\n"
-            f"### Reviewer 1:\n{d.pos_free}\n\n### Reviewer 2:\n{d.crt_free}\n\n"
+            f"### Reviewer 1:\n{pos_pred}\n\n### Reviewer 2:\n{crt_pred}\n\n"
+            f"### Reviewer 1:\n{pos_free}\n\n### Reviewer 2:\n{crt_free}\n\n"
         )
         assert expected in advisor
         editor = by_role["editor"][0][-1]["content"]
         assert editor.startswith(
-            f"### Writing Suggestions:\n{first.suggestions}\n\n### Previous Response:\n9\n\n"
+            f"### Writing Suggestions:\n{first.suggestions.text}\n\n### Previous Response:\n9\n\n"
         )
 
         # After an accepted edit every agent starts afresh on the accepted response.
@@ -134,10 +137,10 @@ async def test_unparseable_verdict_is_asked_again_then_recorded() -> None:
         result = await run(server, LoopSettings(max_rounds=3))
         assert result.response == "9"
         assert result.accepted_rounds == 0
-        assert result.stop_reason == "judge_unparseable"
-        judgment = result.iterations[0].judgment
-        assert judgment is not None and judgment.failed
-        assert [len(o.raws) for o in judgment.orders] == [3, 3]  # first ask + 2 re-asks, per order
+        assert result.stop_reason is StopReason.JUDGE_UNPARSEABLE
+        judgment = result.iterations[0].judge
+        assert judgment is not None and not judgment.decided
+        assert [len(o.attempts) for o in judgment.orders] == [3, 3]  # first ask + 2 re-asks, per order
         assert all(o.error and "not found" in o.error for o in judgment.orders)
         assert roles(server.requests).count("judge") == 6
         assert len(server.requests) == 12
@@ -146,7 +149,7 @@ async def test_unparseable_verdict_is_asked_again_then_recorded() -> None:
 async def test_merge_system_sends_no_system_role() -> None:
     async with FakeOpenAIServer(CoEvolResponder(accept_up_to(0))) as server:
         result = await run(server, LoopSettings(), merge_system=True)
-        assert result.stop_reason == "rejected"
+        assert result.stop_reason is StopReason.REJECTED
         for r in server.requests:
             msgs = r.body["messages"]
             assert all(m["role"] != "system" for m in msgs)
@@ -165,8 +168,8 @@ async def test_sampling_defaults_are_the_papers() -> None:
 async def test_judge_early_exit_skips_the_second_order_only_when_it_cannot_matter() -> None:
     async with FakeOpenAIServer(CoEvolResponder(accept_up_to(1))) as server:
         result = await run(server, LoopSettings(judge_early_exit=True))
-        assert result.accepted_rounds == 1 and result.stop_reason == "rejected"
+        assert result.accepted_rounds == 1 and result.stop_reason is StopReason.REJECTED
         # round 1 accepted: both orders asked; round 2 rejected by the first order alone.
         assert roles(server.requests).count("judge") == 3
-        last = result.iterations[-1].judgment
+        last = result.iterations[-1].judge
         assert last is not None and last.skipped_reverse

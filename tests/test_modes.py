@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
+from coevol.domain import Answer, StopReason
 from coevol.loop import LoopSettings, Mode, refine
 from coevol.prompts.render import Sample
-from coevol.testing.fake_server import FakeOpenAIServer, RecordedRequest
+from coevol.testing import FakeOpenAIServer, RecordedRequest
 from coevol.testing.responders import EDIT_MARK, CoEvolResponder, accept_up_to, identify_role
 
 from .conftest import coevol_cli, make_engine, read_jsonl
@@ -78,11 +79,11 @@ async def test_requests_per_iteration(mode: Mode, order: list[str]) -> None:
         assert len(result.iterations) == iterations
         assert all(it.accepted for it in result.iterations)
     if mode == "full":
-        assert (result.stop_reason, result.accepted_rounds) == ("max_rounds", 3)
+        assert (result.stop_reason, result.accepted_rounds) == (StopReason.MAX_ROUNDS, 3)
         assert result.response == RESPONSE + EDIT_MARK * 3
     else:
-        assert (result.stop_reason, result.accepted_rounds) == ("single_pass", 1)
-        assert result.iterations[0].judgment is None
+        assert (result.stop_reason, result.accepted_rounds) == (StopReason.SINGLE_PASS, 1)
+        assert result.iterations[0].judge is None
         assert result.response == ("A fresh answer." if mode == "edit" else RESPONSE + EDIT_MARK)
 
 
@@ -98,7 +99,7 @@ async def test_full_mode_stops_at_the_first_rejected_edit() -> None:
     async with FakeOpenAIServer(CoEvolResponder(accept_up_to(1))) as server:
         result = await run(server, LoopSettings(mode="full"))
         assert len(server.requests) == 8 * 2
-    assert (result.response, result.stop_reason) == (RESPONSE + EDIT_MARK, "rejected")
+    assert (result.response, result.stop_reason) == (RESPONSE + EDIT_MARK, StopReason.REJECTED)
 
 
 async def test_edit_mode_sends_the_editor_the_request_alone() -> None:
@@ -135,7 +136,7 @@ async def test_advise_noresp_never_shows_the_advisor_the_response() -> None:
     assert RESPONSE not in json.dumps(advisor) and "Nine" not in json.dumps(advisor)
     # Paper Section 4.1: only the advisor is restricted; the editor then modifies the response.
     assert editor == [{"role": "system", "content": EDITOR_SYSTEM}, {"role": "user", "content": EDITOR_TASK}]
-    assert result.iterations[0].suggestions == SUGGESTIONS
+    assert result.iterations[0].suggestions == Answer(SUGGESTIONS, "stop")
 
 
 async def test_advise_shows_the_advisor_the_response() -> None:
@@ -161,12 +162,14 @@ async def test_debate_mode_feeds_the_debate_to_the_advisor() -> None:
         [advisor] = sent(server.requests, "advisor")
     d = result.iterations[0].debate
     assert d is not None
-    assert d.pos_pred == "positive round 1 on a response with 0 edits."
-    assert d.crt_free == "critical round 2: the other review has merit in part."
+    pos_pred, crt_pred = d.positive_stage1.text, d.critical_stage1.text
+    pos_free, crt_free = d.positive_stage2.text, d.critical_stage2.text
+    assert pos_pred == "positive round 1 on a response with 0 edits."
+    assert crt_free == "critical round 2: the other review has merit in part."
     assert advisor[1]["content"] == (
         f"{INTRO}\n\n{SAMPLE_TEXT}\n\nThe following is a discussion about the given request and response "
-        f"by two reviewers.\n\n### Reviewer 1:\n{d.pos_pred}\n\n### Reviewer 2:\n{d.crt_pred}\n\n"
-        f"### Reviewer 1:\n{d.pos_free}\n\n### Reviewer 2:\n{d.crt_free}\n\nExtract and summarize credible "
+        f"by two reviewers.\n\n### Reviewer 1:\n{pos_pred}\n\n### Reviewer 2:\n{crt_pred}\n\n"
+        f"### Reviewer 1:\n{pos_free}\n\n### Reviewer 2:\n{crt_free}\n\nExtract and summarize credible "
         "ideas from the above dialogue and rewrite them into no more than 3 writing suggestions for "
         "improving the given response. Directly output these suggestions in separate lines without any "
         "foreword or explanation."
@@ -183,7 +186,7 @@ async def test_score_judge_asks_for_two_scores_and_averages_both_orders() -> Non
     assert (result.response, result.accepted_rounds, result.stop_reason) == (
         RESPONSE + EDIT_MARK,
         1,
-        "rejected",
+        StopReason.REJECTED,
     )
     assert len(judges) == 4
     edited = RESPONSE + EDIT_MARK
@@ -209,14 +212,14 @@ async def test_score_judge_asks_for_two_scores_and_averages_both_orders() -> Non
     )
 
     first, second = result.iterations
-    j1, j2 = first.judgment, second.judgment
+    j1, j2 = first.judge, second.judge
     assert j1 is not None and j2 is not None
     # The edit wins 8 to 4 in both orders; the next one loses 4 to 8 in both.
-    assert [o.parsed for o in j1.orders] == ["4 8", "8 4"]
+    assert [o.verdict for o in j1.orders] == ["4 8", "8 4"]
     assert [o.scores for o in j1.orders] == [(4.0, 8.0), (4.0, 8.0)]
-    assert (j1.previous, j1.edited, first.accepted) == (4.0, 8.0, True)
-    assert [o.parsed for o in j2.orders] == ["8 4", "4 8"]
-    assert (j2.previous, j2.edited, second.accepted) == (8.0, 4.0, False)
+    assert (j1.score_previous, j1.score_edited, first.accepted) == (4.0, 8.0, True)
+    assert [o.verdict for o in j2.orders] == ["8 4", "4 8"]
+    assert (j2.score_previous, j2.score_edited, second.accepted) == (8.0, 4.0, False)
     trace = first.to_dict()["judge"]
     assert trace["orders"][0]["scores"] == {"previous": 4.0, "edited": 8.0}
     assert (trace["score_previous"], trace["score_edited"]) == (4.0, 8.0)

@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 
 from coevol.conversation import ConversationSettings, estimate_tokens, refinable_turns, window_sample
-from coevol.domain import Turn
-from coevol.engine.example import refine_example
+from coevol.domain import StopReason, Turn
 from coevol.io.formats import parse_example
 from coevol.loop import LoopSettings
+from coevol.multiturn import refine_example
 from coevol.prompts.render import Sample
 from coevol.prompts.templates import load_prompts
-from coevol.testing.fake_server import FakeOpenAIServer, RecordedRequest
+from coevol.testing import FakeOpenAIServer, RecordedRequest
 from coevol.testing.responders import EDIT_MARK, CoEvolResponder, accept_up_to, identify_role
 
 from .conftest import coevol_cli, make_engine, read_jsonl
@@ -217,11 +217,13 @@ async def test_each_turn_is_refined_with_the_refined_turns_before_it() -> None:
     assert [t.role for t in outcome.turns] == [t.role for t in original]
     for i, (before, after) in enumerate(zip(original, outcome.turns, strict=True)):
         assert after.content == (before.content + EDIT_MARK if i in ASSISTANT_AT else before.content)
-    assert [tt["turn"] for tt in outcome.trace["turns"]] == ASSISTANT_AT
-    for tt in outcome.trace["turns"]:
-        assert (tt["accepted_rounds"], tt["stop_reason"]) == (1, "rejected")
-        assert [it["accepted"] for it in tt["iterations"]] == [True, False]
-        assert tt["iterations"][0]["edited"] == original[tt["turn"]].content + EDIT_MARK
+    assert [tt.turn for tt in outcome.record.turns] == ASSISTANT_AT
+    for tt in outcome.record.turns:
+        assert (tt.accepted_rounds, tt.stop_reason) == (1, StopReason.REJECTED)
+        assert [it.accepted for it in tt.iterations] == [True, False]
+        assert tt.iterations[0].edited == original[tt.turn].content + EDIT_MARK
+        assert (tt.original, tt.final) == (original[tt.turn].content, original[tt.turn].content + EDIT_MARK)
+    assert [tt.instruction for tt in outcome.record.turns] == [window(t, edits=1) for t in range(1, 6)]
 
 
 async def test_window_rounds_setting_reaches_the_agents() -> None:

@@ -22,16 +22,18 @@ FORWARD_WINS_EDIT = {
     "order": "forward",
     "verdict": "assistant 2",
     "scores": {"previous": 0.0, "edited": 1.0},
-    "attempts": 1,
-    "raw": ["<assistant 2>\nAlthough <assistant 1> is longer, Assistant 2 is more accurate."],
+    "attempts": [
+        {"text": "<assistant 2>\nAlthough <assistant 1> is longer, Assistant 2 is more accurate.", "finish_reason": "stop"}
+    ],
     "error": None,
 }
 REVERSE_WINS_EDIT = {
     "order": "reverse",
     "verdict": "assistant 1",
     "scores": {"previous": 0.0, "edited": 1.0},
-    "attempts": 1,
-    "raw": ["<assistant 1>\nAlthough <assistant 2> is longer, Assistant 1 is more accurate."],
+    "attempts": [
+        {"text": "<assistant 1>\nAlthough <assistant 2> is longer, Assistant 1 is more accurate.", "finish_reason": "stop"}
+    ],
     "error": None,
 }
 

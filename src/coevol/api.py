@@ -20,9 +20,9 @@ from typing import Any
 
 from coevol.config import Config
 from coevol.engine.build import build_engine
-from coevol.engine.example import refine_example
 from coevol.errors import DataError
 from coevol.io.formats import parse_example, render_example
+from coevol.multiturn import refine_example
 from coevol.store.sqlite import Store
 
 __all__ = ["Result", "arefine", "refine"]

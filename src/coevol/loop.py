@@ -1,38 +1,43 @@
 """Algorithm 1 of the CoEvol paper: debate, advise, edit, judge; keep the edit only when it wins.
 
 This module is the algorithm and nothing else. Agents, prompts and the Eq. 4 rule live in
-``coevol.roles``; how a request reaches a model lives in ``coevol.engine``.
+``coevol.roles``; how a request reaches a model lives in ``coevol.engine``. Each iteration is
+recorded as the trace keeps it (``coevol.domain.IterationTrace``).
+
+One guard comes before the judge: an edit that is empty, cut off at ``max_tokens`` or the same
+text as the response it would replace is never judged and never written (``unusable_edit``); a
+careless judge cannot make the data worse.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
-from coevol.errors import AuthenticationError, LLMError, NotFoundError
+from coevol.domain import Answer, Failure, IterationTrace, JudgeTrace, StopReason, TurnTrace
+from coevol.errors import AuthenticationError, ContextLengthError, LLMError, NotFoundError
 from coevol.llm.types import Completion, Generate, Message, Usage
 from coevol.prompts.render import Sample
 from coevol.prompts.templates import PromptSet
 from coevol.roles import agents
-from coevol.roles.agents import Debate, JudgeKind, Judgment
+from coevol.roles.agents import JudgeKind
 
 __all__ = [
     "MODES",
-    "Iteration",
     "LoopSettings",
     "Mode",
     "Refinement",
     "UsageLedger",
     "coevolve",
+    "judged_stop",
     "refine",
     "single_pass",
+    "unusable_edit",
 ]
 
 Mode = Literal["full", "debate", "advise", "advise-noresp", "edit"]
 MODES: tuple[Mode, ...] = ("full", "debate", "advise", "advise-noresp", "edit")
-
-StopReason = Literal["rejected", "max_rounds", "judge_unparseable", "error", "single_pass"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,52 +70,22 @@ class UsageLedger:
 
 
 @dataclass(slots=True)
-class Iteration:
-    """One pass of the loop, as the trace shows it."""
-
-    round: int
-    previous: str
-    debate: Debate | None = None
-    suggestions: str | None = None
-    edited: str | None = None
-    judgment: Judgment | None = None
-    accepted: bool = False
-    usage: dict[str, Usage] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        j = self.judgment
-        return {
-            "round": self.round,
-            "debate": self.debate.to_dict() if self.debate else None,
-            "suggestions": self.suggestions,
-            "edited": self.edited,
-            "judge": None
-            if j is None
-            else {
-                "orders": [o.to_dict() for o in j.orders],
-                "score_previous": j.previous,
-                "score_edited": j.edited,
-                "skipped_reverse": j.skipped_reverse,
-            },
-            "accepted": self.accepted,
-            "usage": {role: u.to_dict() for role, u in self.usage.items()},
-        }
-
-
-@dataclass(slots=True)
 class Refinement:
-    """The outcome for one sample: the final response and how it got there."""
+    """The outcome for one sample: the final response and how it got there.
+
+    ``failure`` is set when a call failed (``StopReason.ERROR``) or the prompt outgrew the model's
+    context (``StopReason.CONTEXT_LENGTH``); ``response`` is then the last accepted one.
+    """
 
     response: str
     accepted_rounds: int
     stop_reason: StopReason
-    iterations: list[Iteration]
-    error: str | None = None
-    error_type: str | None = None
+    iterations: list[IterationTrace]
+    failure: Failure | None = None
 
     @property
     def failed(self) -> bool:
-        return self.stop_reason == "error"
+        return self.stop_reason is StopReason.ERROR
 
     def usage(self) -> dict[str, Usage]:
         total: dict[str, Usage] = {}
@@ -118,6 +93,51 @@ class Refinement:
             for role, u in it.usage.items():
                 total.setdefault(role, Usage()).add(u)
         return total
+
+    def turn_trace(self, turn: int, sample: Sample) -> TurnTrace:
+        """The trace of this refinement of ``sample``, readable on its own."""
+        return TurnTrace(
+            turn=turn,
+            instruction=sample.instruction,
+            input=sample.input,
+            original=sample.response,
+            final=self.response,
+            accepted_rounds=self.accepted_rounds,
+            stop_reason=self.stop_reason,
+            iterations=self.iterations,
+            failure=self.failure,
+        )
+
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+def unusable_edit(edit: Answer, edited: str, previous: str) -> StopReason | None:
+    """Why an edit must not reach the judge, or None.
+
+    Empty (or whitespace only) and cut off (``finish_reason`` "length") edits would make the data
+    worse whatever a judge says; an edit equal to ``previous`` up to whitespace cannot win Eq. 4,
+    so judging it would only pay for two calls.
+    """
+    if not edited.strip() or edit.truncated:
+        return StopReason.EDIT_UNUSABLE
+    if _words(edited) == _words(previous):
+        return StopReason.UNCHANGED
+    return None
+
+
+def judged_stop(judge: JudgeTrace) -> StopReason | None:
+    """Eq. 4 as a stop decision: None when s(r') > s(r), so the edit is accepted."""
+    if not judge.decided:
+        return StopReason.JUDGE_UNPARSEABLE
+    if not judge.accept:
+        return StopReason.REJECTED
+    return None
+
+
+def _failure_stop(exc: LLMError) -> StopReason:
+    return StopReason.CONTEXT_LENGTH if isinstance(exc, ContextLengthError) else StopReason.ERROR
 
 
 async def coevolve(
@@ -128,61 +148,74 @@ async def coevolve(
     x, iterations = sample, []  # x carries the current response r
     try:
         for k in range(1, settings.max_rounds + 1):  # while k <= K
-            it = Iteration(round=k, previous=x.response)
+            it = IterationTrace(iteration=k, previous=x.response)
             iterations.append(it)
             it.debate = await agents.debate(ledger, prompts, x)  # Eq. 5-8
             it.suggestions = await agents.advise(ledger, prompts, x, it.debate)  # Eq. 9
-            it.edited = await agents.edit(ledger, prompts, x, it.suggestions)  # Eq. 2
-            it.judgment = await agents.judge(  # Eq. 3-4, both orders
-                ledger,
-                prompts,
-                x,
-                it.edited,
-                kind=settings.judge,
-                reasks=settings.judge_reasks,
-                early_exit=settings.judge_early_exit,
-            )
+            it.edit = await agents.edit(ledger, prompts, x, it.suggestions.text)
+            it.edited = agents.clean_edit(it.edit.text)  # r', Eq. 2
+            stop = unusable_edit(it.edit, it.edited, x.response)
+            if stop is None:
+                it.judge = await agents.judge(  # Eq. 3, both orders
+                    ledger,
+                    prompts,
+                    x,
+                    it.edited,
+                    kind=settings.judge,
+                    reasks=settings.judge_reasks,
+                    early_exit=settings.judge_early_exit,
+                )
+                stop = judged_stop(it.judge)  # Eq. 4
             it.usage = ledger.take()
-            if it.judgment.failed:
-                return Refinement(x.response, k - 1, "judge_unparseable", iterations)
-            if not it.judgment.accept:  # s(r') <= s(r): keep r and stop
-                return Refinement(x.response, k - 1, "rejected", iterations)
+            if stop is not None:  # s(r') <= s(r), or nothing worth judging: keep r and stop
+                return Refinement(x.response, k - 1, stop, iterations)
             it.accepted = True
             x = x.with_response(it.edited)  # update x with r'; agents start with no memory
-        return Refinement(x.response, settings.max_rounds, "max_rounds", iterations)
+        return Refinement(x.response, settings.max_rounds, StopReason.MAX_ROUNDS, iterations)
     except (AuthenticationError, NotFoundError):
         raise  # a misconfigured run, not a bad sample: stop everything
     except LLMError as exc:
         if iterations:
             iterations[-1].usage = ledger.take()
         accepted = sum(1 for it in iterations if it.accepted)
-        return Refinement(x.response, accepted, "error", iterations, str(exc), type(exc).__name__)
+        return Refinement(x.response, accepted, _failure_stop(exc), iterations, Failure.of(exc))
+
+
+async def _single_edit(
+    ledger: UsageLedger, prompts: PromptSet, sample: Sample, mode: Mode, it: IterationTrace
+) -> Answer:
+    """One ablation pass up to the editor's answer, recorded in ``it`` as it goes."""
+    if mode == "edit":
+        return await agents.edit_from_request(ledger, prompts, sample)
+    if mode == "advise-noresp":
+        it.suggestions = await agents.advise_from_request(ledger, prompts, sample)
+    elif mode == "advise":
+        it.suggestions = await agents.advise_from_response(ledger, prompts, sample)
+    else:
+        it.debate = await agents.debate(ledger, prompts, sample)
+        it.suggestions = await agents.advise(ledger, prompts, sample, it.debate)
+    return await agents.edit(ledger, prompts, sample, it.suggestions.text)
 
 
 async def single_pass(sample: Sample, generate: Generate, prompts: PromptSet, mode: Mode) -> Refinement:
-    """The paper's ablations (Section 4.1): one pass, no judge, the edit always replaces."""
+    """The paper's ablations (Section 4.1): one pass, no judge; the edit replaces the response
+    unless it is unusable (empty, cut off or unchanged), which keeps the original."""
     ledger = UsageLedger(generate)
-    it = Iteration(round=1, previous=sample.response)
+    it = IterationTrace(iteration=1, previous=sample.response)
     try:
-        if mode == "edit":
-            it.edited = await agents.edit_from_request(ledger, prompts, sample)
-        else:
-            if mode == "advise-noresp":
-                it.suggestions = await agents.advise_from_request(ledger, prompts, sample)
-            elif mode == "advise":
-                it.suggestions = await agents.advise_from_response(ledger, prompts, sample)
-            else:
-                it.debate = await agents.debate(ledger, prompts, sample)
-                it.suggestions = await agents.advise(ledger, prompts, sample, it.debate)
-            it.edited = await agents.edit(ledger, prompts, sample, it.suggestions)
+        it.edit = await _single_edit(ledger, prompts, sample, mode, it)
     except (AuthenticationError, NotFoundError):
         raise
     except LLMError as exc:
         it.usage = ledger.take()
-        return Refinement(sample.response, 0, "error", [it], str(exc), type(exc).__name__)
+        return Refinement(sample.response, 0, _failure_stop(exc), [it], Failure.of(exc))
     it.usage = ledger.take()
+    it.edited = agents.clean_edit(it.edit.text)
+    stop = unusable_edit(it.edit, it.edited, sample.response)
+    if stop is not None:
+        return Refinement(sample.response, 0, stop, [it])
     it.accepted = True
-    return Refinement(it.edited, 1, "single_pass", [it])
+    return Refinement(it.edited, 1, StopReason.SINGLE_PASS, [it])
 
 
 async def refine(

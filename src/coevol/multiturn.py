@@ -1,67 +1,110 @@
 """Refine one dataset example: every chosen assistant turn in order, each with the loop.
 
-Turn t sees the already-refined turns before it. The result carries the refined turns, the
+Turn t sees the already-refined turns before it. The result carries the refined turns, the typed
 trace record and the preference pairs; it is plain data the runner stores and writes.
+
+What a failure does to the example (issue 7: never write a worse response, never lose a row):
+
+- a call fails (``StopReason.ERROR``): the example is ``failed`` and written unchanged;
+- the prompt outgrows the model's context (``ContextLengthError``) after at least one accepted
+  edit in the example: the example is ``refined``; the turns refined so far keep their last
+  accepted response, the turn that hit the limit and every later turn stay as they were;
+- the same before any accepted edit: the example is ``rejected`` (written unchanged and listed
+  in the rejects file by the runner).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
 from coevol.conversation import ConversationSettings, refinable_turns, window_sample
-from coevol.domain import Example, Turn
-from coevol.errors import ContextLengthError
+from coevol.domain import (
+    SCHEMA,
+    Example,
+    Failure,
+    RoleRoute,
+    Status,
+    StopReason,
+    TraceRecord,
+    TraceSchemaError,
+    Turn,
+    TurnTrace,
+)
 from coevol.io.formats import with_input
 from coevol.llm.types import Generate, Usage
 from coevol.loop import LoopSettings, Refinement, refine
 from coevol.prompts.templates import PromptSet
 
-__all__ = ["ExampleOutcome", "Status", "fingerprint", "refine_example", "sample_key"]
-
-Status = Literal["refined", "kept", "failed", "rejected"]
+__all__ = ["ExampleOutcome", "fingerprint", "refine_example", "sample_key"]
 
 
 @dataclass(slots=True)
 class ExampleOutcome:
-    """What became of one example. ``turns`` are the refined turns (originals where unchanged)."""
+    """What became of one example: the typed trace ``record``, the ``turns`` to write (originals
+    where unchanged, every turn original unless the status is refined) and the preference pairs.
 
-    status: Status
+    ``status``, ``failure``, ``accepted_rounds`` and ``usage`` are read from ``record``, so there
+    is one source of truth, and the store's replay is exactly the trace's schema.
+    """
+
+    record: TraceRecord
     turns: list[Turn]
-    trace: dict[str, Any]
     pairs: list[dict[str, Any]] = field(default_factory=list)
-    error: str | None = None
-    error_type: str | None = None
-    accepted_rounds: int = 0
-    usage: dict[str, Usage] = field(default_factory=dict)
+
+    @property
+    def status(self) -> Status:
+        return self.record.status
+
+    @property
+    def failure(self) -> Failure | None:
+        return self.record.failure
+
+    @property
+    def accepted_rounds(self) -> int:
+        return self.record.accepted_rounds
+
+    @property
+    def usage(self) -> dict[str, Usage]:
+        return self.record.usage
+
+    # Read-only views for the runner until it reads ``record`` and ``failure`` directly.
+    @property
+    def trace(self) -> dict[str, Any]:
+        return self.record.to_dict()
+
+    @property
+    def error(self) -> str | None:
+        return None if self.record.failure is None else self.record.failure.message
+
+    @property
+    def error_type(self) -> str | None:
+        return None if self.record.failure is None else self.record.failure.type
 
     def to_payload(self) -> dict[str, Any]:
         """What the store keeps to replay this outcome without any model call."""
         return {
-            "status": self.status,
+            "record": self.record.to_dict(),
             "turns": [[t.role, t.content, t.input] for t in self.turns],
-            "trace": self.trace,
             "pairs": self.pairs,
-            "error": self.error,
-            "error_type": self.error_type,
-            "accepted_rounds": self.accepted_rounds,
         }
 
     @classmethod
-    def from_payload(cls, payload: dict[str, Any]) -> ExampleOutcome:
-        return cls(
-            status=payload["status"],
-            turns=[Turn(r, c, i) for r, c, i in payload["turns"]],
-            trace=payload["trace"],
-            pairs=payload["pairs"],
-            error=payload["error"],
-            error_type=payload["error_type"],
-            accepted_rounds=payload["accepted_rounds"],
-        )
+    def from_payload(cls, payload: Any) -> ExampleOutcome:
+        """The stored outcome; one of another schema raises ``TraceSchemaError`` (never guessed)."""
+        if not isinstance(payload, dict) or not isinstance(payload.get("record"), dict):
+            raise TraceSchemaError(f"stored outcome is not of the {SCHEMA!r} schema")
+        record = TraceRecord.from_dict(payload["record"])
+        try:
+            turns = [Turn(str(r), str(c), str(i)) for r, c, i in payload["turns"]]
+            pairs = list(payload.get("pairs") or [])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TraceSchemaError(f"malformed stored outcome: {type(exc).__name__}: {exc}") from None
+        return cls(record, turns, pairs)
 
 
 def fingerprint(parts: Sequence[Any]) -> str:
@@ -70,9 +113,13 @@ def fingerprint(parts: Sequence[Any]) -> str:
 
 
 def sample_key(example: Example, run_fingerprint: str) -> str:
-    """Resume key: the row's content under this run's settings (not its position)."""
+    """Resume key: the row's content under this run's settings (not its position).
+
+    The trace schema is part of it: an outcome stored by another version is recomputed (from the
+    stored calls, so without paying again) rather than replayed in a shape this version cannot read.
+    """
     row = orjson.dumps(example.raw, option=orjson.OPT_SORT_KEYS, default=str)
-    return hashlib.sha256(row + run_fingerprint.encode()).hexdigest()
+    return hashlib.sha256(row + run_fingerprint.encode() + SCHEMA.encode()).hexdigest()
 
 
 def _prompt_messages(turns: Sequence[Turn], t: int) -> list[dict[str, str]]:
@@ -84,79 +131,79 @@ def _prompt_messages(turns: Sequence[Turn], t: int) -> list[dict[str, str]]:
     return [{"role": turn.role, "content": with_input(turn)} for turn in turns[:t]]
 
 
+def _pairs(turns: Sequence[Turn], t: int, result: Refinement) -> list[dict[str, Any]]:
+    """One preference record per accepted edit of turn ``t`` (TRL's conversational DPO shape)."""
+    return [
+        {
+            "prompt": _prompt_messages(turns, t),
+            "chosen": [{"role": "assistant", "content": it.edited}],
+            "rejected": [{"role": "assistant", "content": it.previous}],
+            "judge": [o.to_dict() for o in it.judge.orders],
+        }
+        for it in result.iterations
+        if it.accepted and it.edited is not None and it.judge is not None
+    ]
+
+
+def _status(failure: Refinement | None, accepted: int) -> Status:
+    if failure is None:
+        return Status.REFINED if accepted else Status.KEPT
+    if failure.stop_reason is StopReason.CONTEXT_LENGTH:
+        return Status.REFINED if accepted else Status.REJECTED
+    return Status.FAILED
+
+
 async def refine_example(
     example: Example,
     generate: Generate,
     prompts: PromptSet,
     settings: LoopSettings,
     conversation: ConversationSettings,
+    *,
+    roles: Mapping[str, RoleRoute] | None = None,
 ) -> ExampleOutcome:
-    """Refine the chosen assistant turns of ``example`` in order; a failure stops the example."""
+    """Refine the chosen assistant turns of ``example`` in order; a failure stops the example.
+
+    ``roles`` (which model and endpoint served each role) is recorded in the trace as given.
+    """
     turns = [Turn(t.role, t.content, t.input) for t in example.turns]
-    turn_traces: list[dict[str, Any]] = []
+    traces: list[TurnTrace] = []
     pairs: list[dict[str, Any]] = []
     usage: dict[str, Usage] = {}
     accepted = 0
-    failure: Refinement | None = None
+    stopped: Refinement | None = None  # the refinement that ended the example early
     for t in refinable_turns(turns, conversation):
         sample = window_sample(prompts, turns, t, conversation.window_rounds)
         result = await refine(sample, generate, prompts, settings)
         for role, u in result.usage().items():
             usage.setdefault(role, Usage()).add(u)
-        turn_traces.append(
-            {
-                "turn": t,
-                "accepted_rounds": result.accepted_rounds,
-                "stop_reason": result.stop_reason,
-                "error": result.error,
-                "iterations": [it.to_dict() for it in result.iterations],
-            }
-        )
+        traces.append(result.turn_trace(t, sample))
         if result.failed:
-            failure = result
+            stopped = result
             break
         if settings.mode == "full":
-            for it in result.iterations:
-                if it.accepted and it.edited is not None and it.judgment is not None:
-                    pairs.append(
-                        {
-                            "prompt": _prompt_messages(turns, t),
-                            "chosen": [{"role": "assistant", "content": it.edited}],
-                            "rejected": [{"role": "assistant", "content": it.previous}],
-                            "judge": [o.to_dict() for o in it.judgment.orders],
-                        }
-                    )
+            pairs += _pairs(turns, t, result)
         accepted += result.accepted_rounds
         turns[t] = Turn(turns[t].role, result.response, turns[t].input)
+        if result.failure is not None:  # the context limit: keep what was accepted, go no further
+            stopped = result
+            break
 
-    status: Status
-    if failure is not None:
-        rejected = failure.error_type == ContextLengthError.__name__
-        status = "rejected" if rejected else "failed"
-        turns = [Turn(t.role, t.content, t.input) for t in example.turns]  # keep the original row
-        pairs = []
-    else:
-        status = "refined" if accepted else "kept"
-    trace: dict[str, Any] = {
-        "index": example.index,
-        "line": example.line,
-        "status": status,
-        "accepted_rounds": accepted,
-        "turns": turn_traces,
-        "usage": {role: u.to_dict() for role, u in usage.items()},
-    }
-    if "id" in example.raw:
-        trace["id"] = example.raw["id"]
-    if failure is not None:
-        trace["error"] = failure.error
-        trace["error_type"] = failure.error_type
-    return ExampleOutcome(
-        status,
-        turns,
-        trace,
-        pairs,
-        failure.error if failure else None,
-        failure.error_type if failure else None,
-        accepted,
-        usage,
+    status = _status(stopped, accepted)
+    if status is not Status.REFINED and stopped is not None:  # failed or rejected: the row as it was
+        turns = [Turn(t.role, t.content, t.input) for t in example.turns]
+        pairs, accepted = [], 0
+        for trace in traces:
+            trace.final = trace.original
+    record = TraceRecord(
+        index=example.index,
+        line=example.line,
+        status=status,
+        accepted_rounds=accepted,
+        turns=traces,
+        usage=usage,
+        failure=None if status is Status.REFINED or stopped is None else stopped.failure,
+        roles=dict(roles or {}),
+        id=example.raw.get("id"),
     )
+    return ExampleOutcome(record, turns, pairs)

@@ -11,9 +11,9 @@ from typing import Any
 
 from coevol.config import ROLES, Config
 from coevol.engine.dispatch import Dispatcher, RetryPolicy, Route
-from coevol.engine.example import fingerprint
 from coevol.errors import ConfigError
 from coevol.llm.types import Backend, GenParams
+from coevol.multiturn import fingerprint
 from coevol.prompts.templates import PromptSet, load_prompts
 from coevol.store.sqlite import Store
 

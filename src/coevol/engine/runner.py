@@ -23,10 +23,10 @@ import orjson
 from coevol.config import Config
 from coevol.domain import BadRow, Example
 from coevol.engine.dispatch import Dispatcher, RunStats
-from coevol.engine.example import ExampleOutcome, refine_example, sample_key
 from coevol.errors import BudgetExceeded, DataError
 from coevol.io.files import OrderedWriter, RejectsWriter, parquet_schema, read_examples
 from coevol.io.formats import render_example
+from coevol.multiturn import ExampleOutcome, refine_example, sample_key
 from coevol.prompts.templates import PromptSet
 from coevol.store.sqlite import Store
 
