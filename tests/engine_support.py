@@ -6,18 +6,15 @@ the test itself can both talk to it, and the test can read what it received whil
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import orjson
 
@@ -26,7 +23,8 @@ from coevol.engine.build import build_engine
 from coevol.engine.dispatch import RunStats
 from coevol.engine.runner import Runner, RunPaths, RunSummary
 from coevol.store.sqlite import Store
-from coevol.testing import FakeOpenAIServer, Fault, FaultPolicy, RecordedRequest
+from coevol.testing import ThreadedServer as SharedThreadedServer
+from coevol.testing import mentioning
 from coevol.testing.responders import identify_role
 
 WORDS = [
@@ -77,48 +75,12 @@ def write_jsonl(path: Path, rows: Sequence[dict[str, Any] | str]) -> Path:
     return path
 
 
-class ThreadedServer:
-    """A ``FakeOpenAIServer`` on a daemon thread; ``with ThreadedServer(...) as s: s.base_url``."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        self.server = FakeOpenAIServer(**kwargs)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(10)
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-    @property
-    def base_url(self) -> str:
-        return self.server.base_url
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        return list(self.server.requests)
-
-    def count(self) -> int:
-        return len(self.server.requests)
+class ThreadedServer(SharedThreadedServer):
+    """``coevol.testing.ThreadedServer`` that also counts requests per CoEvol role."""
 
     def roles_since(self, start: int) -> Counter[str]:
         """Requests per CoEvol role received after the first ``start`` ones."""
         return Counter(identify_role(r.body["messages"]) for r in self.requests[start:])
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise TimeoutError("condition not reached")
-            time.sleep(0.002)
 
 
 def cli(*args: str | Path) -> list[str]:
@@ -187,10 +149,5 @@ async def refine_file(
     return summary, engine.dispatcher.stats
 
 
-def marked(marker: str, fault: Fault | None) -> FaultPolicy:
-    """A fault for every request (every attempt) whose messages mention ``marker``."""
-
-    def policy(body: dict[str, Any], seen: int) -> Fault | None:
-        return fault if any(marker in m["content"] for m in body["messages"]) else None
-
-    return policy
+marked = mentioning
+"""A fault for every request (every attempt) whose messages mention a marker (shipped fake)."""

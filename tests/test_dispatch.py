@@ -22,41 +22,12 @@ from coevol.errors import (
 )
 from coevol.llm.types import ChatRequest, Completion, GenParams
 from coevol.store.sqlite import Store
+from coevol.testing import ScriptedBackend
 
 FAST = RetryPolicy(max_retries=3, base_delay=0.001, max_delay=0.01)
 MSGS = [{"role": "system", "content": "You are a judge."}, {"role": "user", "content": "Which is better?"}]
 
 Script = Callable[[ChatRequest, int], Completion | LLMError]
-
-
-class ScriptedBackend:
-    """Answers by a script ``(request, n-th call) -> Completion | error to raise``; records calls."""
-
-    endpoint = "scripted://"
-
-    def __init__(self, script: Script | None = None, delay: float = 0.0) -> None:
-        self.script = script or (lambda req, n: Completion(f"answer {n}", 10, 5, "stop"))
-        self.delay = delay
-        self.calls: list[tuple[ChatRequest, float]] = []
-        self.in_flight = 0
-        self.peak = 0
-
-    async def complete(self, request: ChatRequest) -> Completion:
-        self.calls.append((request, asyncio.get_running_loop().time()))
-        self.in_flight += 1
-        self.peak = max(self.peak, self.in_flight)
-        try:
-            if self.delay:
-                await asyncio.sleep(self.delay)
-            result = self.script(request, len(self.calls) - 1)
-        finally:
-            self.in_flight -= 1
-        if isinstance(result, LLMError):
-            raise result
-        return result
-
-    async def aclose(self) -> None:
-        pass
 
 
 def failing(first: int, error: Callable[[], LLMError]) -> Script:
