@@ -116,6 +116,14 @@ class Config(_Strict):
     max_retry_after: float = Field(default=90.0, ge=0, description="cap on a server's Retry-After, s")
     max_answer_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="cap on one answer body")
 
+    # The file run (engineer B: runner, store, cache). ``cache``: a call store several outputs
+    # share, so refining the same input to another output pays nothing twice (opt-in). A judge
+    # whose verdicts stay unparseable in more than ``max_unparseable`` of the comparisons, once
+    # ``min_judged`` are in, stops the run as a setup problem (``None``: never).
+    cache: Path | None = None
+    max_unparseable: float | None = Field(default=0.5, ge=0, le=1)
+    min_judged: int = Field(default=20, ge=1)
+
     @field_validator("base_url")
     @classmethod
     def _valid_url(cls, value: str | None) -> str | None:
