@@ -334,7 +334,10 @@ def test_repr_and_str_hide_the_key() -> None:
     assert "***" not in repr(OpenAIHTTPBackend("http://127.0.0.1:9/v1"))
 
 
-@pytest.mark.parametrize("kind", list(FaultKind))
+_ANSWERS = {FaultKind.EMPTY, FaultKind.TRUNCATED}  # they parse: answers, not errors
+
+
+@pytest.mark.parametrize("kind", [k for k in FaultKind if k not in _ANSWERS])
 async def test_key_absent_from_every_fault_error(kind: FaultKind) -> None:
     fault = Fault(kind, hang_seconds=2.0, message=f"echo {SECRET}")
     async with FakeOpenAIServer(faults=always(fault)) as server:

@@ -26,7 +26,8 @@ RoleName = Literal["positive", "critical", "advisor", "editor", "judge"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # hide_input_in_errors: a rejected base URL may hold a key; pydantic must not echo it.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
 
 
 def _check_base_url(value: str | None) -> str | None:

@@ -18,6 +18,7 @@ CoevolError
     └── FatalError              retrying cannot help; fail fast
         ├── AuthenticationError HTTP 401/403
         ├── NotFoundError       HTTP 404 (wrong base URL or model name)
+        ├── ResponseTooLarge    an answer body past ``max_answer_bytes`` (a server ignoring max_tokens)
         └── BadRequestError     HTTP 400/422 and other 4xx
             └── ContextLengthError  the prompt does not fit the model's context
 """
@@ -42,6 +43,7 @@ __all__ = [
     "OutputError",
     "ParseError",
     "RateLimitError",
+    "ResponseTooLarge",
     "RetryableError",
     "ServerError",
     "StoreError",
@@ -143,6 +145,10 @@ class AuthenticationError(FatalError):
 
 class NotFoundError(FatalError):
     """HTTP 404: wrong base URL or model name."""
+
+
+class ResponseTooLarge(FatalError):
+    """The answer body passed the size cap; it was not read further, nothing of it is kept."""
 
 
 class BadRequestError(FatalError):

@@ -17,7 +17,7 @@ from coevol.multiturn import fingerprint
 from coevol.prompts.templates import PromptSet, load_prompts
 from coevol.store.sqlite import Store
 
-__all__ = ["EMBEDDED_MODEL_NAME", "Engine", "build_engine"]
+__all__ = ["EMBEDDED_MODEL_NAME", "Engine", "build_engine", "key_hint"]
 
 EMBEDDED_MODEL_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m"
 
@@ -47,62 +47,110 @@ async def _local_backend(config: Config) -> Backend:
     return backend
 
 
+def key_hint(api_key_env: str | None, key_set: bool, roles: str) -> str:
+    """Where a server's key came from, for the message of a 401/403 (the key itself never)."""
+    if api_key_env is None:
+        return (
+            f"no key was sent: set api_key_env for {roles} (the top-level key goes only to the "
+            "top-level base_url)"
+        )
+    if key_set:
+        return f"the key came from ${api_key_env}"
+    return f"no key was sent: ${api_key_env} is not set"
+
+
 def _http_backend(config: Config, base_url: str, api_key_env: str | None) -> Backend:
     import os
 
     from coevol.llm.openai_http import OpenAIHTTPBackend
 
     key = os.environ.get(api_key_env) if api_key_env else None
+    roles = [
+        r for r in ROLES if (config.role(r).base_url, config.role(r).api_key_env) == (base_url, api_key_env)
+    ]
     return OpenAIHTTPBackend(
         base_url,
         api_key=key,
         request_timeout=config.request_timeout,
         max_connections=max(config.concurrency, 16),
+        key_hint=key_hint(api_key_env, bool(key), ", ".join(f"roles.{r}" for r in roles)),
+        max_answer_bytes=config.max_answer_bytes,
     )
 
 
-async def _resolve_model(backend: Backend, base_url: str) -> str:
+async def _resolve_model(backend: Backend) -> str:
     """No ``--model``: use the server's only model (the usual vLLM / llama.cpp server case)."""
     list_models = getattr(backend, "list_models", None)
+    where = backend.endpoint
     if list_models is None:
-        raise ConfigError(f"no model given for {base_url}; pass --model")
+        raise ConfigError(f"no model given for {where}; pass --model")
     models: list[str] = await list_models()
     if len(models) == 1:
         return models[0]
     listed = ", ".join(models[:10]) or "none"
-    raise ConfigError(f"no model given for {base_url} and it serves {len(models)} ({listed}); pass --model")
+    raise ConfigError(f"no model given for {where} and it serves {len(models)} ({listed}); pass --model")
+
+
+async def _checked(backend: Backend) -> Backend:
+    """Run the backend's setup check (key accepted, base URL right) before any work is sent."""
+    check = getattr(backend, "check", None)
+    if check is not None:
+        await check()
+    return backend
+
+
+async def _routes(
+    config: Config, made: dict[tuple[str, str | None], Backend], given: dict[str, Backend], own: list[Backend]
+) -> dict[str, Route]:
+    """A route per role; backends are created into ``made`` (those created here also into ``own``)."""
+    routes: dict[str, Route] = {}
+    for role in ROLES:
+        rc = config.role(role)
+        if rc.base_url is None:
+            key: tuple[str, str | None] = ("local", None)
+            if key not in made:
+                made[key] = await _local_backend(config)
+                own.append(made[key])
+            model = rc.model or EMBEDDED_MODEL_NAME
+        else:
+            key = (rc.base_url, rc.api_key_env)
+            if key not in made:
+                backend = given.get(rc.base_url)
+                if backend is None:
+                    backend = _http_backend(config, rc.base_url, rc.api_key_env)
+                    own.append(backend)
+                    await _checked(backend)
+                made[key] = backend
+            model = rc.model or await _resolve_model(made[key])
+        assert rc.max_tokens is not None and rc.temperature is not None and rc.top_p is not None
+        params = GenParams(max_tokens=rc.max_tokens, temperature=rc.temperature, top_p=rc.top_p, seed=rc.seed)
+        routes[role] = Route(made[key], model, params, bool(rc.merge_system))
+    return routes
 
 
 async def build_engine(
     config: Config, *, store: Store | None = None, backends: dict[str, Backend] | None = None
 ) -> Engine:
-    """Build backends and routes. ``backends`` maps a base URL to a ready backend (tests, fakes)."""
+    """Build backends and routes. ``backends`` maps a base URL to a ready backend (tests, fakes).
+
+    When building fails (a refused key, a wrong base URL, no model), the backends made so far are
+    closed before the error propagates: no pooled session is left for the garbage collector.
+    """
     prompts = load_prompts(config.prompts_dir)
     made: dict[tuple[str, str | None], Backend] = {}
-    given = backends or {}
-    routes: dict[str, Route] = {}
-    local = False
-    for role in ROLES:
-        rc = config.role(role)
-        if rc.base_url is None:
-            local = True
-            key: tuple[str, str | None] = ("local", None)
-            if key not in made:
-                made[key] = await _local_backend(config)
-            model = rc.model or EMBEDDED_MODEL_NAME
-        else:
-            key = (rc.base_url, rc.api_key_env)
-            if key not in made:
-                made[key] = given.get(rc.base_url) or _http_backend(config, rc.base_url, rc.api_key_env)
-            model = rc.model or await _resolve_model(made[key], rc.base_url)
-        assert rc.max_tokens is not None and rc.temperature is not None and rc.top_p is not None
-        params = GenParams(max_tokens=rc.max_tokens, temperature=rc.temperature, top_p=rc.top_p, seed=rc.seed)
-        routes[role] = Route(made[key], model, params, bool(rc.merge_system))
+    own: list[Backend] = []
+    try:
+        routes = await _routes(config, made, backends or {}, own)
+    except BaseException:
+        for backend in own:
+            await backend.aclose()
+        raise
+    local = any(key == ("local", None) for key in made)
     dispatcher = Dispatcher(
         routes,
         store=store,
         max_in_flight=config.concurrency,
-        retry=RetryPolicy(max_retries=config.max_retries),
+        retry=RetryPolicy(max_retries=config.max_retries, max_retry_after=config.max_retry_after),
         rpm=config.rpm,
         tpm=config.tpm,
     )

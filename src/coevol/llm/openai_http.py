@@ -6,7 +6,10 @@ logging, no retries. Provider errors are translated here, once, into ``coevol.er
 above this module only sees those classes.
 
 The API key travels only in the ``Authorization`` header. It is kept out of ``repr()``, exception
-messages and ``endpoint`` (which enters cache keys).
+messages and ``endpoint`` (which enters cache keys). A key in the base URL's query string
+(``?api-key=...``) is sent as given but masked (``***``) in ``endpoint``, ``base_url`` and every
+message; user info (``user:pass@``) is refused. Answer bodies are read incrementally up to
+``max_answer_bytes``: a server that ignores ``max_tokens`` cannot fill memory, the store or the trace.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from datetime import UTC
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Final, Self
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -33,9 +37,11 @@ from coevol.errors import (
     LLMError,
     NotFoundError,
     RateLimitError,
+    ResponseTooLarge,
     ServerError,
 )
 from coevol.llm.types import ChatRequest, Completion
+from coevol.llm.urls import has_userinfo, masked_url, url_secrets
 
 __all__ = ["OpenAIHTTPBackend", "parse_retry_after"]
 
@@ -50,6 +56,10 @@ _CONTEXT_MARKERS: Final = (
 )
 _CONTEXT_CODES: Final = frozenset({"context_length_exceeded", "exceed_context_size_error"})
 _BAD_REQUEST_STATUSES: Final = frozenset({400, 413, 422})
+DEFAULT_MAX_ANSWER_BYTES: Final = 8 * 1024 * 1024
+_MAX_ERROR_BODY: Final = 64 * 1024  # an error body is only read for its message
+_CHUNK: Final = 64 * 1024
+_PROBE_TIMEOUT: Final = 30.0  # seconds for GET /models checks: a setup check must not stall a run
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -73,6 +83,12 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if not math.isfinite(seconds) or seconds < 0:
         return None
     return seconds
+
+
+def _join(base_url: str, path: str) -> str:
+    """``base_url`` + ``path``, keeping the base URL's query string (where a gateway wants its key)."""
+    parts = urlsplit(base_url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + path, parts.query, ""))
 
 
 def _truncate(text: str) -> str:
@@ -119,8 +135,13 @@ class OpenAIHTTPBackend:
     __slots__ = (
         "_api_key",
         "_headers",
+        "_key_hint",
+        "_max_answer_bytes",
         "_max_connections",
+        "_models",
         "_models_url",
+        "_real_base",
+        "_secrets",
         "_session",
         "_timeout",
         "_url",
@@ -137,23 +158,36 @@ class OpenAIHTTPBackend:
         request_timeout: float = 600.0,
         max_connections: int = 1024,
         headers: Mapping[str, str] | None = None,
+        key_hint: str | None = None,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
     ) -> None:
         base_url = base_url.strip().rstrip("/")
-        url = URL(base_url)
+        if has_userinfo(base_url):
+            raise ConfigError("base_url must not carry credentials (user:pass@); pass api_key instead")
+        shown = masked_url(base_url)
+        try:
+            url = URL(base_url)
+        except ValueError:
+            raise ConfigError(f"base_url is not a valid URL: {shown!r}") from None
         if url.scheme not in ("http", "https") or not url.host:
-            raise ConfigError(f"base_url must be an http(s) URL, got {base_url!r}")
-        if url.user is not None or url.password is not None:
-            raise ConfigError("base_url must not carry credentials; pass api_key instead")
+            raise ConfigError(f"base_url must be an http(s) URL, got {shown!r}")
         if request_timeout <= 0:
             raise ConfigError(f"request_timeout must be positive, got {request_timeout}")
         if max_connections < 1:
             raise ConfigError(f"max_connections must be at least 1, got {max_connections}")
-        self.base_url = base_url
-        self.endpoint = base_url
+        if max_answer_bytes < 1:
+            raise ConfigError(f"max_answer_bytes must be at least 1, got {max_answer_bytes}")
+        self.base_url = shown  # what may be shown, logged and hashed; the real URL stays private
+        self.endpoint = shown
         self.request_timeout = request_timeout
+        self._real_base = base_url
+        self._secrets = url_secrets(base_url)
+        self._key_hint = key_hint
+        self._max_answer_bytes = max_answer_bytes
         self._max_connections = max_connections
-        self._url = URL(f"{base_url}/chat/completions")
-        self._models_url = URL(f"{base_url}/models")
+        self._url = URL(_join(base_url, "/chat/completions"))
+        self._models_url = URL(_join(base_url, "/models"))
+        self._models: list[str] | None = None
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._api_key = api_key or None
         hdrs = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -200,7 +234,10 @@ class OpenAIHTTPBackend:
 
     async def complete(self, request: ChatRequest) -> Completion:
         """Send one request; raise only ``LLMError`` subclasses."""
-        raw = await self._send("POST", self._url, orjson.dumps(request.body()))
+        try:
+            raw = await self._send("POST", self._url, orjson.dumps(request.body()))
+        except NotFoundError as exc:
+            raise await self._explain_not_found(exc, request.model) from None
         try:
             data = orjson.loads(raw)
             choice = data["choices"][0]
@@ -215,45 +252,117 @@ class OpenAIHTTPBackend:
             text = ""
         elif not isinstance(text, str):
             raise ServerError(self._malformed(raw), status=200)
+        if finish_reason is not None and not isinstance(finish_reason, str):
+            finish_reason = str(finish_reason)
         return Completion(text, prompt_tokens, completion_tokens, finish_reason)
 
-    async def list_models(self) -> list[str]:
+    async def list_models(self, *, within: float | None = None) -> list[str]:
         """Model ids the server offers (``GET /models``): the default when ``--model`` is omitted."""
-        raw = await self._send("GET", self._models_url, None)
+        raw = await self._send("GET", self._models_url, None, within=within)
         try:
-            return [str(m["id"]) for m in orjson.loads(raw)["data"]]
+            models = [str(m["id"]) for m in orjson.loads(raw)["data"]]
         except (orjson.JSONDecodeError, LookupError, TypeError):
             raise ServerError(self._malformed(raw), status=200) from None
+        self._models = models
+        return models
 
-    async def _send(self, method: str, url: URL, data: bytes | None) -> bytes:
-        """One HTTP exchange; returns the 2xx body or raises the translated error."""
-        session = self._session or self._open()
+    async def check(self) -> None:
+        """Setup check before any work: the key is accepted and the base URL is right.
+
+        ``GET /models`` answers 401/403 for a refused key (raised, with where the key came from);
+        a 404 while ``{base_url}/v1/models`` answers means the base URL lacks ``/v1``. A server
+        that is down, slow or has no ``/models`` is not refused here: the run's own retries and
+        error messages deal with it. A model missing from the list is not refused either (the
+        llama.cpp server and Ollama accept names they do not list); its first 404 lists them.
+        """
         try:
-            async with session.request(method, url, data=data) as resp:
-                raw = await resp.read()
+            await self.list_models(within=min(self.request_timeout, _PROBE_TIMEOUT))
+        except NotFoundError:
+            hint = await self._missing_v1_hint()
+            if hint:
+                raise ConfigError(hint) from None
+        except (ServerError, APIConnectionError, APITimeoutError, BadRequestError, RateLimitError):
+            return
+
+    async def _explain_not_found(self, exc: NotFoundError, model: str) -> NotFoundError:
+        """A 404 on ``/chat/completions`` with the advice that fixes it: the models on offer, or ``/v1``."""
+        try:
+            offered = self._models
+            if offered is None:
+                offered = await self.list_models(within=_PROBE_TIMEOUT)
+        except NotFoundError:
+            hint = await self._missing_v1_hint()
+            return NotFoundError(f"{exc}; {hint}" if hint else str(exc), status=exc.status)
+        except LLMError:
+            return exc
+        if model in offered:
+            return exc
+        listed = ", ".join(repr(m) for m in offered[:20]) or "none"
+        more = f" and {len(offered) - 20} more" if len(offered) > 20 else ""
+        return NotFoundError(
+            f"{exc}; model {model!r} is not served there; the server offers: {listed}{more}",
+            status=exc.status,
+        )
+
+    async def _missing_v1_hint(self) -> str | None:
+        """The advice when ``base_url`` lacks ``/v1`` and ``{base_url}/v1/models`` answers."""
+        if urlsplit(self._real_base).path.rstrip("/").endswith("/v1"):
+            return None
+        try:
+            await self._send("GET", URL(_join(self._real_base, "/v1/models")), None, within=_PROBE_TIMEOUT)
+        except LLMError:
+            return None
+        return f"base_url {self.base_url} is missing /v1: the server answers at {self.base_url}/v1"
+
+    async def _send(self, method: str, url: URL, data: bytes | None, *, within: float | None = None) -> bytes:
+        """One HTTP exchange (``within`` seconds if given); returns the 2xx body or raises."""
+        session = self._session or self._open()
+        shown = self._shown(url)
+        kwargs = {"timeout": aiohttp.ClientTimeout(total=within)} if within is not None else {}
+        try:
+            async with session.request(method, url, data=data, **kwargs) as resp:  # type: ignore[arg-type]
                 status = resp.status
                 if status < 300:
-                    return raw
+                    return await self._read_capped(resp, shown)
+                raw = await resp.content.read(_MAX_ERROR_BODY)
                 retry_after = resp.headers.get("Retry-After") if status == 429 else None
         except TimeoutError:  # before OSError: TimeoutError is one; aiohttp's timeouts subclass it
-            raise APITimeoutError(
-                f"no answer from {url} within {self.request_timeout:g}s; request cancelled"
-            ) from None
+            limit = self.request_timeout if within is None else within
+            raise APITimeoutError(f"no answer from {shown} within {limit:g}s; request cancelled") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise APIConnectionError(
-                self._scrub(f"{method} {url} failed: {type(exc).__name__}: {exc}")
-            ) from exc
-        raise self._http_error(status, raw, url, retry_after)
+                self._scrub(f"{method} {shown} failed: {type(exc).__name__}: {exc}")
+            ) from None
+        raise self._http_error(status, raw, shown, retry_after)
 
-    def _http_error(self, status: int, raw: bytes, url: URL, retry_after: str | None) -> LLMError:
+    async def _read_capped(self, resp: aiohttp.ClientResponse, shown: str) -> bytes:
+        """The body, read in chunks and abandoned as soon as it passes ``max_answer_bytes``."""
+        cap = self._max_answer_bytes
+        too_large = ResponseTooLarge(
+            f"the answer from {shown} is larger than {cap:,} bytes (max_answer_bytes); a server that "
+            "ignores max_tokens? nothing of it was kept"
+        )
+        if resp.content_length is not None and resp.content_length > cap:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > cap:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _http_error(self, status: int, raw: bytes, shown: str, retry_after: str | None) -> LLMError:
         message, code = _error_details(raw)
-        text = self._scrub(f"HTTP {status} from {url}: {_truncate(message) or '(empty body)'}")
+        text = self._scrub(f"HTTP {status} from {shown}: {_truncate(message) or '(empty body)'}")
         if status == 429:
             return RateLimitError(text, status=status, retry_after=parse_retry_after(retry_after))
         if status >= 500:
             return ServerError(text, status=status)
         if status in (401, 403):
-            return AuthenticationError(text, status=status)
+            hint = f" ({self._key_hint})" if self._key_hint else ""
+            return AuthenticationError(text + hint, status=status)
         if status == 404:
             return NotFoundError(text, status=status)
         if status in _BAD_REQUEST_STATUSES:
@@ -265,11 +374,18 @@ class OpenAIHTTPBackend:
         # 1xx/3xx: aiohttp follows redirects, so one that remains is a misbehaving server.
         return ServerError(text, status=status)
 
+    def _shown(self, url: URL) -> str:
+        return masked_url(str(url))
+
     def _malformed(self, raw: bytes) -> str:
         snippet = _truncate(raw.decode("utf-8", "replace")) or "(empty body)"
-        return self._scrub(f"malformed completion from {self._url}: {snippet}")
+        return self._scrub(f"malformed completion from {self._shown(self._url)}: {snippet}")
 
     def _scrub(self, text: str) -> str:
-        """Mask the key in case a server or proxy echoes it back in an error."""
+        """Mask the key and any URL secret in case a server, proxy or library echoes them back."""
         key = self._api_key
-        return text.replace(key, "***") if key else text
+        if key:
+            text = text.replace(key, "***")
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
