@@ -92,8 +92,8 @@ async def test_show_prints_debate_suggestions_edit_and_verdicts(
         )  # fmt: skip
     assert code == 0, err
     for needle in (
-        "positive debater, round 1",
-        "critical debater, round 2",
+        "positive debater, stage 1",
+        "critical debater, stage 2",
         "advisor: suggestions",
         "editor: edited response",
         "judge (previous first): assistant 1",

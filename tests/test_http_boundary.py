@@ -108,8 +108,10 @@ def test_an_invalid_url_is_refused_with_its_secrets_masked() -> None:
 
 
 async def test_a_huge_answer_is_an_error_for_that_call_and_is_not_read_whole() -> None:
-    async with FakeOpenAIServer(faults=always(Fault(FaultKind.HUGE, size=3_000_000))) as server:
-        async with OpenAIHTTPBackend(server.base_url, max_answer_bytes=1_000_000) as backend:
+    huge = Fault(FaultKind.HUGE, size=3_000_000)
+    async with FakeOpenAIServer(faults=always(huge)) as server:
+        backend = OpenAIHTTPBackend(server.base_url, max_answer_bytes=1_000_000)
+        async with backend:
             with pytest.raises(ResponseTooLarge) as info:
                 await backend.complete(request(backend))
     assert "1,000,000 bytes" in str(info.value)
@@ -142,13 +144,15 @@ async def test_a_chunked_answer_without_length_is_cut_off_at_the_cap() -> None:
 
 async def test_under_the_cap_an_answer_is_read_normally() -> None:
     async with FakeOpenAIServer(faults=always(Fault(FaultKind.HUGE, size=200_000))) as server:
-        async with OpenAIHTTPBackend(server.base_url, max_answer_bytes=1_000_000) as backend:
+        backend = OpenAIHTTPBackend(server.base_url, max_answer_bytes=1_000_000)
+        async with backend:
             assert len((await backend.complete(request(backend))).text) == 200_000
 
 
 async def test_a_stalled_body_times_out() -> None:
     async with FakeOpenAIServer(faults=always(Fault(FaultKind.STALL, hang_seconds=5))) as server:
-        async with OpenAIHTTPBackend(server.base_url, request_timeout=0.3) as backend:
+        backend = OpenAIHTTPBackend(server.base_url, request_timeout=0.3)
+        async with backend:
             with pytest.raises(APITimeoutError):
                 await backend.complete(request(backend))
 

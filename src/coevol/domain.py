@@ -97,6 +97,44 @@ class BadRow:
 
 
 # outcomes --------------------------------------------------------------------------------------
+# Readers of a trace line check each field's type, so a hand-edited or hostile line is refused as
+# a whole (``TraceSchemaError``) rather than failing later wherever the field is used.
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, found {builtins.type(value).__name__}")
+    return value
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else _str(value)
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an integer, found {builtins.type(value).__name__}")
+    return value
+
+
+def _opt_num(value: Any) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"expected a number, found {builtins.type(value).__name__}")
+    return float(value)
+
+
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, found {builtins.type(value).__name__}")
+    return value
+
+
+def _order(value: Any) -> str:
+    if value not in ("forward", "reverse"):
+        raise ValueError(f"order must be 'forward' or 'reverse', found {value!r}")
+    return str(value)
+
+
 class Status(StrEnum):
     """What became of a row (see the glossary)."""
 
@@ -140,7 +178,7 @@ class Answer:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Answer:
-        return cls(d["text"], d.get("finish_reason"))
+        return cls(_str(d["text"]), _opt_str(d.get("finish_reason")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +208,7 @@ class Failure:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Failure | None:
-        return None if d is None else cls(d["type"], d["message"])
+        return None if d is None else cls(_str(d["type"]), _str(d["message"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,11 +265,11 @@ class JudgeOrderTrace:
     def from_dict(cls, d: dict[str, Any]) -> JudgeOrderTrace:
         s = d.get("scores")
         return cls(
-            d["order"],
-            [Answer.from_dict(a) for a in d["attempts"]],
-            d.get("verdict"),
+            _order(d["order"]),
+            [Answer.from_dict(a) for a in _list(d["attempts"])],
+            _opt_str(d.get("verdict")),
             None if s is None else (float(s["previous"]), float(s["edited"])),
-            d.get("error"),
+            _opt_str(d.get("error")),
         )
 
 
@@ -271,9 +309,9 @@ class JudgeTrace:
         if d is None:
             return None
         return cls(
-            [JudgeOrderTrace.from_dict(o) for o in d["orders"]],
-            d.get("score_previous"),
-            d.get("score_edited"),
+            [JudgeOrderTrace.from_dict(o) for o in _list(d["orders"])],
+            _opt_num(d.get("score_previous")),
+            _opt_num(d.get("score_edited")),
             bool(d.get("skipped_reverse", False)),
         )
 
@@ -317,12 +355,12 @@ class IterationTrace:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> IterationTrace:
         return cls(
-            iteration=d["iteration"],
-            previous=d["previous"],
+            iteration=_int(d["iteration"]),
+            previous=_str(d["previous"]),
             debate=DebateTrace.from_dict(d.get("debate")),
             suggestions=None if d.get("suggestions") is None else Answer.from_dict(d["suggestions"]),
             edit=None if d.get("edit") is None else Answer.from_dict(d["edit"]),
-            edited=d.get("edited"),
+            edited=_opt_str(d.get("edited")),
             judge=JudgeTrace.from_dict(d.get("judge")),
             accepted=bool(d["accepted"]),
             usage=_usage_from_dict(d.get("usage")),
@@ -359,14 +397,14 @@ class TurnTrace:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TurnTrace:
         return cls(
-            turn=d["turn"],
-            instruction=d["instruction"],
-            input=d["input"],
-            original=d["original"],
-            final=d["final"],
-            accepted_rounds=d["accepted_rounds"],
+            turn=_int(d["turn"]),
+            instruction=_str(d["instruction"]),
+            input=_str(d["input"]),
+            original=_str(d["original"]),
+            final=_str(d["final"]),
+            accepted_rounds=_int(d["accepted_rounds"]),
             stop_reason=StopReason(d["stop_reason"]),
-            iterations=[IterationTrace.from_dict(it) for it in d["iterations"]],
+            iterations=[IterationTrace.from_dict(it) for it in _list(d["iterations"])],
             failure=Failure.from_dict(d.get("failure")),
         )
 
@@ -424,15 +462,18 @@ class TraceRecord:
             )
         try:
             return cls(
-                index=d["index"],
-                line=d["line"],
+                index=_int(d["index"]),
+                line=_int(d["line"]),
                 status=Status(d["status"]),
-                accepted_rounds=d["accepted_rounds"],
-                turns=[TurnTrace.from_dict(t) for t in d["turns"]],
+                accepted_rounds=_int(d["accepted_rounds"]),
+                turns=[TurnTrace.from_dict(t) for t in _list(d["turns"])],
                 usage=_usage_from_dict(d.get("usage")),
                 failure=Failure.from_dict(d.get("failure")),
-                roles={r: RoleRoute(v["model"], v["endpoint"]) for r, v in (d.get("roles") or {}).items()},
+                roles={
+                    _str(r): RoleRoute(_str(v["model"]), _str(v["endpoint"]))
+                    for r, v in (d.get("roles") or {}).items()
+                },
                 id=d.get("id"),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise TraceSchemaError(f"malformed trace record: {type(exc).__name__}: {exc}") from None
