@@ -72,6 +72,18 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--tpm", type=float, help="tokens per minute limit")
     t.add_argument("--max-errors", type=int, help="stop once more than N samples failed")
     t.add_argument("--max-budget", type=float, help="stop once this many dollars are spent (needs prices)")
+    t.add_argument(
+        "--cache",
+        type=Path,
+        help="a call cache several outputs share: refining the same input again (say, to another "
+        "output or format) re-sends nothing (default: none, each output has its own store)",
+    )
+    t.add_argument(
+        "--max-unparseable",
+        type=float,
+        metavar="SHARE",
+        help="stop when more than this share of judge comparisons has no usable verdict (default 0.5)",
+    )
 
 
 def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
@@ -79,7 +91,7 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
         "base_url", "model", "api_key_env", "model_path", "n_ctx", "merge_system", "max_tokens",
         "temperature", "top_p", "seed", "max_rounds", "mode", "judge", "judge_reasks", "judge_early_exit",
         "prompts_dir", "concurrency", "samples_in_flight", "request_timeout", "max_retries", "rpm", "tpm",
-        "max_errors", "max_budget",
+        "max_errors", "max_budget", "cache", "max_unparseable",
     ]  # fmt: skip
     out: dict[str, Any] = {k: getattr(ns, k) for k in keys if getattr(ns, k, None) is not None}
     conv = {
@@ -90,7 +102,7 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
     conv = {k: v for k, v in conv.items() if v is not None}
     if conv:
         out["conversation"] = conv
-    for k in ("model_path", "prompts_dir"):
+    for k in ("model_path", "prompts_dir", "cache"):
         if k in out:
             out[k] = str(out[k])
     return out
