@@ -16,10 +16,18 @@ import aiohttp
 import orjson
 import pytest
 
-from coevol.errors import RateLimitError, ServerError
+from coevol.errors import (
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    LLMError,
+    RateLimitError,
+    ServerError,
+)
 from coevol.llm.openai_http import OpenAIHTTPBackend
 from coevol.llm.types import ChatRequest
 from coevol.testing import (
+    HOSTILE_TEXT,
     FakeOpenAIServer,
     Fault,
     FaultKind,
@@ -28,6 +36,7 @@ from coevol.testing import (
     always,
     fetch_stats,
     first_attempt_faults,
+    mentioning,
     reset_stats,
     serve_in_subprocess,
 )
@@ -379,3 +388,209 @@ async def test_server_error_from_responder_reaches_backend_as_server_error() -> 
     async with FakeOpenAIServer(broken) as server, OpenAIHTTPBackend(server.base_url) as backend:
         with pytest.raises(ServerError, match="boom"):
             await backend.complete(ChatRequest(backend.endpoint, "m", ({"role": "user", "content": "x"},)))
+
+
+# --- faults for attack tests ----------------------------------------------------------------------
+
+
+def content_of(data: dict[str, Any]) -> tuple[str, str]:
+    choice = data["choices"][0]
+    return choice["message"]["content"], choice["finish_reason"]
+
+
+async def test_empty_fault_is_a_well_formed_empty_answer() -> None:
+    async with FakeOpenAIServer(faults=always(FaultKind.EMPTY)) as server, aiohttp.ClientSession() as session:
+        status, data = await post(server.base_url, body(1), session)
+    assert status == 200
+    assert content_of(data) == ("", "stop")
+    assert data["usage"]["completion_tokens"] == 0
+    assert server.stats()["faults"] == {"empty": 1}
+
+
+async def test_truncated_fault_cuts_the_responders_text_and_says_length() -> None:
+    def responder(payload: dict[str, Any]) -> str:
+        return "abcdefgh ijkl"
+
+    half = Fault(FaultKind.TRUNCATED)
+    three = Fault(FaultKind.TRUNCATED, keep=3)
+
+    def policy(payload: dict[str, Any], seen: int) -> Fault:
+        return three if payload["messages"][0]["content"] == "question 3" else half
+
+    async with (
+        FakeOpenAIServer(responder, faults=policy) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        _, default = await post(server.base_url, body(1), session)
+        _, kept = await post(server.base_url, body(3), session)
+    assert content_of(default) == ("abcdef", "length")
+    assert content_of(kept) == ("abc", "length")
+    assert default["usage"]["completion_tokens"] == 1
+
+
+async def test_huge_fault_ignores_max_tokens() -> None:
+    huge = Fault(FaultKind.HUGE, size=1_000_003)
+    async with FakeOpenAIServer(faults=always(huge)) as server, aiohttp.ClientSession() as session:
+        status, data = await post(server.base_url, body(1, max_tokens=5), session)
+    text, finish = content_of(data)
+    assert status == 200 and finish == "stop"
+    assert len(text.encode()) == 1_000_003
+    assert text == ("huge " * 200_001)[:1_000_003]
+    assert data["usage"]["completion_tokens"] == len(text.split()) > 5
+
+
+async def test_huge_fault_defaults_to_ten_megabytes() -> None:
+    assert len(Fault(FaultKind.HUGE).huge_text().encode()) == 10_000_000
+
+
+async def test_stall_sends_headers_then_nothing_until_the_body() -> None:
+    stall = Fault(FaultKind.STALL, hang_seconds=0.3)
+    async with FakeOpenAIServer(faults=always(stall)) as server, aiohttp.ClientSession() as session:
+        url = f"{server.base_url}/chat/completions"
+        async with session.post(url, data=orjson.dumps(body(1))) as resp:
+            assert resp.status == 200
+            # The status line arrived while the handler is still inside its stall ...
+            (rec,) = server.requests
+            assert rec.end is None
+            data = orjson.loads(await resp.read())
+        # ... and the body only after it.
+        assert rec.end is not None
+    assert content_of(data) == ("ok", "stop")
+
+
+async def test_hang_sends_no_headers_before_the_answer() -> None:
+    hang = Fault(FaultKind.HANG, hang_seconds=0.1)
+    async with FakeOpenAIServer(faults=always(hang)) as server, aiohttp.ClientSession() as session:
+        url = f"{server.base_url}/chat/completions"
+        async with session.post(url, data=orjson.dumps(body(1))) as resp:
+            (rec,) = server.requests
+            assert rec.end is not None  # the handler had finished before any header was sent
+            assert resp.status == 200
+
+
+async def test_stall_past_the_clients_timeout_is_a_timeout_error() -> None:
+    stall = Fault(FaultKind.STALL, hang_seconds=5.0)
+    async with (
+        FakeOpenAIServer(faults=always(stall)) as server,
+        OpenAIHTTPBackend(server.base_url, request_timeout=0.2) as backend,
+    ):
+        request = ChatRequest(backend.endpoint, "fake-model", ({"role": "user", "content": "hi"},))
+        with pytest.raises(APITimeoutError):
+            await backend.complete(request)
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "header"),
+    [
+        (86400, "86400"),
+        (0.25, "0.25"),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", "Wed, 21 Oct 2015 07:28:00 GMT"),
+        ("soon", "soon"),
+        (None, None),
+    ],
+)
+async def test_rate_limit_retry_after_is_configurable(
+    retry_after: float | str | None, header: str | None
+) -> None:
+    fault = Fault(FaultKind.RATE_LIMIT, retry_after=retry_after)
+    async with FakeOpenAIServer(faults=always(fault)) as server, aiohttp.ClientSession() as session:
+        url = f"{server.base_url}/chat/completions"
+        async with session.post(url, data=orjson.dumps(body(1))) as resp:
+            status, value = resp.status, resp.headers.get("Retry-After")
+    assert status == 429
+    assert value == header
+
+
+@pytest.mark.parametrize(("status", "error"), [(400, BadRequestError), (503, ServerError)])
+async def test_hostile_error_body_carries_markup_and_escapes_verbatim(
+    status: int, error: type[LLMError]
+) -> None:
+    fault = Fault(FaultKind.HOSTILE_ERROR, status=status)
+    async with FakeOpenAIServer(faults=always(fault)) as server, aiohttp.ClientSession() as session:
+        code, data = await post(server.base_url, body(1), session)
+        async with OpenAIHTTPBackend(server.base_url) as backend:
+            request = ChatRequest(backend.endpoint, "fake-model", ({"role": "user", "content": "hi"},))
+            with pytest.raises(error) as info:
+                await backend.complete(request)
+    assert code == status
+    assert data["error"]["message"] == HOSTILE_TEXT
+    for piece in ("[/b]", "\x1b]0;pwn\x07", "\x1b[2J", "\x1b]8;;"):
+        assert piece in HOSTILE_TEXT
+        assert piece in str(info.value)  # the client passes it on: rendering it safely is the UI's job
+
+
+def test_fault_fields_are_checked() -> None:
+    with pytest.raises(ValueError):
+        Fault(FaultKind.HUGE, size=-1)
+    with pytest.raises(ValueError):
+        Fault(FaultKind.HOSTILE_ERROR, status=200)
+    assert Fault("empty").kind is FaultKind.EMPTY
+    assert Fault(FaultKind.HOSTILE_ERROR, message="plain").error_message() == "plain"
+
+
+async def test_each_server_records_the_authorization_header_it_received() -> None:
+    async with (
+        FakeOpenAIServer() as first,
+        FakeOpenAIServer() as second,
+        FakeOpenAIServer() as third,
+        OpenAIHTTPBackend(first.base_url, api_key="sk-test-first") as a,
+        OpenAIHTTPBackend(second.base_url, api_key="sk-test-second") as b,
+        OpenAIHTTPBackend(third.base_url) as c,
+    ):
+        for backend in (a, b, c):
+            await backend.complete(ChatRequest(backend.endpoint, "m", ({"role": "user", "content": "x"},)))
+    assert [r.authorization for r in first.requests] == ["Bearer sk-test-first"]
+    assert [r.authorization for r in second.requests] == ["Bearer sk-test-second"]
+    assert [r.authorization for r in third.requests] == [None]
+    assert not third.requests[0].has_auth
+    assert first.requests[0].headers["Content-Type"] == "application/json"
+    assert "sk-test-first" not in repr(first.requests[0])
+
+
+async def test_api_key_server_refuses_a_wrong_key() -> None:
+    async with (
+        FakeOpenAIServer(api_key="sk-test-right") as server,
+        OpenAIHTTPBackend(server.base_url, api_key="sk-test-wrong") as wrong,
+        OpenAIHTTPBackend(server.base_url, api_key="sk-test-right") as right,
+    ):
+        request = ChatRequest(server.base_url, "m", ({"role": "user", "content": "x"},))
+        with pytest.raises(AuthenticationError):
+            await wrong.complete(request)
+        assert (await right.complete(request)).text == "ok"
+    assert [r.authorization for r in server.requests] == ["Bearer sk-test-wrong", "Bearer sk-test-right"]
+
+
+def test_mentioning_aims_a_fault_at_matching_messages() -> None:
+    policy = mentioning("ROW-7", FaultKind.SERVER_ERROR)
+    hit = policy(body("about ROW-7"), 3)
+    assert hit is not None and hit.kind is FaultKind.SERVER_ERROR
+    assert policy(body("about ROW-8"), 0) is None
+    assert policy({"messages": "not a list"}, 0) is None
+    assert mentioning("ROW-7", None)(body("about ROW-7"), 0) is None
+
+
+def test_subprocess_cli_new_options() -> None:
+    args = [
+        "--fault-rate",
+        "1",
+        "--fault-kinds",
+        "rate_limit",
+        "--retry-after",
+        "Wed, 21 Oct 2015 07:28:00 GMT",
+    ]
+    with serve_in_subprocess(*args, "--api-key", "sk-test-cli") as base_url:
+        request = urllib.request.Request(
+            f"{base_url}/chat/completions",
+            data=orjson.dumps(body(1)),
+            headers={"Authorization": "Bearer sk-test-cli"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=5)
+        assert info.value.code == 429
+        assert info.value.headers["Retry-After"] == "Wed, 21 Oct 2015 07:28:00 GMT"
+        info.value.close()
+        keyless = urllib.request.Request(f"{base_url}/chat/completions", data=orjson.dumps(body(2)))
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(keyless, timeout=5)
+        assert refused.value.code == 401
+        refused.value.close()

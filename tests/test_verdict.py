@@ -147,7 +147,8 @@ SCORE_SHAPES: list[tuple[str, tuple[float, float] | None]] = [
     ("8 6 7", None),
     ("eleven 3", None),
     ("12 3", None),
-    ("0 5", None),  # the prompt asks for 1 to 10
+    ("0 10", (0.0, 10.0)),
+    ("10.5 3", None),
     ("-3 5", None),
     ("8/10 6/10", None),  # four numbers
     ("7,5 9", None),  # a decimal comma: 7.5 and 9, or 7, 5 and 9?
@@ -215,10 +216,16 @@ def test_early_exit_never_changes_the_outcome() -> None:
 
 
 def test_early_exit_in_score_mode() -> None:
-    for a, b, c, d in itertools.product(range(0, 11, 2), repeat=4):
-        forward = (float(a), float(b))
-        if cannot_accept(forward, span=10.0):
-            assert not decide(forward, (float(c), float(d))).accept
+    # Exact both ways: it fires precisely when no second order could make the edit win, and it
+    # does fire (a check that never fires would pass the first half alone).
+    grid = [float(x) for x in range(0, 11, 2)]
+    fired = set()
+    for forward in itertools.product(grid, repeat=2):
+        reachable = any(decide(forward, reverse).accept for reverse in itertools.product(grid, repeat=2))
+        assert cannot_accept(forward, span=10.0) is not reachable, forward
+        if not reachable:
+            fired.add(forward)
+    assert fired == {(10.0, 0.0)}
 
 
 @pytest.mark.parametrize(
