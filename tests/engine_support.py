@@ -18,11 +18,10 @@ from typing import Any
 
 import orjson
 
+from coevol.api import arefine_file
 from coevol.config import load_config
-from coevol.engine.build import build_engine
 from coevol.engine.dispatch import RunStats
-from coevol.engine.runner import Runner, RunPaths, RunSummary
-from coevol.store.sqlite import Store
+from coevol.engine.runner import RunSummary
 from coevol.testing import ThreadedServer as SharedThreadedServer
 from coevol.testing import mentioning
 from coevol.testing.responders import identify_role
@@ -126,27 +125,10 @@ def kill_when(
 async def refine_file(
     base_url: str, input: Path, output: Path, *, retry_failed: bool = False, **overrides: Any
 ) -> tuple[RunSummary, RunStats]:
-    """What ``coevol refine`` does, in-process (no CLI start-up cost): one run, store closed after."""
+    """What ``coevol refine`` does, in-process (no CLI start-up cost): one run through ``arefine_file``."""
     config = load_config(None, {"base_url": base_url, "model": "fake", **overrides})
-    paths = RunPaths.beside(input, output)
-    store = Store(paths.store)
-    try:
-        engine = await build_engine(config, store=store)
-        try:
-            runner = Runner(
-                config,
-                engine.dispatcher,
-                engine.prompts,
-                paths,
-                run_fingerprint=engine.fingerprint,
-                retry_failed=retry_failed,
-            )
-            summary = await runner.run(store)
-        finally:
-            await engine.aclose()
-    finally:
-        store.close()
-    return summary, engine.dispatcher.stats
+    run = await arefine_file(input, output, config, retry_failed=retry_failed)
+    return run.summary, run.stats
 
 
 marked = mentioning
