@@ -15,7 +15,7 @@ from coevol.domain import Turn
 from coevol.prompts.render import Sample
 from coevol.prompts.templates import PromptSet
 
-__all__ = ["ConversationSettings", "estimate_tokens", "refinable_turns", "window_sample"]
+__all__ = ["ConversationSettings", "estimate_tokens", "refinable_turns", "tokens_for_chars", "window_sample"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +29,12 @@ class ConversationSettings:
 
 def estimate_tokens(text: str) -> int:
     """A tokenizer-free estimate (about 4 characters a token for English); used only for bounds."""
-    return (len(text) + 3) // 4
+    return tokens_for_chars(len(text))
+
+
+def tokens_for_chars(chars: int) -> int:
+    """``estimate_tokens`` for a text known only by its length (the dry run measures, not renders)."""
+    return (chars + 3) // 4
 
 
 def refinable_turns(turns: Sequence[Turn], settings: ConversationSettings) -> list[int]:
