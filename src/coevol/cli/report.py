@@ -1,0 +1,123 @@
+"""``coevol report OUTPUT``: the paper's analyses and a per-sample viewer for one run.
+
+Reads the run's files beside OUTPUT (trace, rejects, store) and writes ``OUTPUT.report.html`` and
+``OUTPUT.report.json``; ``-o PATH`` writes ``PATH`` (the page) and the JSON beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from coevol.cli.exit_codes import EXIT_OK
+from coevol.errors import ConfigError, DataError
+from coevol.textsafe import inert_line
+
+__all__ = ["add_parser", "report_paths", "run"]
+
+_ROLES = ("positive", "critical", "advisor", "editor", "judge")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``report`` on the CLI's subparsers (``argparse._SubParsersAction``)."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "report",
+        help="write an HTML report and a JSON summary of a run",
+        description=(
+            "Analyse a run (Fig. 2 and 3 of the CoEvol paper, a judge audit, usage) and write a "
+            "self-contained HTML page with a per-sample viewer, plus a JSON document (coevol.report/1)."
+        ),
+    )
+    p.add_argument("output", type=Path, help="the refined output file of a run (its trace lies beside it)")
+    p.add_argument("-o", "--out", type=Path, help="where to write the page (default OUTPUT.report.html)")
+    p.add_argument(
+        "--tokenizer",
+        default="cl100k_base",
+        help="response length tokenizer: cl100k_base (default), words, or tiktoken-file:PATH",
+    )
+    p.add_argument(
+        "--no-directions", action="store_true", help="skip the spaCy verb-object analysis (Fig. 3)"
+    )
+    p.add_argument(
+        "--max-samples",
+        type=int,
+        default=1000,
+        help="samples embedded in the page (default 1000; JSON counts all)",
+    )
+    p.add_argument("--config", type=Path, help="the run's YAML config, for prices (cost per role)")
+    return p
+
+
+def report_paths(output: Path, out: Path | None) -> tuple[Path, Path]:
+    """(page, JSON) paths for ``output`` and an optional ``-o``."""
+    if out is None:
+        return output.with_name(output.name + ".report.html"), output.with_name(output.name + ".report.json")
+    if out.suffix.lower() in (".html", ".htm"):
+        return out, out.with_suffix(".json")
+    return out, out.with_name(out.name + ".json")
+
+
+def _prices(path: Path | None) -> dict[str, tuple[float, float]] | None:
+    if path is None:
+        return None
+    from coevol.config import load_config
+
+    config = load_config(path, {})
+    out = {}
+    for role in _ROLES:
+        price = config.role(role).price
+        if price is not None:
+            out[role] = (price.prompt, price.completion)
+    return out or None
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def run(ns: argparse.Namespace) -> int:
+    """Build and write the report; print where it is and the judge finding, if any."""
+    from rich.console import Console
+
+    from coevol.report.build import ReportOptions, build_report
+    from coevol.report.reader import RunFiles
+    from coevol.report.stats import judge_finding
+
+    if ns.max_samples < 0:
+        raise ConfigError("--max-samples must be 0 or more")
+    files = RunFiles.beside(ns.output)
+    if not files.trace.exists():
+        raise DataError(f"no trace beside {ns.output}: expected {files.trace} (run coevol refine first)")
+    options = ReportOptions(
+        tokenizer=ns.tokenizer,
+        directions=not ns.no_directions,
+        max_samples=ns.max_samples,
+        prices=_prices(ns.config),
+    )
+    built = build_report(files, options)
+    page, doc = report_paths(ns.output, ns.out)
+    _write(doc, orjson.dumps(built.document, option=orjson.OPT_INDENT_2) + b"\n")
+    _write(page, built.page.encode())
+    out = Console(stderr=True, highlight=False)
+    for note in built.notes:
+        out.print(f"note: {inert_line(note)}", markup=False)
+    for missing in built.document["missing"]:
+        out.print(f"note: {inert_line(missing['message'])}", markup=False)
+    finding = judge_finding(built.document["judge"])
+    if finding is not None:
+        out.print(f"warning: {finding}", markup=False)
+    out.print(f"report: {inert_line(str(page))}\njson:   {inert_line(str(doc))}", markup=False)
+    out.print(
+        f"open it with: xdg-open {inert_line(str(page))}  (or any browser; it needs no network)", markup=False
+    )
+    return EXIT_OK

