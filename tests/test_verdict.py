@@ -220,8 +220,9 @@ def test_early_exit_in_score_mode() -> None:
     # does fire (a check that never fires would pass the first half alone).
     grid = [float(x) for x in range(0, 11, 2)]
     fired = set()
-    for forward in itertools.product(grid, repeat=2):
-        reachable = any(decide(forward, reverse).accept for reverse in itertools.product(grid, repeat=2))
+    for a, b in itertools.product(grid, repeat=2):
+        forward = (a, b)
+        reachable = any(decide(forward, (c, d)).accept for c, d in itertools.product(grid, repeat=2))
         assert cannot_accept(forward, span=10.0) is not reachable, forward
         if not reachable:
             fired.add(forward)

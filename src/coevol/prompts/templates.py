@@ -2,7 +2,8 @@
 
 A template is plain text with ``{name}`` slots. Lines starting with ``#:`` are comments (attribution,
 notes) and are never sent. Substitution touches only the slots a template declares, so user text
-containing braces (code, JSON) passes through unchanged.
+containing braces (code, JSON) passes through unchanged. ``PromptSet.render`` also keeps data from
+forging the template's markers (``coevol.prompts.guard``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from importlib import resources
 from pathlib import Path
 
 from coevol.errors import ConfigError
+from coevol.prompts.guard import boundaries, neutralise
 
-__all__ = ["TEMPLATE_NAMES", "PromptSet", "fill", "load_prompts"]
+__all__ = ["TEMPLATE_NAMES", "PromptSet", "Rendered", "compose", "fill", "load_prompts"]
 
 TEMPLATE_NAMES: tuple[str, ...] = (
     "sample_with_input",
@@ -83,6 +85,55 @@ def fill(template: str, values: Mapping[str, str]) -> str:
     return _SLOT_RE.sub(sub, template)
 
 
+class Rendered(str):
+    """A filled template that remembers how it was made.
+
+    Its markers are the template's own, so when it fills a slot of another template it is not
+    treated as data: it is filled again from its raw values, guarded by the markers of every
+    template in the composed prompt (a ``{sample}`` inside the judge prompt guards the
+    instruction against both the sample's and the judge's markers).
+    """
+
+    template: str
+    values: Mapping[str, str]
+
+    def __new__(cls, text: str, template: str, values: Mapping[str, str]) -> Rendered:
+        self = super().__new__(cls, text)
+        self.template = template
+        self.values = values
+        return self
+
+    def __getnewargs__(self) -> tuple[str, str, Mapping[str, str]]:  # type: ignore[override]
+        return str(self), self.template, self.values
+
+
+def _markers(template: str, values: Mapping[str, str]) -> frozenset[str]:
+    """The markers of ``template`` and of every template nested in its values."""
+    found = boundaries(template)
+    for value in values.values():
+        if isinstance(value, Rendered):
+            found |= _markers(value.template, value.values)
+    return found
+
+
+def _fill_guarded(template: str, values: Mapping[str, str], guard: frozenset[str]) -> str:
+    filled = {
+        name: _fill_guarded(v.template, v.values, guard) if isinstance(v, Rendered) else neutralise(v, guard)
+        for name, v in values.items()
+    }
+    return fill(template, filled)
+
+
+def compose(template: str, values: Mapping[str, str]) -> Rendered:
+    """``fill``, with data defused against the markers of the whole composed prompt.
+
+    Plain strings are data; a ``Rendered`` value is a nested template. Whatever the data holds,
+    each marker appears in the result only where a template puts it.
+    """
+    guard = _markers(template, values)
+    return Rendered(_fill_guarded(template, values, guard), template, dict(values))
+
+
 @dataclass(frozen=True, slots=True)
 class PromptSet:
     """Every template by name, comments removed."""
@@ -92,8 +143,9 @@ class PromptSet:
     def __getitem__(self, name: str) -> str:
         return self.texts[name]
 
-    def render(self, name: str, **values: str) -> str:
-        return fill(self.texts[name], values)
+    def render(self, name: str, **values: str) -> Rendered:
+        """Template ``name`` filled with ``values``; see ``compose`` for how data is guarded."""
+        return compose(self.texts[name], values)
 
 
 def _builtin(name: str) -> str:

@@ -162,8 +162,8 @@ _NUMBER = r"-?\d+(?:\.\d+)?"
 _NUMBER_RE = re.compile(_NUMBER)
 _LABELLED_RE = re.compile(rf"\bassistant\s*([12])(?:'s)?(?:\s+score)?\s*[:=\-]?\s*({_NUMBER})")
 _SCORE_WORDS = frozenset({"score", "scores", "rating", "ratings", "output", "result", "and", "respectively"})
-SCORE_RANGE = (1.0, 10.0)
-"""The scale the score-mode prompt asks for; a score outside it is not an answer to that prompt."""
+SCORE_RANGE = (0.0, 10.0)
+"""Scores the judge may give: the prompt asks for 1-10; 0 is read as the lowest (as in 0.1)."""
 
 
 def _score(text: str, raw: str) -> float:
@@ -188,7 +188,7 @@ def _score_texts(line: str, raw: str) -> tuple[str, str, str]:
 
 
 def parse_score_pair(text: str) -> tuple[float, float]:
-    """Score mode: exactly two numbers (1-10) on the first non-empty line, for Assistant 1 and 2.
+    """Score mode: exactly two numbers (0-10) on the first non-empty line, for Assistant 1 and 2.
 
     Either bare ("8 6", "7.5, 9") or labelled ("Assistant 1: 8, Assistant 2: 6", in any order).
     Nothing else numeric may be on the line ("8/10 6/10" holds four numbers), no decimal comma
