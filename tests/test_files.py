@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import tracemalloc
@@ -16,9 +17,10 @@ import pytest
 
 from coevol.domain import BadRow, Example
 from coevol.errors import ConfigError, DataError, MissingExtra
-from coevol.io import files
-from coevol.io.files import JsonlAppender, OrderedWriter, RejectsWriter, count_rows, read_examples
+from coevol.io import jsonarray, parquet, readers, writers
 from coevol.io.formats import render_example
+from coevol.io.readers import count_rows, read_examples
+from coevol.io.writers import RowWriter, commit, recover
 
 ALPACA = [
     {"id": 0, "instruction": "Add 2 and 3.", "input": "", "output": "5", "meta": {"src": "x"}},
@@ -71,10 +73,10 @@ def examples(items: list[Example | BadRow]) -> list[Example]:
 
 def refine_copy(path: Path, out: Path, out_fmt: str | None = None) -> None:
     """What the engine does, minus the models: read, render with the same turns, write in order."""
-    with OrderedWriter(out) as writer:
+    with RowWriter(out) as writer:
         for item in read_examples(path):
             assert isinstance(item, Example), item
-            writer.submit(item.index, render_example(item, item.turns, out_fmt))
+            writer.write(render_example(item, item.turns, out_fmt))
 
 
 def test_jsonl_good_bad_and_blank_lines(tmp_path: Path) -> None:
@@ -177,7 +179,7 @@ TRICKY = (
 def test_json_array_streams_tricky_strings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_size: int
 ) -> None:
-    monkeypatch.setattr(files, "_CHUNK_SIZE", chunk_size)
+    monkeypatch.setattr(readers, "_CHUNK_SIZE", chunk_size)
     path = tmp_path / "tricky.json"
     path.write_text(TRICKY, encoding="utf-8")
     expected = orjson.loads(TRICKY.removeprefix("\ufeff"))
@@ -210,7 +212,7 @@ def test_json_array_scanner_against_orjson_on_random_arrays() -> None:
         data = orjson.dumps(rows, option=rnd.choice([0, orjson.OPT_INDENT_2]))
         size = rnd.randint(1, 9)
         chunks = iter([data[i : i + size] for i in range(0, len(data), size)])
-        scanned = list(files._scan_array(chunks))
+        scanned = list(jsonarray.scan_array(chunks))
         assert [orjson.loads(text) for text, _ in scanned] == rows
         assert all(error is None for _, error in scanned)
 
@@ -220,10 +222,10 @@ def test_json_array_scanner_against_orjson_on_random_arrays() -> None:
     [
         (
             '[{"instruction": "q", "output": "a"}, {"instruction": "q2", "out',
-            (files._TRUNCATED, '{"instruction": "q2", "out'),
+            (jsonarray._TRUNCATED, '{"instruction": "q2", "out'),
         ),
-        ('[{"instruction": "q", "output": "a"},', (files._TRUNCATED, "")),
-        ('[{"instruction": "q", "output": "a"}] {"x": 1}', (files._TRAILING, '{"x": 1}')),
+        ('[{"instruction": "q", "output": "a"},', (jsonarray._TRUNCATED, "")),
+        ('[{"instruction": "q", "output": "a"}] {"x": 1}', (jsonarray._TRAILING, '{"x": 1}')),
         (
             '[{"instruction": "q", "output": "a"},]',
             ("not valid JSON: Input is a zero-length, empty document: line 1 column 1 (char 0)", ""),
@@ -334,124 +336,129 @@ def test_large_jsonl_is_read_with_flat_memory(tmp_path: Path) -> None:
     assert peak < 2_000_000, f"peak {peak} bytes for a {size} byte file"
 
 
-def test_ordered_writer_restores_input_order(tmp_path: Path) -> None:
-    out = tmp_path / "sub" / "out.jsonl"
-    writer = OrderedWriter(out)
-    assert writer.partial_path == tmp_path / "sub" / "out.jsonl.partial"
-    assert writer.partial_path.exists() and not out.exists()
-    for index in [3, 1, 4, 0, 2, 6, 5]:
-        writer.submit(index, None if index == 4 else {"i": index})
-    assert writer.written == 6 and writer.buffered == 0
-    with pytest.raises(ValueError, match="submitted twice"):
-        writer.submit(2, {"i": 2})
-    writer.close()
-    assert read_jsonl(out) == [{"i": i} for i in (0, 1, 2, 3, 5, 6)]
-    assert not writer.partial_path.exists()
-
-
-def test_ordered_writer_buffers_until_the_gap_is_filled(tmp_path: Path) -> None:
+def test_row_writer_writes_a_partial_file_then_renames_it(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
-    writer = OrderedWriter(out)
-    writer.submit(1, {"i": 1})
-    writer.flush()
-    assert writer.partial_path.read_bytes() == b""
-    assert writer.buffered == 1
-    writer.submit(0, {"i": 0})
-    writer.flush()
-    assert writer.partial_path.read_bytes() == b'{"i":0}\n{"i":1}\n'
+    writer = RowWriter(out)
+    partial = tmp_path / "out.jsonl.partial"
+    assert writer.file.partial == partial and partial.exists() and not out.exists()
+    for i in range(3):
+        writer.write({"i": i})
+    assert writer.written == 3
     writer.close()
+    assert read_jsonl(out) == [{"i": i} for i in range(3)]
+    assert not partial.exists()
 
 
-def test_ordered_writer_abort_and_errors_leave_no_final_file(tmp_path: Path) -> None:
+def test_row_writer_abort_and_errors_leave_no_final_file(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
-    with pytest.raises(RuntimeError, match="boom"), OrderedWriter(out) as writer:
-        writer.submit(0, {"i": 0})
+    out.write_bytes(b"previous")
+    with pytest.raises(RuntimeError, match="boom"), RowWriter(out) as writer:
+        writer.write({"i": 0})
         raise RuntimeError("boom")
-    assert not out.exists()
-    assert writer.partial_path.read_bytes() == b'[\n{"i":0}'
-
-    gap = OrderedWriter(out)
-    gap.submit(1, {"i": 1})
-    with pytest.raises(RuntimeError, match="index 0 was never submitted"):
-        gap.close()
-    assert not out.exists() and gap.partial_path.exists()
-    with pytest.raises(RuntimeError, match="already closed"):
-        gap.submit(0, {"i": 0})
+    assert out.read_bytes() == b"previous"
+    assert writer.file.partial.read_bytes() == b'[\n{"i":0}'
 
 
-@pytest.mark.parametrize(("suffix", "content"), [(".json", b"]\n"), (".jsonl", b"")])
-def test_ordered_writer_empty_output_is_valid(tmp_path: Path, suffix: str, content: bytes) -> None:
+@pytest.mark.parametrize(("suffix", "content"), [(".json", b"[\n]\n"), (".jsonl", b"")])
+def test_row_writer_empty_output_is_valid(tmp_path: Path, suffix: str, content: bytes) -> None:
     out = tmp_path / f"out{suffix}"
-    with OrderedWriter(out) as writer:
-        writer.submit(0, None)
-    assert out.read_bytes() == (b"[\n" if suffix == ".json" else b"") + content
+    with RowWriter(out):
+        pass
+    assert out.read_bytes() == content
 
 
-def test_ordered_writer_json_array_layout(tmp_path: Path) -> None:
+def test_row_writer_json_array_layout(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
-    with OrderedWriter(out) as writer:
-        writer.submit(1, {"t": "日本", "b": [1]})
-        writer.submit(0, {"a": 1})
+    with RowWriter(out) as writer:
+        writer.write({"a": 1})
+        writer.write({"t": "日本", "b": [1]})
     assert out.read_bytes() == '[\n{"a":1},\n{"t":"日本","b":[1]}\n]\n'.encode()
 
 
 def test_parquet_writer_batches_and_schema_drift(tmp_path: Path) -> None:
     out = tmp_path / "out.parquet"
     rows = [{"a": f"x{i}", "b": None if i < 1500 else i} for i in range(3000)]
-    with OrderedWriter(out) as writer:
-        for i, row in enumerate(rows):
-            writer.submit(i, row)
+    with RowWriter(out) as writer:
+        for row in rows:
+            writer.write(row)
     assert pq.read_table(out).to_pylist() == rows
 
     assert pq.read_schema(out).field("b").type == pa.int64()
 
     bad = tmp_path / "bad.parquet"
     with pytest.raises(DataError, match=r"output rows 1025\.\.2048 .*new or retyped columns: c"):  # noqa: SIM117
-        with OrderedWriter(bad) as writer:
+        with RowWriter(bad) as writer:
             for i in range(2048):
-                writer.submit(i, {"a": "x"} if i < 1024 else {"a": "x", "c": 1})
+                writer.write({"a": "x"} if i < 1024 else {"a": "x", "c": 1})
     assert not bad.exists()
 
     typed = tmp_path / "typed.parquet"
     schema = pa.schema([("a", pa.string()), ("b", pa.string())])
-    with OrderedWriter(typed, parquet_schema=schema) as writer:
-        writer.submit(0, {"a": "x", "b": None})
+    with RowWriter(typed, parquet_schema=schema) as writer:
+        writer.write({"a": "x", "b": None})
     assert pq.read_schema(typed).field("b").type == pa.string()
 
     empty = tmp_path / "empty.parquet"
-    OrderedWriter(empty).close()
+    RowWriter(empty).close()
     assert pq.read_table(empty).num_rows == 0
 
 
 def test_output_suffix_must_be_known(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"output must be \.jsonl, \.json or \.parquet"):
-        OrderedWriter(tmp_path / "out.csv")
+        RowWriter(tmp_path / "out.csv")
 
 
-def test_rejects_writer(tmp_path: Path) -> None:
-    path = tmp_path / "runs" / "rejects.jsonl"
-    with RejectsWriter(path) as rejects:
-        assert not path.exists()
-        rejects.write(BadRow(3, "field 'output' is null", '{"output": null}'))
-        assert (
-            path.read_bytes()
-            == b'{"line":3,"error":"field \'output\' is null","raw":"{\\"output\\": null}"}\n'
-        )
-        rejects.write(BadRow(9, "empty instruction", "é"))
-    assert rejects.count == 2
-    assert read_jsonl(path)[1] == {"line": 9, "error": "empty instruction", "raw": "é"}
-    with RejectsWriter(path) as again:
-        again.write(BadRow(1, "x", "y"))
-    assert len(read_jsonl(path)) == 3
+def test_a_writer_that_keeps_nothing_empty_removes_the_stale_file(tmp_path: Path) -> None:
+    path = tmp_path / "rejects.jsonl"
+    with RowWriter(path, keep_empty=False) as rejects:
+        rejects.write({"line": 3, "error": "field 'output' is null", "raw": '{"output": null}'})
+    assert (
+        path.read_bytes() == b'{"line":3,"error":"field \'output\' is null","raw":"{\\"output\\": null}"}\n'
+    )
+    with RowWriter(path, keep_empty=False):
+        pass
+    assert not path.exists() and not (tmp_path / "rejects.jsonl.partial").exists()
 
 
-def test_jsonl_appender(tmp_path: Path) -> None:
-    path = tmp_path / "a" / "b" / "trace.jsonl"
-    with JsonlAppender(path) as trace:
-        trace.append({"k": 1})
-        assert path.read_bytes() == b'{"k":1}\n'
-        trace.append({"k": "é"})
-    assert read_jsonl(path) == [{"k": 1}, {"k": "é"}]
+def test_commit_moves_a_set_and_recover_finishes_a_crashed_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b, journal = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "a.commit.json"
+    for path in (a, b):
+        path.write_bytes(b"old\n")
+    wa, wb = RowWriter(a), RowWriter(b)
+    wa.write({"new": 1})
+    wb.write({"new": 2})
+    real = os.replace
+    done: list[str] = []
+
+    def crash_after_the_journal_and_one_rename(src: Any, dst: Any) -> None:
+        real(src, dst)
+        done.append(str(dst))
+        if len(done) == 2:  # the journal, then a.jsonl: b.jsonl is still old
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", crash_after_the_journal_and_one_rename)
+    with pytest.raises(KeyboardInterrupt):
+        commit([wa, wb], journal=journal)
+    monkeypatch.setattr(os, "replace", real)
+    assert read_jsonl(a) == [{"new": 1}] and b.read_bytes() == b"old\n"  # a mixed set
+    assert journal.exists()
+    assert recover(journal, [a, b])
+    assert read_jsonl(a) == [{"new": 1}] and read_jsonl(b) == [{"new": 2}]
+    assert not journal.exists() and not recover(journal, [a, b])
+
+
+def test_recover_renames_only_the_names_it_is_allowed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    (tmp_path / "victim.txt.partial").write_text("hostile")
+    journal = tmp_path / "out.commit.json"
+    journal.write_bytes(orjson.dumps({"rename": ["victim.txt", "../x"], "remove": ["victim.txt"]}))
+    assert recover(journal, [tmp_path / "out.json"])
+    assert victim.read_text() == "keep"
+    journal.write_bytes(b"\x00garbage")
+    assert recover(journal, [tmp_path / "out.json"]) and not journal.exists()
 
 
 def test_missing_extras(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -471,30 +478,28 @@ def test_missing_extras(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(MissingExtra, match=r"Parquet files needs .* pip install 'coevol\[parquet\]'"):
         read_examples(tmp_path / "d.parquet")
     with pytest.raises(MissingExtra, match="parquet"):
-        OrderedWriter(tmp_path / "out.parquet")
+        RowWriter(tmp_path / "out.parquet")
 
 
 def test_parquet_columns_null_for_too_long_keep_the_null_type(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(files, "_PARQUET_BATCH", 4)
-    monkeypatch.setattr(files, "_PARQUET_HOLD", 2)
+    monkeypatch.setattr(writers, "PARQUET_BATCH", 4)
+    monkeypatch.setattr(parquet, "PARQUET_HOLD", 2)
     out = tmp_path / "out.parquet"
-    writer = OrderedWriter(out)
+    writer = RowWriter(out)
     for i in range(8):
-        writer.submit(i, {"a": i, "b": None})
+        writer.write({"a": i, "b": None})
     with pytest.raises(DataError, match=r"output rows 9\.\.12 do not fit .*new or retyped columns: b\)"):
         for i in range(8, 12):
-            writer.submit(i, {"a": i, "b": "late"})
+            writer.write({"a": i, "b": "late"})
     writer.abort()
     assert not out.exists()
 
-    with pytest.raises(DataError, match=r"output rows 9\.\.9 do not fit"), OrderedWriter(out) as writer:
+    with pytest.raises(DataError, match=r"output rows 9\.\.9 do not fit"), RowWriter(out) as writer:
         for i in range(9):
-            writer.submit(i, {"a": i, "b": None if i < 8 else "late"})
-    assert not out.exists() and writer.partial_path.exists()
-    with pytest.raises(RuntimeError, match="already closed"):
-        writer.submit(9, None)
+            writer.write({"a": i, "b": None if i < 8 else "late"})
+    assert not out.exists() and writer.file.partial.exists()
 
 
 def test_datasets_folders_and_hub_ids_are_wired(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

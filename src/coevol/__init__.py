@@ -3,7 +3,7 @@
 The public API is what ``__all__`` lists; everything else is private and may change.
 """
 
-from coevol.api import Result, arefine, refine
+from coevol.api import FileRun, Result, arefine, arefine_file, refine, refine_file
 from coevol.config import Config, ConversationConfig, Price, RoleConfig, load_config
 from coevol.errors import (
     APIConnectionError,
@@ -47,6 +47,7 @@ __all__ = [
     "ConversationConfig",
     "DataError",
     "FatalError",
+    "FileRun",
     "GenParams",
     "Generate",
     "LLMError",
@@ -66,8 +67,10 @@ __all__ = [
     "ServerError",
     "__version__",
     "arefine",
+    "arefine_file",
     "coevolve",
     "load_config",
     "load_prompts",
     "refine",
+    "refine_file",
 ]

@@ -1,31 +1,49 @@
-"""The Python API: refine rows in a notebook or a pipeline, sync or async.
+"""The Python API: refine rows in a notebook or a pipeline, or a whole file, sync or async.
 
     from coevol import refine
     results = refine([{"instruction": "...", "input": "", "output": "..."}],
                      base_url="http://localhost:8000/v1", model="Qwen/Qwen2.5-7B-Instruct")
     results[0].row["output"], results[0].accepted_rounds, results[0].trace
 
+    from coevol import refine_file
+    run = refine_file("data.jsonl", "refined.jsonl", base_url=..., model=...)
+    run.summary.refined, run.paths.trace
+
 Rows may be Alpaca, ShareGPT or OpenAI ``messages`` dicts; each result's ``row`` keeps the row's
 shape and extra fields. A row that cannot be parsed or refined is a result with ``status`` set,
 never an exception; configuration problems do raise.
+
+``arefine_file`` is the one file-level entry: the CLI, the tests and the benchmarks all run files
+through it. It refuses what would lose a file before anything is sent, holds the output's lock,
+finishes a crashed run's renames, opens the store (and the shared call cache), runs, and closes
+everything in order.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import contextlib
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from coevol.config import Config
 from coevol.engine.build import build_engine
-from coevol.errors import DataError
+from coevol.engine.dispatch import RunStats
+from coevol.engine.runner import ProgressFn, Runner, RunPaths, RunSummary
+from coevol.errors import DataError, OutputError
 from coevol.io.formats import parse_example, render_example
+from coevol.io.guard import RunLock, check_not_links, check_outputs
+from coevol.io.writers import recover
+from coevol.llm.types import Backend
 from coevol.multiturn import refine_example
 from coevol.store.sqlite import Store
 
-__all__ = ["Result", "arefine", "refine"]
+__all__ = ["FileRun", "Result", "arefine", "arefine_file", "refine", "refine_file"]
+
+PathArg = str | os.PathLike[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +57,24 @@ class Result:
     error: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class FileRun:
+    """A finished file run: where everything went, the counts, the calls.
+
+    ``recovered`` says that a previous run had crashed between its final renames and this run
+    finished them first (its own files then replaced them).
+    """
+
+    paths: RunPaths
+    summary: RunSummary
+    stats: RunStats
+    dataset_info: Path | None
+    recovered: bool = False
+
+
 def _config(config: Config | None, overrides: dict[str, Any]) -> Config:
+    if config is not None and not overrides:
+        return config.model_copy(deep=True)
     base = config.model_dump() if config is not None else {}
     return Config.from_mapping({**base, **overrides}, source="refine()")
 
@@ -69,8 +104,15 @@ async def arefine(
             return Result(None, "rejected", 0, {"index": index, "error": str(exc)}, str(exc))
         async with window:
             outcome = await refine_example(example, engine.dispatcher, engine.prompts, settings, conv)
-        row = None if outcome.status == "rejected" else render_example(example, outcome.turns)
-        return Result(row, outcome.status, outcome.accepted_rounds, outcome.trace, outcome.error)
+        row = render_example(example, outcome.turns)
+        failure = outcome.failure
+        return Result(
+            row,
+            outcome.status.value,
+            outcome.accepted_rounds,
+            outcome.record.to_dict(),
+            None if failure is None else failure.message,
+        )
 
     try:
         return list(await asyncio.gather(*(one(i, obj) for i, obj in enumerate(rows))))
@@ -90,3 +132,90 @@ def refine(
 ) -> list[Result]:
     """Synchronous ``arefine`` (not for use inside a running event loop: await ``arefine`` there)."""
     return asyncio.run(arefine(rows, config, cache=cache, **overrides))
+
+
+def _check_input(input: Path) -> None:
+    if str(input).startswith("hf://"):
+        return
+    if not input.exists():
+        raise OutputError(f"input not found: {input}")
+
+
+def prepare(paths: RunPaths, cache: Path | None) -> None:
+    """Every refusal, before anything is created or sent: a lost input, a clobbered file, a link."""
+    hub = str(paths.input).startswith("hf://")
+    _check_input(paths.input)
+    check_outputs(None if hub else paths.input, paths.output, paths.working(), paths.pairs)
+    if cache is not None:
+        check_outputs(None if hub else paths.input, cache, {}, None)
+        named = {"the output": paths.output, **paths.working()}
+        if paths.pairs is not None:
+            named["--pairs"] = paths.pairs
+        for what, path in named.items():
+            if os.path.realpath(path) == os.path.realpath(cache):
+                raise OutputError(f"refusing to run: --cache {cache} is {what}")
+    check_not_links([paths.lock, paths.journal])
+
+
+async def arefine_file(
+    input: PathArg,
+    output: PathArg,
+    config: Config | None = None,
+    *,
+    pairs: PathArg | None = None,
+    input_format: str | None = None,
+    output_format: str | None = None,
+    offset: int = 0,
+    limit: int | None = None,
+    retry_failed: bool = False,
+    cache: PathArg | None = None,
+    progress: ProgressFn | None = None,
+    backends: Mapping[str, Backend] | None = None,
+    **overrides: Any,
+) -> FileRun:
+    """Refine a dataset file into ``output`` (and its trace, rejects, store and LLaMA-Factory entry).
+
+    Rerunning the same call after a crash or a stop resumes without paying for a finished call
+    twice. ``cache`` (or ``config.cache``) names a call store several outputs share. ``progress``
+    is called with the live summary and call counters: once before the first row, then after each
+    row; after an exception they still hold the stopped run's counts. Raises ``OutputError`` for a
+    refused path or a held lock before anything is sent, and why a run stopped
+    (``BudgetExceeded``, ``ConfigError`` ...) after a clean stop.
+    """
+    cfg = _config(config, overrides)
+    paths = RunPaths.beside(Path(input), Path(output), Path(pairs) if pairs is not None else None)
+    cache_path = Path(cache) if cache is not None else cfg.cache
+    prepare(paths, cache_path)
+    with RunLock(paths.lock, f"coevol refine {paths.input} -o {paths.output}"):
+        recovered = recover(paths.journal, paths.finals())
+        with contextlib.ExitStack() as stores:
+            store = stores.enter_context(Store(paths.store))
+            calls = stores.enter_context(Store(cache_path)) if cache_path is not None else store
+            engine = await build_engine(cfg, store=calls, backends=dict(backends) if backends else None)
+            try:
+                if engine.local and cfg.samples_in_flight is None:
+                    cfg.samples_in_flight = 1  # one llama.cpp worker: finish samples one by one
+                runner = Runner(
+                    cfg,
+                    engine.dispatcher,
+                    engine.prompts,
+                    paths,
+                    run_fingerprint=engine.fingerprint,
+                    input_format=input_format,
+                    output_format=output_format,
+                    offset=offset,
+                    limit=limit,
+                    retry_failed=retry_failed,
+                    progress=progress,
+                )
+                if progress is not None:
+                    progress(runner.summary, engine.dispatcher.stats)
+                await runner.run(store)
+            finally:
+                await engine.aclose()
+    return FileRun(paths, runner.summary, engine.dispatcher.stats, runner.dataset_info, recovered)
+
+
+def refine_file(input: PathArg, output: PathArg, config: Config | None = None, **kwargs: Any) -> FileRun:
+    """Synchronous ``arefine_file`` (not inside a running event loop: await ``arefine_file`` there)."""
+    return asyncio.run(arefine_file(input, output, config, **kwargs))

@@ -1,4 +1,5 @@
-"""``coevol refine``: run a dataset file through the engine with a progress display and a summary."""
+"""``coevol refine``: run a dataset file through ``arefine_file`` with a progress display, a summary
+and an exit code that says how it went (see ``coevol.cli.exit_codes``)."""
 
 from __future__ import annotations
 
@@ -6,112 +7,158 @@ import argparse
 import asyncio
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
-from coevol.cli.exit_codes import EXIT_BUDGET, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
+from rich.text import Text
+
+from coevol.cli.exit_codes import (
+    EXIT_BUDGET,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_TERMINATED,
+)
 from coevol.config import Config
-from coevol.errors import BudgetExceeded, LLMError
-from coevol.io.files import count_rows
+from coevol.engine.dispatch import RunStats
+from coevol.engine.runner import RunPaths, RunSummary
+from coevol.errors import BudgetExceeded, CoevolError
+from coevol.io.readers import count_rows
+from coevol.textsafe import inert_line
 
 __all__ = ["refine_command"]
 
 
-def _write_dataset_info(output: Path, fmt: str, columns: set[str]) -> Path:
-    """Write ``<output>.dataset_info.json``: the LLaMA-Factory entry describing the written file."""
-    import orjson
+def _error(err: Any, message: str) -> None:
+    """One line, never parsed as console markup (paths and server errors may hold ``[/b]``)."""
+    err.print(Text.assemble(("error: ", "bold red"), inert_line(message)))
 
-    from coevol.io.formats import dataset_info_entry
 
-    entry = dataset_info_entry(output.stem, output.name, fmt, present=columns)
-    path = output.with_name(output.name + ".dataset_info.json")
-    path.write_bytes(orjson.dumps(entry, option=orjson.OPT_INDENT_2) + b"\n")
-    return path
+def _total(ns: argparse.Namespace) -> int | None:
+    total = count_rows(ns.input)
+    if total is None:
+        return None
+    total = max(0, total - int(ns.offset))
+    return min(total, int(ns.limit)) if ns.limit is not None else total
+
+
+def _dry_run(ns: argparse.Namespace, config: Config) -> int:
+    from coevol.cli.dryrun import estimate, format_estimate
+    from coevol.prompts.templates import load_prompts
+
+    est = estimate(
+        config,
+        ns.input,
+        input_format=ns.input_format,
+        offset=ns.offset,
+        limit=ns.limit,
+        prompts=load_prompts(config.prompts_dir),
+        calls_per_second=ns.rate,
+    )
+    sys.stdout.write(format_estimate(est))
+    return EXIT_OK
+
+
+class _Live:
+    """The run's live counters as ``arefine_file`` hands them over, kept for the summary."""
+
+    def __init__(self, display: Any) -> None:
+        self.display = display
+        self.summary = RunSummary()
+        self.stats = RunStats()
+
+    def __call__(self, summary: RunSummary, stats: RunStats) -> None:
+        self.summary, self.stats = summary, stats
+        self.display.update(summary, stats)
 
 
 def refine_command(ns: argparse.Namespace, config: Config, err: Any) -> int:
-    from coevol.cli.progress import RunDisplay
-    from coevol.engine.build import build_engine
-    from coevol.engine.runner import Runner, RunPaths
-    from coevol.store.sqlite import Store
-
-    if not ns.input.exists():
-        err.print(f"[bold red]error:[/] input not found: {ns.input}")
-        return EXIT_ERROR
-    paths = RunPaths.beside(ns.input, ns.output, ns.pairs)
     if ns.dry_run:
-        from coevol.cli.dryrun import estimate, format_estimate
-        from coevol.prompts.templates import load_prompts
-
-        est = estimate(
-            config,
-            ns.input,
-            input_format=ns.input_format,
-            offset=ns.offset,
-            limit=ns.limit,
-            prompts=load_prompts(config.prompts_dir),
-            calls_per_second=ns.rate,
-        )
-        sys.stdout.write(format_estimate(est))
-        return EXIT_OK
+        return _dry_run(ns, config)
+    terminated: list[int] = []
 
     async def run() -> int:
-        store = Store(paths.store)
-        engine = await build_engine(config, store=store)
-        if engine.local and config.samples_in_flight is None:
-            config.samples_in_flight = 1  # one llama.cpp worker: finish samples one by one
-        total = count_rows(paths.input)
-        if total is not None:
-            total = max(0, total - ns.offset)
-            total = min(total, ns.limit) if ns.limit is not None else total
-        display = RunDisplay(err, total=total, quiet=ns.quiet)
-        runner = Runner(
-            config,
-            engine.dispatcher,
-            engine.prompts,
-            paths,
-            run_fingerprint=engine.fingerprint,
-            input_format=ns.input_format,
-            output_format=ns.output_format,
-            offset=ns.offset,
-            limit=ns.limit,
-            retry_failed=ns.retry_failed,
-            progress=display.update,
-        )
+        from coevol.api import arefine_file
+        from coevol.cli.progress import RunDisplay
+
+        display = RunDisplay(err, total=_total(ns), quiet=ns.quiet)
+        live = _Live(display)
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
-        if task is not None:
-            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+
+        def on_sigterm() -> None:
+            terminated.append(signal.SIGTERM)
+            if task is not None:
+                task.cancel()
+
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
         code = EXIT_OK
+        result = None
         try:
             with display:
                 try:
-                    await runner.run(store)
+                    result = await arefine_file(
+                        ns.input,
+                        ns.output,
+                        config,
+                        pairs=ns.pairs,
+                        input_format=ns.input_format,
+                        output_format=ns.output_format,
+                        offset=ns.offset,
+                        limit=ns.limit,
+                        retry_failed=ns.retry_failed,
+                        progress=live,
+                    )
                 finally:
-                    display.update(runner.summary, engine.dispatcher.stats, force=True)
+                    display.update(live.summary, live.stats, force=True)
         except BudgetExceeded:
             code = EXIT_BUDGET
         except asyncio.CancelledError:
-            code = EXIT_INTERRUPTED
-        except LLMError as exc:
-            err.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False)
+            code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+        except CoevolError as exc:
+            _error(err, str(exc))
+            if not live.summary.stopped:  # refused before the run began: nothing to summarise
+                return EXIT_ERROR
             code = EXIT_ERROR
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
-            await engine.aclose()
-            store.close()
-        display.summary(runner.summary, engine.dispatcher.stats, paths)
-        if runner.summary.complete and runner.output_fmt is not None:
-            info = _write_dataset_info(paths.output, runner.output_fmt, runner.output_columns)
-            err.print(f"LLaMA-Factory entry: {info} (merge it into your dataset_info.json)", highlight=False)
-        if ns.show and runner.summary.complete:
-            from coevol.cli.show import show_trace
-
-            show_trace(paths.trace, limit=ns.show)
+        paths = RunPaths.beside(ns.input, ns.output, ns.pairs)
+        display.summary(live.summary, live.stats, paths)
+        if result is not None:
+            code = _finished(ns, err, result.summary, result.dataset_info, result.recovered)
         return code
 
     try:
         return asyncio.run(run())
     except KeyboardInterrupt:
-        err.print("interrupted; rerun the same command to resume")
+        err.print("interrupted; rerun the same command to resume", highlight=False, markup=False)
         return EXIT_INTERRUPTED
+
+
+def _finished(ns: argparse.Namespace, err: Any, summary: RunSummary, info: Any, recovered: bool) -> int:
+    """A completed run: say what else was written, and exit 4 when some samples failed."""
+    if recovered:
+        err.print(
+            "note: the previous run had stopped between its final renames; its set was completed first",
+            highlight=False,
+            markup=False,
+        )
+    if info is not None:
+        err.print(
+            f"LLaMA-Factory entry: {info} (merge it into your dataset_info.json)",
+            highlight=False,
+            markup=False,
+        )
+    if ns.show:
+        from coevol.cli.show import show_trace
+
+        show_trace(RunPaths.beside(ns.input, ns.output).trace, limit=ns.show)
+    if summary.failed:
+        err.print(
+            f"{summary.failed} samples failed (written unchanged); "
+            "rerun with --retry-failed to try them again",
+            highlight=False,
+            markup=False,
+        )
+        return EXIT_PARTIAL
+    return EXIT_OK

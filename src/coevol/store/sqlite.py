@@ -16,6 +16,11 @@ killed process (not a power cut, which would need ``FULL`` and an fsync per comm
 Commits then never wait for the disk; only checkpoints (copying the WAL back into the database)
 fsync. They run in a background thread on their own connection, so the event loop never blocks on
 an fsync; SQLite releases the GIL while it works.
+
+The same file may serve as a call cache that several runs (and outputs) share at once: SQLite's
+own locking serialises their commits. Every ``sqlite3.Error`` is translated here, once, into a
+one-line ``StoreError`` naming the file and what to do; a store that is a symbolic link is refused
+(SQLite would write through it).
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from coevol.errors import StoreError
+from coevol.io import jsonrow
+from coevol.io.guard import NoSpace, check_not_links
 from coevol.llm.types import Completion
 
 __all__ = ["Store"]
@@ -68,27 +74,67 @@ CallRow = tuple[str, str, str, str, int, int, str | None, float]
 SampleRow = tuple[str, str, bytes, float]
 
 
+def store_error(path: Path, exc: sqlite3.Error) -> StoreError | NoSpace:
+    """A SQLite error as one line: which file, what happened, what to do."""
+    text = str(exc)
+    low = text.lower()
+    if "full" in low:
+        return NoSpace(
+            f"cannot write {path}: {text}. Free some space and rerun the same command to resume"
+        )
+    if "locked" in low or "busy" in low:
+        return StoreError(f"{path} is in use by another process for too long ({text}); try again later")
+    if "readonly" in low or "read-only" in low or "unable to open" in low:
+        return StoreError(f"cannot open {path} for writing ({text}); check the folder's permissions")
+    return StoreError(
+        f"{path} is not a usable coevol store ({text}): it is corrupted, truncated or another kind of "
+        "file. Move it aside (or delete it) and rerun; the calls it held will be sent again"
+    )
+
+
+def _companions(path: Path) -> list[Path]:
+    return [path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))]
+
+
 class Store:
     """SQLite-backed cache of calls and sample results. Used from one thread (the event loop's)."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Autocommit mode; ``_commit`` opens an explicit transaction around each batch.
-        self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
-        self._db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
+        check_not_links(_companions(self.path))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the folder of {self.path}: {exc.strerror or exc}") from None
+        try:
+            self._db = self._open()
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc) from None
         self._checkpointer = _Checkpointer(self.path)
         self._calls: dict[str, CallRow] = {}
         self._failures: list[tuple[str, str, str, str, float]] = []
         self._samples: dict[str, SampleRow] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._scheduled: asyncio.AbstractEventLoop | None = None  # the loop a commit is queued on
-        self._error: BaseException | None = None
+        self._error: StoreError | NoSpace | None = None
         self.commits = 0  # transactions written, for benchmarks
+        self._closed = False
+
+    def _open(self) -> sqlite3.Connection:
+        # Autocommit mode; ``flush`` opens an explicit transaction around each batch.
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout=5000")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
+            db.executescript(_SCHEMA)
+            db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
+            for table in ("calls", "call_failures", "samples"):  # reads a page of each: garbage shows here
+                db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     # group commit ------------------------------------------------------------------------------
     def _written(self) -> None:
@@ -105,7 +151,7 @@ class Store:
 
     def _flush_soon(self) -> None:
         self._scheduled = None
-        with contextlib.suppress(sqlite3.Error):  # kept in ``_error``: waiters and the next write see it
+        with contextlib.suppress(StoreError):  # kept in ``_error``: waiters and the next write see it
             self.flush()
 
     def flush(self) -> None:
@@ -126,13 +172,15 @@ class Store:
                 self._db.execute("COMMIT")
                 self.commits += 1
             except sqlite3.Error as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                self._error = exc
+                with contextlib.suppress(sqlite3.Error):
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                error = store_error(self.path, exc)
+                self._error = error
                 for fut in waiters:
                     if not fut.done():
-                        fut.set_exception(exc)
-                raise
+                        fut.set_exception(error)
+                raise error from None
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
@@ -160,9 +208,9 @@ class Store:
         row = self._calls.get(key)
         if row is not None:
             return Completion(row[3], row[4], row[5], row[6], cached=True)
-        found = self._db.execute(
+        found = self._query(
             "SELECT text, prompt_tokens, completion_tokens, finish_reason FROM calls WHERE key = ?", (key,)
-        ).fetchone()
+        )
         if found is None:
             return None
         return Completion(found[0], found[1], found[2], found[3], cached=True)
@@ -188,37 +236,52 @@ class Store:
 
     def count_calls(self) -> int:
         self.flush()
-        return int(self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
+        return int(self._query("SELECT COUNT(*) FROM calls")[0])
 
     def count_call_failures(self) -> int:
         self.flush()
-        return int(self._db.execute("SELECT COUNT(*) FROM call_failures").fetchone()[0])
+        return int(self._query("SELECT COUNT(*) FROM call_failures")[0])
 
     # samples -----------------------------------------------------------------------------------
-    def get_sample(self, sample_key: str) -> tuple[str, dict[str, Any]] | None:
+    def get_sample(self, sample_key: str) -> tuple[str, Any] | None:
+        """The stored status and payload; a payload that is not JSON is a corrupted store."""
         pending = self._samples.get(sample_key)
         if pending is not None:
-            return pending[1], orjson.loads(pending[2])
-        row = self._db.execute(
-            "SELECT status, payload FROM samples WHERE sample_key = ?", (sample_key,)
-        ).fetchone()
+            return pending[1], jsonrow.loads(pending[2])
+        row = self._query("SELECT status, payload FROM samples WHERE sample_key = ?", (sample_key,))
         if row is None:
             return None
-        return row[0], orjson.loads(row[1])
+        try:
+            return row[0], jsonrow.loads(row[1])
+        except (ValueError, TypeError) as exc:
+            raise store_error(
+                self.path, sqlite3.DatabaseError(f"a stored sample is not JSON: {exc}")
+            ) from None
 
     def put_sample(self, sample_key: str, status: str, payload: dict[str, Any]) -> None:
         self._check()
-        self._samples[sample_key] = (sample_key, status, orjson.dumps(payload), time.time())
+        self._samples[sample_key] = (sample_key, status, jsonrow.dumps(payload), time.time())
         self._written()
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+        """One row of a read, with SQLite's errors translated."""
+        try:
+            return self._db.execute(sql, args).fetchone()
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc) from None
 
     def close(self) -> None:
         """Commit what is buffered and close; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             if self._error is None:
                 self.flush()
         finally:
             self._checkpointer.stop()
-            self._db.close()  # the last connection to close checkpoints and removes the WAL
+            with contextlib.suppress(sqlite3.Error):  # a failed final checkpoint leaves the WAL: still valid
+                self._db.close()  # the last connection to close checkpoints and removes the WAL
 
     def __enter__(self) -> Store:
         return self

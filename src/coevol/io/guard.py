@@ -1,0 +1,190 @@
+"""What keeps a run from losing or clobbering a file: refusals before any request, no-follow opens,
+and one run per output at a time.
+
+Every check here runs before the first request is sent, so a refused run costs nothing. Working
+files are opened with ``O_NOFOLLOW`` (and created with ``O_EXCL``), so a symbolic link planted at
+one of their names is refused or replaced, never written through. The run lock is an
+``fcntl.flock`` on ``<output>.lock``: the kernel drops it when its holder dies, so ``kill -9``
+leaves no stale lock, and the file says who holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+
+from coevol.errors import DataError, OutputError
+from coevol.textsafe import inert_line
+
+__all__ = [
+    "NoSpace",
+    "RunLock",
+    "check_not_links",
+    "check_outputs",
+    "file_error",
+    "fsync_dir",
+    "open_exclusive",
+    "os_error",
+]
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+class NoSpace(OutputError):
+    """The disk (or quota) is full: the run stopped, the previous output is intact, a rerun resumes."""
+
+
+def file_error(path: str | os.PathLike[str], message: str) -> DataError:
+    """A problem with a whole input file: the message starts with the file's name."""
+    return DataError(f"{os.fspath(path)}: {message}", source=os.fspath(path))
+
+
+def os_error(path: Path, exc: OSError, doing: str = "write") -> OutputError:
+    """An OS error at the file boundary as one line that says what to do."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(
+            f"cannot {doing} {path}: no space left on device. The previous output is unchanged; "
+            "free some space and rerun the same command to resume"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputError(f"cannot {doing} {path}: permission denied ({exc.strerror})")
+    if exc.errno == errno.ELOOP:
+        return OutputError(f"refusing to {doing} {path}: it is a symbolic link (remove it)")
+    return OutputError(f"cannot {doing} {path}: {exc.strerror or exc}")
+
+
+def fsync_dir(path: Path) -> None:
+    """Makes a rename durable; some platforms cannot open folders, which is fine to ignore."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def open_exclusive(path: Path) -> int:
+    """Create ``path`` for writing, never through a link: whatever is at that name (a stale partial
+    file or a planted symlink) is unlinked first, which removes a link and never touches its target."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            raise OutputError(f"refusing to write {path}: it is a folder")
+        os.unlink(path)
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644)
+    except OSError as exc:
+        raise os_error(path, exc) from None
+
+
+def check_not_links(paths: Iterable[Path]) -> None:
+    """Refuse working files (the store and its companions) that are symbolic links: SQLite would
+    follow them, and such a file is the user's to remove, not ours to delete."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISLNK(os.lstat(path).st_mode):
+                raise OutputError(
+                    f"refusing to use {path}: it is a symbolic link, and coevol never writes through "
+                    "links. Remove it (or point -o elsewhere)"
+                )
+
+
+def _same(a: Path, b: Path) -> bool:
+    """The same file: equal resolved paths, or (both existing) one inode (hard links, bind mounts)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_outputs(input: Path | None, output: Path, others: dict[str, Path], pairs: Path | None) -> None:
+    """Refuse, before anything is sent, a run that would overwrite its input or one of its own files.
+
+    ``others`` names the run's working files beside the output (trace, rejects, store ...).
+    """
+    named = {"the output": output, **others}
+    if input is not None:
+        for what, path in named.items():
+            if _same(input, path):
+                raise OutputError(f"refusing to run: {what} {path} is the input file {input}")
+        if pairs is not None and _same(input, pairs):
+            raise OutputError(f"refusing to run: --pairs {pairs} is the input file {input}")
+    if pairs is not None:
+        for what, path in named.items():
+            if _same(pairs, path):
+                raise OutputError(f"refusing to run: --pairs {pairs} is {what} {path}")
+    for path in (output, *([pairs] if pairs is not None else [])):
+        _check_writable(path)
+
+
+def _check_writable(path: Path) -> None:
+    if path.is_dir():
+        raise OutputError(f"refusing to run: the output {path} is a folder; give a file name")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"refusing to run: the output folder {folder} does not exist (create it first)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"refusing to run: the output folder {folder} is not writable")
+
+
+class RunLock:
+    """One run per output: an exclusive ``flock`` on ``<output>.lock`` held for the whole run.
+
+    A second run is refused at once with the holder's description (pid and command). The lock dies
+    with its process, so nothing is ever stale; the file itself stays (deleting it while others may
+    open it would let two runs hold two different locks).
+    """
+
+    def __init__(self, path: Path, description: str) -> None:
+        self.path = path
+        self.description = description
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o644)
+        except OSError as exc:
+            raise os_error(self.path, exc, "lock") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_holder(fd)
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise OutputError(
+                    f"another coevol run is already writing this output ({holder or 'unknown process'}); "
+                    f"wait for it to finish or stop it (lock: {self.path})"
+                ) from None
+            raise os_error(self.path, exc, "lock") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()}: {self.description}\n".encode())
+        except OSError:
+            pass  # the lock holds without its description
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        return inert_line(os.pread(fd, 1000, 0).decode("utf-8", "replace").strip())
+    except OSError:
+        return ""
