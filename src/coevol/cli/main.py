@@ -13,6 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from coevol import __version__
+from coevol.cli.console import (
+    debug_enabled,
+    describe_os_error,
+    describe_unexpected,
+    print_error,
+    print_traceback,
+    stderr_console,
+)
 from coevol.cli.exit_codes import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
 from coevol.config import Config, load_config
 from coevol.errors import CoevolError
@@ -72,6 +80,22 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--tpm", type=float, help="tokens per minute limit")
     t.add_argument("--max-errors", type=int, help="stop once more than N samples failed")
     t.add_argument("--max-budget", type=float, help="stop once this many dollars are spent (needs prices)")
+    t.add_argument("--price-prompt", type=float, metavar="USD", help="dollars per million prompt tokens")
+    t.add_argument(
+        "--price-completion", type=float, metavar="USD", help="dollars per million completion tokens"
+    )
+    t.add_argument(
+        "--max-retry-after",
+        type=float,
+        metavar="S",
+        help="wait at most S seconds when a server's Retry-After asks for longer (default 90)",
+    )
+    t.add_argument(
+        "--max-answer-bytes",
+        type=int,
+        metavar="N",
+        help="an answer body larger than N bytes fails that call (default 8 MiB)",
+    )
     t.add_argument(
         "--cache",
         type=Path,
@@ -91,9 +115,13 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
         "base_url", "model", "api_key_env", "model_path", "n_ctx", "merge_system", "max_tokens",
         "temperature", "top_p", "seed", "max_rounds", "mode", "judge", "judge_reasks", "judge_early_exit",
         "prompts_dir", "concurrency", "samples_in_flight", "request_timeout", "max_retries", "rpm", "tpm",
-        "max_errors", "max_budget", "cache", "max_unparseable",
+        "max_errors", "max_budget", "cache", "max_unparseable", "max_retry_after", "max_answer_bytes",
     ]  # fmt: skip
     out: dict[str, Any] = {k: getattr(ns, k) for k in keys if getattr(ns, k, None) is not None}
+    price = {"prompt": ns.price_prompt, "completion": ns.price_completion}
+    price = {k: v for k, v in price.items() if v is not None}
+    if price:
+        out["price"] = price
     conv = {
         "window_rounds": ns.window_rounds,
         "max_turns": ns.max_turns,
@@ -158,30 +186,56 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run(ns: argparse.Namespace, err: Any) -> int:
+    if ns.command == "show":
+        from coevol.cli.show import show_trace
+
+        show_trace(ns.trace, indices=ns.index, limit=ns.limit)
+        return EXIT_OK
+    config = load_config(ns.config, _overrides(ns))
+    if ns.command == "config":
+        sys.stdout.write(_masked_yaml(config))
+        return EXIT_OK
+    from coevol.cli.run import refine_command
+
+    return refine_command(ns, config, err)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every failure that is not a bug becomes one ``error:`` line and exit 1.
+
+    OS, SQLite and YAML errors are translated here, once, for whatever command raised them; a
+    genuine bug prints one "internal error" line, and its traceback only with ``COEVOL_DEBUG=1``.
+    """
     ns = _parser().parse_args(argv)
-    from rich.console import Console
-
-    err = Console(stderr=True)
+    err = stderr_console()
     try:
-        if ns.command == "show":
-            from coevol.cli.show import show_trace
-
-            show_trace(ns.trace, indices=ns.index, limit=ns.limit)
-            return EXIT_OK
-        config = load_config(ns.config, _overrides(ns))
-        if ns.command == "config":
-            sys.stdout.write(_masked_yaml(config))
-            return EXIT_OK
-        from coevol.cli.run import refine_command
-
-        return refine_command(ns, config, err)
+        return _run(ns, err)
     except CoevolError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        return EXIT_ERROR
+        print_error(err, str(exc))
     except KeyboardInterrupt:
-        err.print("interrupted; rerun the same command to resume")
+        err.print("interrupted; rerun the same command to resume", highlight=False, markup=False)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _quiet_stdout()  # `coevol show ... | head`: the reader left; nothing more to say
+    except OSError as exc:
+        print_error(err, describe_os_error(exc))
+    except Exception as exc:  # sqlite3, recursion, memory, or a bug: one line, never a traceback
+        print_error(err, describe_unexpected(exc))
+        if debug_enabled():
+            print_traceback(err, exc)
+    return EXIT_ERROR
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not raise again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _masked_yaml(config: Config) -> str:

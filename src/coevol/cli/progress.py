@@ -1,8 +1,15 @@
-"""The progress bar during a run and the summary after it (stderr, so stdout stays clean)."""
+"""The progress bar during a run and the summary after it (stderr, so stdout stays clean).
+
+Everything shown is built as ``Text`` from inert strings: a path, a failure cause or a stop reason
+that carries console markup or escape sequences is shown as written, never obeyed. A server that
+asks to wait (429 ``Retry-After``, backoff after errors) or stalls is named on its own line, with
+what waits and until when, so a paused run is not mistaken for a hung one.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 from rich.console import Console, Group
@@ -13,19 +20,55 @@ from rich.text import Text
 
 from coevol.engine.dispatch import RunStats
 from coevol.engine.runner import RunPaths, RunSummary
+from coevol.textsafe import inert_line
 
-__all__ = ["RunDisplay"]
+__all__ = ["STALL_AFTER", "RunDisplay", "describe_waits"]
+
+STALL_AFTER = 30.0
+"""Seconds without an answer after which a request in flight is reported as waiting."""
 
 
 def _tokens(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
 
 
+def _clock(when: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(when))
+
+
 _ROLE_ABBREV = {"positive": "pos", "critical": "crt", "advisor": "adv", "editor": "edt", "judge": "jdg"}
 
 
+def describe_waits(
+    stats: RunStats, now: float, mono: float, *, clock: Callable[[float], str] = _clock
+) -> str:
+    """What is waiting and until when, in one line ("" when nothing waits). Pure.
+
+    ``now`` is the wall clock (``time.time()``, for the ``until`` times), ``mono`` the monotonic
+    clock the dispatcher stamps requests in flight with.
+    """
+    parts = [
+        f"{p.roles} server paused by {p.reason} until {clock(p.until)}"
+        for p in stats.pauses.values()
+        if p.until > now
+    ]
+    waits = [w for w in stats.waits.values() if w.until > now]
+    if waits:
+        reasons = sorted({f"{w.roles} {w.reason}" for w in waits})
+        shown = ", ".join(reasons[:4]) + (", ..." if len(reasons) > 4 else "")
+        last = max(w.until for w in waits)
+        noun = "request" if len(waits) == 1 else "requests"
+        parts.append(f"{len(waits)} {noun} backing off ({shown}) until {clock(last)}")
+    stalled = [(role, mono - start) for role, start in stats.sending.values() if mono - start >= STALL_AFTER]
+    if stalled:
+        role, longest = max(stalled, key=lambda item: item[1])
+        noun = "request" if len(stalled) == 1 else "requests"
+        parts.append(f"{len(stalled)} {noun} without an answer for {longest:.0f}s+ (longest: {role})")
+    return inert_line("waiting: " + "; ".join(parts)) if parts else ""
+
+
 class RunDisplay:
-    """A live bar with sample counts, and a line of calls and tokens per role (stderr, 10 Hz)."""
+    """A live bar with sample counts, a line of calls and tokens per role, and a line of waits."""
 
     def __init__(self, console: Console, *, total: int | None, quiet: bool) -> None:
         self.console = console
@@ -36,12 +79,15 @@ class RunDisplay:
             BarColumn(bar_width=30),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            TextColumn("{task.fields[counts]}"),
+            TextColumn("{task.fields[counts]}", markup=False),
             console=console,
         )
         self._task = self._progress.add_task("refine", total=total, counts="")
         self._detail = Text("", style="dim", no_wrap=True, overflow="ellipsis")
-        self._live = Live(Group(self._progress, self._detail), console=console, refresh_per_second=10)
+        self._waits = Text("", style="yellow", no_wrap=True, overflow="ellipsis")
+        self._live = Live(
+            Group(self._progress, self._detail, self._waits), console=console, refresh_per_second=10
+        )
 
     def __enter__(self) -> RunDisplay:
         if not self.quiet:
@@ -69,46 +115,63 @@ class RunDisplay:
             for role, u in stats.usage.items()
         )
         retries = f", {stats.retries} retries" if stats.retries else ""
-        self._detail.plain = (
-            f"  calls {stats.sent} sent, {stats.cached} replayed{retries} | tokens {roles or '-'}"
+        limited = f" ({stats.rate_limited} answered 429)" if stats.rate_limited else ""
+        self._detail.plain = inert_line(
+            f"  calls {stats.sent} sent, {stats.cached} replayed{retries}{limited} | tokens {roles or '-'}"
         )
+        waits = describe_waits(stats, time.time(), now)
+        self._waits.plain = f"  {waits}" if waits else ""
 
     def summary(self, summary: RunSummary, stats: RunStats, paths: RunPaths) -> None:
         c = self.console
-        table = Table(title="coevol run", show_header=False, box=None)
-        table.add_row("rows", str(summary.rows))
-        table.add_row("refined (>= 1 accepted edit)", str(summary.refined))
-        table.add_row("kept as they were", str(summary.kept))
-        table.add_row("failed", str(summary.failed))
-        table.add_row("rejected rows", str(summary.rejected))
-        if summary.resumed:
-            table.add_row("replayed from the store", str(summary.resumed))
-        table.add_row("accepted edits", str(summary.accepted_edits))
-        hist = ", ".join(f"{k}: {v}" for k, v in sorted(summary.rounds.items()))
-        table.add_row("accepted rounds per turn", hist or "-")
-        if summary.stop_reasons:
-            table.add_row("loop stopped by", ", ".join(f"{k}: {v}" for k, v in summary.stop_reasons.items()))
-        if summary.failure_causes:
-            table.add_row("failure causes", ", ".join(f"{k}: {v}" for k, v in summary.failure_causes.items()))
-        table.add_row("calls sent / replayed", f"{stats.sent} / {stats.cached}")
-        if stats.retries:
-            table.add_row("retries", str(stats.retries))
-        for role, u in stats.usage.items():
-            table.add_row(
-                f"tokens {role}", f"{_tokens(u.prompt_tokens)} in, {_tokens(u.completion_tokens)} out"
-            )
-        table.add_row("elapsed", f"{summary.elapsed:.1f}s")
-        c.print(table)
+        c.print(summary_table(summary, stats))
         if summary.complete:
-            c.print(f"output: {paths.output}\ntrace:  {paths.trace}", highlight=False)
+            lines = [f"output: {paths.output}", f"trace:  {paths.trace}"]
             if summary.rejected:
-                c.print(f"rejects: {paths.rejects}")
+                lines.append(f"rejects: {paths.rejects}")
             if paths.pairs is not None:
-                c.print(f"pairs:  {paths.pairs}")
+                lines.append(f"pairs:  {paths.pairs}")
+            for line in lines:
+                c.print(Text(inert_line(line)), highlight=False, soft_wrap=True)
+            return
+        why = inert_line(summary.stopped or "stopped")
+        if summary.resumable:
+            text = f"not finished ({why}). Finished work is kept in {inert_line(paths.store.name)}: "
+            text += "rerun the same command to resume."
         else:
-            why = summary.stopped or "stopped"
-            c.print(
-                f"[yellow]not finished ({why}). Finished work is kept in {paths.store.name}: "
-                "rerun the same command to resume.[/]",
-                highlight=False,
-            )
+            text = f"not finished ({why}). Fix the setup, then rerun: finished work is kept."
+        c.print(Text(text, style="yellow"), highlight=False, soft_wrap=True)
+
+
+def summary_table(summary: RunSummary, stats: RunStats) -> Table:
+    """The end-of-run table; every cell is ``Text`` made inert (causes and reasons may quote data)."""
+    table = Table(title="coevol run", show_header=False, box=None)
+
+    def row(label: str, value: object) -> None:
+        table.add_row(Text(label), Text(inert_line(str(value))))
+
+    row("rows", summary.rows)
+    row("refined (>= 1 accepted edit)", summary.refined)
+    row("kept as they were", summary.kept)
+    row("failed", summary.failed)
+    row("rejected rows", summary.rejected)
+    if summary.resumed:
+        row("replayed from the store", summary.resumed)
+    row("accepted edits", summary.accepted_edits)
+    hist = ", ".join(f"{k}: {v}" for k, v in sorted(summary.rounds.items()))
+    row("accepted rounds per turn", hist or "-")
+    if summary.stop_reasons:
+        row("loop stopped by", ", ".join(f"{k}: {v}" for k, v in summary.stop_reasons.items()))
+    if summary.failure_causes:
+        row("failure causes", ", ".join(f"{k}: {v}" for k, v in summary.failure_causes.items()))
+    if summary.judged:
+        row("judge verdicts unparseable", f"{summary.unparseable} of {summary.judged}")
+    row("calls sent / replayed", f"{stats.sent} / {stats.cached}")
+    if stats.retries:
+        row("retries", stats.retries)
+    if stats.rate_limited:
+        row("answered 429", stats.rate_limited)
+    for role, u in stats.usage.items():
+        row(f"tokens {role}", f"{_tokens(u.prompt_tokens)} in, {_tokens(u.completion_tokens)} out")
+    row("elapsed", f"{summary.elapsed:.1f}s")
+    return table
