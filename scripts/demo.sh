@@ -7,5 +7,6 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[local]'
+mkdir -p out
 .venv/bin/coevol refine examples/weak_answers.json -o out/demo.json \
     --limit 3 --max-tokens 128 --max-rounds 2 --show 3 "$@"

@@ -20,6 +20,7 @@ async def test_refine_alpaca_json_keeps_shape_order_and_extra_fields(
 ) -> None:
     src = write_json("data.json", ALPACA_ROWS)
     out = tmp_path / "out" / "refined.json"
+    out.parent.mkdir()  # coevol refuses an output folder that does not exist
     async with FakeOpenAIServer(CoEvolResponder(accept_up_to(2)), api_key=SECRET) as server:
         code, stdout, stderr = await coevol_cli(
             "refine", str(src), "-o", str(out), "--base-url", server.base_url, "--model", "m",

@@ -13,18 +13,18 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from coevol.domain import Example
 from coevol.errors import DataError
-from coevol.io.files import OrderedWriter, parquet_schema, read_examples
+from coevol.io.readers import parquet_schema, read_examples
+from coevol.io.writers import RowWriter
 from coevol.io.formats import render_example
 from coevol.testing import FakeOpenAIServer
 from coevol.testing.responders import EDIT_MARK, CoEvolResponder, accept_up_to
 
 from .conftest import coevol_cli, read_jsonl
+from .optional import pyarrow
 
 
 def write_rows(path: Path, rows: list[Any]) -> Path:
@@ -34,6 +34,7 @@ def write_rows(path: Path, rows: list[Any]) -> Path:
     elif path.suffix == ".json":
         path.write_text(json.dumps(rows, indent=2, ensure_ascii=False), encoding="utf-8")
     else:
+        pa, pq = pyarrow()
         pq.write_table(pa.Table.from_pylist(rows), path)
     return path
 
@@ -45,6 +46,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     elif path.suffix == ".json":
         rows = json.loads(path.read_text("utf-8"))
     else:
+        _, pq = pyarrow()
         rows = pq.read_table(path).to_pylist()
     return rows
 
@@ -164,10 +166,12 @@ async def test_round_trip_without_accepted_edits_gives_the_input_back(
 ) -> None:
     src = write_rows(tmp_path / name, rows)
     out = tmp_path / "out" / f"refined{src.suffix}"
+    out.parent.mkdir()
     # One rejected iteration (8 requests) per refined assistant turn.
     await refine(src, out, expect_requests=8 * turns)
     assert not (tmp_path / "out" / f"refined{src.suffix}.rejects.jsonl").exists()
     if src.suffix == ".parquet":
+        _, pq = pyarrow()
         assert pq.read_table(out).equals(pq.read_table(src))
         assert pq.read_table(out).schema.equals(pq.read_table(src).schema)
     assert ordered(read_rows(out)) == ordered(read_rows(src))
@@ -418,33 +422,38 @@ async def test_file_level_errors_name_the_file(tmp_path: Path, name: str, conten
 
 # -- Parquet column types ------------------------------------------------------------------------
 
-TYPED = pa.table(
-    {
-        "id": pa.array([1, 2], pa.int32()),
-        "instruction": pa.array(["Name a prime.", "Name a colour."], pa.large_string()),
-        "output": ["7", "Blue"],
-        "tags": pa.array([None, None], pa.list_(pa.string())),  # all null: inference would say "null"
-    }
-)
+
+def typed_table() -> Any:
+    pa, _ = pyarrow()
+    return pa.table(
+        {
+            "id": pa.array([1, 2], pa.int32()),
+            "instruction": pa.array(["Name a prime.", "Name a colour."], pa.large_string()),
+            "output": ["7", "Blue"],
+            "tags": pa.array([None, None], pa.list_(pa.string())),  # all null: inference would say "null"
+        }
+    )
 
 
 def test_parquet_schema_of_an_input(tmp_path: Path) -> None:
+    _, pq = pyarrow()
     src = tmp_path / "typed.parquet"
-    pq.write_table(TYPED, src)
-    assert parquet_schema(src).equals(TYPED.schema)
+    pq.write_table(typed_table(), src)
+    assert parquet_schema(src).equals(typed_table().schema)
     assert parquet_schema(write_rows(tmp_path / "d.jsonl", ALPACA)) is None
     assert parquet_schema(tmp_path / "missing.parquet") is None
 
 
 def test_writing_with_the_input_schema_keeps_column_types(tmp_path: Path) -> None:
+    _, pq = pyarrow()
     src = tmp_path / "typed.parquet"
-    pq.write_table(TYPED, src)
+    pq.write_table(typed_table(), src)
     out = tmp_path / "out.parquet"
-    with OrderedWriter(out, parquet_schema=parquet_schema(src)) as writer:
-        for i, ex in enumerate(read_examples(src)):
+    with RowWriter(out, parquet_schema=parquet_schema(src)) as writer:
+        for ex in read_examples(src):
             assert isinstance(ex, Example)
-            writer.submit(i, render_example(ex, ex.turns))
-    assert pq.read_table(out).equals(TYPED)
+            writer.write(render_example(ex, ex.turns))
+    assert pq.read_table(out).equals(typed_table())
 
 
 @pytest.mark.parametrize(
@@ -462,6 +471,7 @@ def test_writing_with_the_input_schema_keeps_column_types(tmp_path: Path) -> Non
 def test_rows_that_do_not_fit_a_given_schema_are_never_cut(
     tmp_path: Path, row: dict[str, Any], message: str
 ) -> None:
+    pa, _ = pyarrow()
     schema = pa.schema(
         [
             ("id", pa.int32()),
@@ -470,16 +480,17 @@ def test_rows_that_do_not_fit_a_given_schema_are_never_cut(
         ]
     )
     out = tmp_path / "out.parquet"
-    with pytest.raises(DataError) as info, OrderedWriter(out, parquet_schema=schema) as writer:
-        writer.submit(0, row)
+    with pytest.raises(DataError) as info, RowWriter(out, parquet_schema=schema) as writer:
+        writer.write(row)
     assert str(info.value).startswith(f"{out}: output rows 1..1 {message}")
     assert not out.exists()
 
 
 async def test_cli_parquet_round_trip_keeps_column_types(tmp_path: Path) -> None:
+    pa, pq = pyarrow()
     src = tmp_path / "typed.parquet"
-    pq.write_table(TYPED, src)
+    pq.write_table(typed_table(), src)
     out = tmp_path / "out.parquet"
     await refine(src, out, accept=1)
-    expected = TYPED.set_column(2, "output", pa.array(["7" + EDIT_MARK, "Blue" + EDIT_MARK]))
+    expected = typed_table().set_column(2, "output", pa.array(["7" + EDIT_MARK, "Blue" + EDIT_MARK]))
     assert pq.read_table(out).equals(expected)

@@ -79,9 +79,7 @@ def store_error(path: Path, exc: sqlite3.Error) -> StoreError | NoSpace:
     text = str(exc)
     low = text.lower()
     if "full" in low:
-        return NoSpace(
-            f"cannot write {path}: {text}. Free some space and rerun the same command to resume"
-        )
+        return NoSpace(f"cannot write {path}: {text}. Free some space and rerun the same command to resume")
     if "locked" in low or "busy" in low:
         return StoreError(f"{path} is in use by another process for too long ({text}); try again later")
     if "readonly" in low or "read-only" in low or "unable to open" in low:
