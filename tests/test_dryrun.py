@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from coevol.cli.dryrun import calls_per_turn, estimate, format_estimate
-from coevol.config import Config
+from coevol.config import Config, Price, RoleConfig
 from coevol.conversation import ConversationSettings
 from coevol.domain import Example
 from coevol.io.files import read_examples
 from coevol.llm.types import Completion, Message
-from coevol.loop import LoopSettings
+from coevol.loop import LoopSettings, Mode
 from coevol.multiturn import refine_example
 from coevol.prompts.templates import load_prompts
 
@@ -36,15 +36,21 @@ ROWS: list[dict[str, Any] | str] = [
 ]
 
 
+EDIT = "abcd"
+"""The editor's answer: an empty edit is never judged, and four characters add exactly one token to
+each judge prompt that quotes it."""
+
+
 class Recorder:
-    """A ``generate`` that answers "" (so no model text enters any prompt) and records every call."""
+    """A ``generate`` that answers "" (so no model text enters a prompt) but for the editor, and
+    records every call."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Sequence[Message], int]] = []
 
     async def __call__(self, role: str, messages: Sequence[Message], *, attempt: int = 0) -> Completion:
         self.calls.append((role, messages, attempt))
-        return Completion("")
+        return Completion(EDIT if role == "editor" else "")
 
 
 def tokens(messages: Sequence[Message]) -> int:
@@ -52,7 +58,7 @@ def tokens(messages: Sequence[Message]) -> int:
 
 
 @pytest.mark.parametrize("mode", ["full", "debate", "advise", "advise-noresp", "edit"])
-async def test_prompt_tokens_match_the_prompts_the_loop_sends(tmp_path: Path, mode: str) -> None:
+async def test_prompt_tokens_match_the_prompts_the_loop_sends(tmp_path: Path, mode: Mode) -> None:
     # A single pass always keeps its edit, so a later turn would see it; compare first turns there.
     config = Config(mode=mode, conversation={"max_turns": None if mode == "full" else 1})  # type: ignore[arg-type]
     prompts = load_prompts()
@@ -72,7 +78,8 @@ async def test_prompt_tokens_match_the_prompts_the_loop_sends(tmp_path: Path, mo
                 sent[role] += tokens(messages)
                 count[role] += 1
         assert est.turns == (2 if "conversations" in row and mode == "full" else 1)
-        assert {r: e.prompt_tokens_min for r, e in est.roles.items() if e.calls_min} == dict(sent)
+        sent["judge"] -= count["judge"]  # the quoted edit: its one token is not in the lower bound
+        assert {r: e.prompt_tokens_min for r, e in est.roles.items() if e.calls_min} == +sent
         assert {r: e.calls_min for r, e in est.roles.items() if e.calls_min} == dict(count)
 
 
@@ -80,7 +87,7 @@ def test_call_ranges_rejects_and_money(tmp_path: Path) -> None:
     data = write_jsonl(
         tmp_path / "in.jsonl", [*ROWS[:2], "{broken", {"instruction": "x", "output": ""}, ROWS[2]]
     )
-    config = Config(max_rounds=3, price={"prompt": 1.0, "completion": 2.0}, judge_reasks=2)
+    config = Config(max_rounds=3, price=Price(prompt=1.0, completion=2.0), judge_reasks=2)
     est = estimate(config, data, prompts=load_prompts())
     # The ShareGPT row is rejected too: a file holds one format.
     assert (est.rows, est.examples, est.rejected, est.turns) == (5, 2, 3, 2)
@@ -99,7 +106,7 @@ def test_call_ranges_rejects_and_money(tmp_path: Path) -> None:
 
 def test_early_exit_offset_limit_and_a_given_rate(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "in.jsonl", [ROWS[0]] * 10)
-    config = Config(judge_early_exit=True, roles={"judge": {"price": {"prompt": 3.0}}})
+    config = Config(judge_early_exit=True, roles={"judge": RoleConfig(price=Price(prompt=3.0))})
     est = estimate(config, data, prompts=load_prompts(), offset=2, limit=5, calls_per_second=10)
     assert est.rows == 5
     assert (est.calls_min, est.calls_max) == (7 * 5, 24 * 5)
