@@ -59,7 +59,7 @@ class Agents:
     def of(self, role: str) -> int:
         return sum(1 for r, _ in self.calls if r == role)
 
-    def prefers_the_edit(self, first: str, second: str, attempt: int) -> Script:
+    def prefers_the_edit(self, first: str, second: str, attempt: int) -> str:
         """A careless judge: always names the edit, in either order (set as ``judge``)."""
         return "<assistant 2>" if second == self.last_edit else "<assistant 1>"
 
