@@ -56,7 +56,7 @@ def iteration(
             Answer("It is fine.", "stop"),
             Answer("It lacks detail.", "stop"),
             Answer("Agreed, mostly.", "stop"),
-            Answer("Still thin.", "length"),
+            Answer("Still thin.", "stop"),
         ),
         suggestions=Answer(suggestions, "stop"),
         edit=Answer("[Edited Response]\n" + edited, "stop"),
@@ -106,7 +106,9 @@ def record(
 
 
 def failed(index: int) -> TraceRecord:
-    turn = TurnTrace(0, "Say hi.", "", "hi", "hi", 0, StopReason.ERROR, [], Failure("ServerError", "HTTP 500"))
+    turn = TurnTrace(
+        0, "Say hi.", "", "hi", "hi", 0, StopReason.ERROR, [], Failure("ServerError", "HTTP 500")
+    )
     return TraceRecord(index, index + 1, Status.FAILED, 0, [turn], failure=Failure("ServerError", "HTTP 500"))
 
 

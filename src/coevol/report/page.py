@@ -137,6 +137,8 @@ def _csp_hash(source: str) -> str:
 def _num(v: Any, fmt: str = ",") -> str:
     if v is None:
         return "-"
+    if isinstance(v, str):
+        return v
     if isinstance(v, float) and fmt == ",":
         return f"{v:,.2f}"
     return format(v, fmt)
@@ -245,9 +247,8 @@ def _missing(report: dict[str, Any], part: str) -> str | None:
     for m in report.get("missing", []):
         if m.get("part") == part:
             return (
-                f'<p class="note">{_e(m.get("message", ""))}<br>'
-                f"Install it with <code>{_e(INSTALL_LINE)}</code> "
-                "and run <code>coevol report</code> again.</p>"
+                f'<p class="note">Not computed: {_e(m.get("message", ""))}. '
+                "Install it and run <code>coevol report</code> again.</p>"
             )
     return None
 

@@ -1,0 +1,205 @@
+"""Golden statistics on handcrafted traces: judge audit, rounds, lengths, usage, the finding."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from coevol.domain import JudgeOrderTrace, JudgeTrace, Status
+from coevol.report.stats import (
+    REPORT_SCHEMA,
+    JudgeAudit,
+    ReportBuilder,
+    classify_pair,
+    histogram_median,
+    judge_finding,
+    order_position,
+    preference_fairness,
+)
+from tests.test_report_support import failed, record
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _builder() -> ReportBuilder:
+    return ReportBuilder(count_tokens=_words, tokenizer="words", extract=None)
+
+
+def _audit(pairs: list[tuple[str | None, str | None]]) -> dict[str, object]:
+    b = _builder()
+    for i, (f, r) in enumerate(pairs):
+        b.add(record(i, [(f, r)]))
+    return b.result()["judge"]
+
+
+@pytest.mark.parametrize(
+    ("forward", "reverse", "kind"),
+    [
+        ("1", "2", "consistent"),
+        ("2", "1", "consistent"),
+        ("tie", "tie", "consistent"),
+        ("1", "1", "primacy"),
+        ("1", "tie", "primacy"),
+        ("tie", "1", "primacy"),
+        ("2", "2", "recency"),
+        ("2", "tie", "recency"),
+        ("tie", "2", "recency"),
+    ],
+)
+def test_every_pair_of_positions_is_classified(forward: str, reverse: str, kind: str) -> None:
+    assert classify_pair(forward, reverse) == kind
+
+
+def test_order_position_undoes_the_swap() -> None:
+    # scores are (previous, edited); in the reverse order the edited response is position 1
+    assert order_position(JudgeOrderTrace("forward", scores=(1.0, 0.0))) == "1"
+    assert order_position(JudgeOrderTrace("reverse", scores=(1.0, 0.0))) == "2"
+    assert order_position(JudgeOrderTrace("reverse", scores=(3.0, 8.0))) == "1"
+    assert order_position(JudgeOrderTrace("forward", scores=(5.0, 5.0))) == "tie"
+    assert order_position(JudgeOrderTrace("forward")) is None
+
+
+def test_a_judge_that_always_picks_position_2() -> None:
+    audit = _audit([("assistant 2", "assistant 2")] * 12)
+    assert audit == {
+        "comparisons": 12,
+        "consistent": 0,
+        "primacy": 0,
+        "recency": 12,
+        "position_consistency": 0.0,
+        "preference_fairness": 1.0,
+        "ties": 0,
+        "unparseable": 0,
+        "single_order": 0,
+        "accepted": 0,
+        "accepted_longer": None,
+    }
+    finding = judge_finding(audit)
+    assert finding is not None
+    assert "in 12 comparisons" in finding and "only 0% of the time" in finding
+    assert "chose the second position regardless of content in 100%" in finding
+    assert "stronger model for the judge role" in finding
+
+
+def test_a_judge_that_always_picks_position_1() -> None:
+    audit = _audit([("assistant 1", "assistant 1")] * 10)
+    assert (audit["primacy"], audit["recency"], audit["preference_fairness"]) == (10, 0, -1.0)
+    assert audit["position_consistency"] == 0.0
+    assert "chose the first position" in (judge_finding(audit) or "")
+
+
+def test_a_consistent_judge_has_no_finding_and_its_accepted_edits_are_measured() -> None:
+    # forward prefers the edit (position 2), reverse prefers the edit (position 1): accepted
+    audit = _audit([("assistant 2", "assistant 1")] * 6 + [("assistant 1", "assistant 2")] * 6)
+    assert audit["consistent"] == 12
+    assert audit["position_consistency"] == 1.0
+    assert audit["preference_fairness"] == 0.0
+    assert audit["accepted"] == 6
+    assert audit["accepted_longer"] == 1.0  # each edit appends words
+    assert judge_finding(audit) is None
+
+
+def test_ties_and_unparseable_answers() -> None:
+    audit = _audit(
+        [
+            ("equal", "equal"),
+            ("equal", "assistant 1"),
+            ("assistant 2", "equal"),
+            ("assistant 1", None),
+            (None, None),
+        ]
+    )
+    assert audit["comparisons"] == 3
+    assert (audit["consistent"], audit["primacy"], audit["recency"]) == (1, 1, 1)
+    assert audit["ties"] == 3
+    assert audit["unparseable"] == 2
+    assert audit["position_consistency"] == pytest.approx(1 / 3)
+    assert audit["preference_fairness"] == 0.0
+
+
+def test_single_order_judgements_are_not_comparisons() -> None:
+    a = JudgeAudit()
+    a.add(JudgeTrace([JudgeOrderTrace("forward", scores=(1.0, 0.0))], 1.0, 0.0, skipped_reverse=True))
+    assert (a.comparisons, a.single_order) == (0, 1)
+    assert a.to_dict()["position_consistency"] is None
+    assert a.to_dict()["preference_fairness"] is None
+
+
+def test_few_comparisons_give_no_finding() -> None:
+    audit = _audit([("assistant 2", "assistant 2")] * 9)
+    assert audit["position_consistency"] == 0.0
+    assert judge_finding(audit) is None
+    assert judge_finding(audit, min_comparisons=5) is not None
+
+
+def test_preference_fairness_range() -> None:
+    assert preference_fairness(0, 0) == 0.0
+    assert preference_fairness(3, 1) == -0.5
+    assert preference_fairness(1, 3) == 0.5
+
+
+def test_histogram_median_is_exact() -> None:
+    assert histogram_median(Counter()) is None
+    assert histogram_median(Counter({5: 1})) == 5
+    assert histogram_median(Counter({1: 1, 3: 1})) == 2
+    assert histogram_median(Counter({1: 2, 10: 1})) == 1
+    assert histogram_median(Counter({2: 2, 4: 2})) == 3
+
+
+def test_the_whole_document() -> None:
+    b = _builder()
+    b.add(
+        record(
+            0,
+            [("assistant 2", "assistant 1"), ("assistant 2", "assistant 1"), ("assistant 1", "assistant 2")],
+        )
+    )
+    b.add(record(1, [("assistant 2", "assistant 2")]))
+    b.add(failed(2))
+    doc = b.result(sent=4, prices={"judge": (1.0, 2.0)}, wall_time_s=12.5)
+    assert doc["schema"] == REPORT_SCHEMA
+    assert (doc["rows"], doc["units"]) == (3, 3)
+    assert doc["status"] == {"refined": 1, "kept": 1, "failed": 1, "rejected": 0}
+    assert doc["rounds"] == {"0": 2, "1": 0, "2": 1, "3": 0}
+    # original "Plants make food." (3 words) everywhere; record 0 gained 2 x 3 words; "hi" = 1
+    assert doc["length"] == {
+        "tokenizer": "words",
+        "original_mean": pytest.approx(7 / 3),
+        "final_mean": pytest.approx(13 / 3),
+        "original_median": 3,
+        "final_median": 3,
+    }
+    assert doc["directions"] is None
+    assert doc["judge"]["comparisons"] == 4
+    assert doc["judge"]["accepted"] == 2
+    assert doc["usage"] == {
+        "calls": 2 * 3 + 3 + 2 + 1,
+        "cached": 12 - 4,
+        "by_role": {
+            "editor": {"calls": 4, "prompt_tokens": 100, "completion_tokens": 60},
+            "judge": {"calls": 8, "prompt_tokens": 200, "completion_tokens": 40},
+        },
+        "cost": pytest.approx((200 * 1.0 + 40 * 2.0) / 1e6),
+    }
+    assert doc["models"] == {"editor": ["ed"], "judge": ["tiny-judge"]}
+    assert doc["wall_time_s"] == 12.5
+    assert doc["stop_reasons"] == {"error": 1, "rejected": 2}
+
+
+def test_rounds_run_to_the_runs_k_when_a_unit_reached_it() -> None:
+    from coevol.domain import StopReason
+
+    b = _builder()
+    r = record(0, [("assistant 2", "assistant 1")])
+    r.turns[0].stop_reason = StopReason.MAX_ROUNDS  # a run with K = 1
+    b.add(r)
+    assert b.result()["rounds"] == {"0": 0, "1": 1}
+
+
+def test_status_counts_every_status() -> None:
+    b = _builder()
+    b.add(record(0, [("assistant 1", "assistant 2")], status=Status.REJECTED))
+    assert b.result()["status"]["rejected"] == 1
