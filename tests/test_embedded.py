@@ -35,7 +35,7 @@ def test_embedded_model_refines_one_sample_end_to_end(tmp_path: Path) -> None:
     assert trace["status"] in ("refined", "kept")
     [turn] = trace["turns"]
     [it] = turn["iterations"]
-    assert all(it["debate"][k].strip() for k in it["debate"])
+    assert all(it["debate"][k]["text"].strip() for k in it["debate"])
     assert it["edited"] is not None
     calls = {role: u["calls"] for role, u in it["usage"].items()}
     # A judge answer that never parses is re-asked (up to 2 more times per order).
