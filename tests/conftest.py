@@ -17,7 +17,7 @@ from coevol.engine.build import Engine, build_engine
 from coevol.testing import FakeOpenAIServer
 from coevol.testing.responders import CoEvolResponder, accept_up_to
 
-ALPACA_ROWS = [
+ALPACA_ROWS: list[dict[str, Any]] = [
     {"id": "a1", "instruction": "What is the area of a circle of radius 4?", "input": "", "output": "16"},
     {
         "id": "a2",

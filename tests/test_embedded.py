@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("llama_cpp", reason="the embedded model needs: pip install 'coevol[local]'")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def test_embedded_model_refines_one_sample_end_to_end(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -233,21 +234,24 @@ async def test_disconnect_and_garbage_faults_on_the_wire() -> None:
 
 
 async def test_hang_does_not_block_other_requests() -> None:
-    hang = Fault(FaultKind.HANG, hang_seconds=0.6)
+    hang = Fault(FaultKind.HANG, hang_seconds=30.0)
+    arrived = asyncio.Event()
 
     def policy(payload: dict[str, Any], seen: int) -> Fault | None:
-        return hang if payload["messages"][0]["content"] == "question slow" else None
+        if payload["messages"][0]["content"] != "question slow":
+            return None
+        arrived.set()
+        return hang
 
     async with FakeOpenAIServer(faults=policy) as server, aiohttp.ClientSession() as session:
         slow = asyncio.create_task(post(server.base_url, body("slow"), session))
-        await asyncio.sleep(0.05)
-        started = time.monotonic()
-        fast_status, _ = await post(server.base_url, body("fast"), session)
-        fast_elapsed = time.monotonic() - started
-        assert not slow.done()
-        slow_status, slow_data = await slow
-    assert fast_status == 200 and fast_elapsed < 0.3
-    assert slow_status == 200 and slow_data["choices"][0]["message"]["content"] == "ok"
+        await arrived.wait()  # the slow request is hanging inside the server ...
+        fast_status, data = await post(server.base_url, body("fast"), session)
+        assert not slow.done()  # ... and the fast one was answered meanwhile
+        slow.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await slow
+    assert fast_status == 200 and data["choices"][0]["message"]["content"] == "ok"
 
 
 # --- capacity model -------------------------------------------------------------------------------
@@ -255,14 +259,11 @@ async def test_hang_does_not_block_other_requests() -> None:
 
 async def test_two_concurrent_requests_overlap_with_two_slots() -> None:
     async with FakeOpenAIServer(latency=0.2, slots=2) as server, aiohttp.ClientSession() as session:
-        started = time.monotonic()
         await asyncio.gather(*(post(server.base_url, body(i), session) for i in range(2)))
-        elapsed = time.monotonic() - started
     a, b = server.requests
     assert a.end is not None and b.end is not None
     assert overlaps((a.start, a.end), (b.start, b.end))
-    assert overlaps(slot_interval(a), slot_interval(b))
-    assert elapsed < 0.39  # in parallel; in series it would take at least 0.4s
+    assert overlaps(slot_interval(a), slot_interval(b))  # in parallel, not one after the other
 
 
 async def test_one_slot_serialises_requests() -> None:
@@ -289,9 +290,9 @@ async def test_slots_cap_active_requests_and_utilization_is_sane() -> None:
     assert [s for s, _ in statuses] == [200] * n
     assert stats["max_active"] == slots
     assert stats["max_in_flight"] == n
-    assert stats["busy_slot_seconds"] == pytest.approx(n * latency, rel=0.5)
+    assert stats["busy_slot_seconds"] >= n * latency * 0.9
     assert stats["wall_seconds"] >= (n / slots) * latency * 0.9
-    assert 0.5 < stats["utilization"] <= 1.0
+    assert 0 < stats["utilization"] <= 1.0
     # at no instant did more than `slots` requests hold a slot
     events = sorted(
         [(r.slot_start, 1) for r in server.requests] + [(r.end, -1) for r in server.requests],
@@ -316,7 +317,7 @@ async def test_latency_may_depend_on_the_body() -> None:
     slow, fast = by_content["question slow"], by_content["question 1"]
     assert slow.end is not None and fast.end is not None
     assert slow.end - slow.start >= 0.19
-    assert fast.end - fast.start < 0.1
+    assert fast.end - fast.start < slow.end - slow.start
     assert server.stats()["utilization"] is None  # unlimited slots
 
 
@@ -524,7 +525,6 @@ def test_fault_fields_are_checked() -> None:
         Fault(FaultKind.HUGE, size=-1)
     with pytest.raises(ValueError):
         Fault(FaultKind.HOSTILE_ERROR, status=200)
-    assert Fault("empty").kind is FaultKind.EMPTY
     assert Fault(FaultKind.HOSTILE_ERROR, message="plain").error_message() == "plain"
 
 

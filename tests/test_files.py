@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from coevol.domain import BadRow, Example
@@ -21,6 +19,8 @@ from coevol.io import jsonarray, parquet, readers, writers
 from coevol.io.formats import render_example
 from coevol.io.readers import count_rows, read_examples
 from coevol.io.writers import RowWriter, commit, recover
+
+from .optional import pyarrow
 
 ALPACA = [
     {"id": 0, "instruction": "Add 2 and 3.", "input": "", "output": "5", "meta": {"src": "x"}},
@@ -139,6 +139,7 @@ def test_format_is_fixed_by_the_first_good_row(tmp_path: Path) -> None:
 def test_round_trip_keeps_rows_identical(tmp_path: Path, rows: list[dict[str, Any]], suffix: str) -> None:
     src = tmp_path / f"in{suffix}"
     if suffix == ".parquet":
+        pa, pq = pyarrow()
         pq.write_table(pa.Table.from_pylist(rows), src)
         rows = pq.read_table(src).to_pylist()
     else:
@@ -280,6 +281,7 @@ def test_offset_and_limit(tmp_path: Path) -> None:
 
 
 def test_parquet_offset_across_batches(tmp_path: Path) -> None:
+    pa, pq = pyarrow()
     path = tmp_path / "d.parquet"
     pq.write_table(
         pa.Table.from_pylist([{"instruction": f"q{i}", "output": f"a{i}"} for i in range(2500)]), path
@@ -294,6 +296,7 @@ def test_parquet_offset_across_batches(tmp_path: Path) -> None:
 
 
 def test_parquet_rejects_are_reserialized(tmp_path: Path) -> None:
+    pa, pq = pyarrow()
     path = tmp_path / "d.parquet"
     pq.write_table(pa.Table.from_pylist([{"instruction": "q", "output": None, "n": 1}]), path)
     assert list(read_examples(path)) == [
@@ -376,6 +379,7 @@ def test_row_writer_json_array_layout(tmp_path: Path) -> None:
 
 
 def test_parquet_writer_batches_and_schema_drift(tmp_path: Path) -> None:
+    pa, pq = pyarrow()
     out = tmp_path / "out.parquet"
     rows = [{"a": f"x{i}", "b": None if i < 1500 else i} for i in range(3000)]
     with RowWriter(out) as writer:
@@ -484,6 +488,7 @@ def test_missing_extras(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 def test_parquet_columns_null_for_too_long_keep_the_null_type(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    pyarrow()
     monkeypatch.setattr(writers, "PARQUET_BATCH", 4)
     monkeypatch.setattr(parquet, "PARQUET_HOLD", 2)
     out = tmp_path / "out.parquet"

@@ -175,10 +175,10 @@ def test_extra_buffer_types_switched_off_only_during_load(monkeypatch: pytest.Mo
     fake.llama_model_default_params = original  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "llama_cpp.llama_cpp", fake)
     with local._extra_buffer_types(False):
-        assert fake.llama_model_default_params().use_extra_bufts is False  # type: ignore[attr-defined]
-    assert fake.llama_model_default_params is original  # type: ignore[attr-defined]
+        assert fake.llama_model_default_params().use_extra_bufts is False
+    assert fake.llama_model_default_params is original
     with local._extra_buffer_types(True):
-        assert fake.llama_model_default_params is original  # type: ignore[attr-defined]
+        assert fake.llama_model_default_params is original
 
 
 # -- the real embedded model ----------------------------------------------------------------------
@@ -196,6 +196,7 @@ def embedded() -> Iterator[LlamaCppBackend]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 async def test_embedded_model_answers_deterministically(embedded: LlamaCppBackend) -> None:
     req = request(embedded, max_tokens=16, temperature=0.0)
     first = await embedded.complete(req)
@@ -212,6 +213,7 @@ async def test_embedded_model_answers_deterministically(embedded: LlamaCppBacken
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 async def test_embedded_model_context_limits() -> None:
     if not HAVE_LLAMA:
         pytest.skip(NO_LLAMA)
