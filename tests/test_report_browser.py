@@ -1,0 +1,157 @@
+"""The report page in a real headless Chromium (Debian's chromium and chromium-driver, installed by
+scripts/setup_browser.sh): it loads with no console error and no network request, shows the
+figures, filters and searches, and a hostile row never executes.
+
+Without a browser the tests skip and say why; under CI=true a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coevol.domain import Answer
+from tests.test_report_page import HOSTILE, _cli
+from tests.test_report_support import failed, record, write_trace
+
+_SETUP = "bash scripts/setup_browser.sh"
+
+
+def _need(what: str) -> None:
+    message = f"{what}; install it with {_SETUP} (and pip install -e '.[dev]')"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.options import Options
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        _need("selenium is not installed")
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        _need("the chromium browser or chromedriver is not on PATH")
+    options = Options()
+    options.binary_location = chromium
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1800",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    b = webdriver.Chrome(service=Service(executable_path=driver), options=options)
+    try:
+        yield b
+    finally:
+        b.quit()
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from coevol.cli.report import run
+
+    out = tmp_path_factory.mktemp("report") / "refined.json"
+    hostile = record(
+        1, [("assistant 2", "assistant 1")], instruction=HOSTILE, original=HOSTILE, suggestions=HOSTILE
+    )
+    hostile.turns[0].iterations[0].judge.orders[1].attempts[0] = Answer(HOSTILE, "stop")  # type: ignore[union-attr]
+    records = [
+        record(
+            0,
+            [("assistant 2", "assistant 1"), ("assistant 1", "assistant 2")],
+            instruction="Explain photosynthesis.",
+        ),
+        hostile,
+        failed(2),
+        record(3, [("assistant 2", "assistant 2")], instruction="Name three rivers in Europe."),
+    ]
+    write_trace(out, records)
+    assert run(_cli(str(out))) == 0
+    return Path(f"{out}.report.html")
+
+
+def _open(browser: Any, page: Path) -> None:
+    browser.get(page.resolve().as_uri())
+    browser.get_log("browser")  # start each test with an empty console
+
+
+def _count(browser: Any) -> str:
+    return str(browser.find_element("id", "f-count").text)
+
+
+def test_loads_with_no_console_error_and_no_network(browser: Any, page: Path) -> None:
+    browser.get_log("performance")
+    browser.get(page.resolve().as_uri())
+    for el in browser.find_elements("css selector", "details.sample"):
+        el.click()  # render every sample body
+    errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+    assert errors == []
+    urls = []
+    for entry in browser.get_log("performance"):
+        msg = json.loads(entry["message"])["message"]
+        if msg["method"] == "Network.requestWillBeSent":
+            urls.append(msg["params"]["request"]["url"])
+    assert urls and all(u.startswith("file://") for u in urls), urls
+
+
+def test_figures_are_present(browser: Any, page: Path) -> None:
+    _open(browser, page)
+    labels = [s.get_attribute("aria-label") for s in browser.find_elements("css selector", "svg[role=img]")]
+    assert [label.split(":")[0] for label in labels] == ["Figure 2a", "Figure 2b", "Figure 3"]
+    sunburst_tips = browser.execute_script(
+        "return Array.from(document.querySelectorAll('svg')[2].querySelectorAll('path > title')).map(t => t.textContent)"
+    )
+    assert "add: 3 suggestions" in sunburst_tips and "add example: 3" in sunburst_tips  # 3 advisor answers
+    assert "Judge audit" in browser.find_element("tag name", "body").text
+
+
+def test_filter_by_status_and_rounds_and_search(browser: Any, page: Path) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    _open(browser, page)
+    assert _count(browser) == "4 of 4 embedded samples"
+    Select(browser.find_element("id", "f-status")).select_by_value("failed")
+    assert _count(browser) == "1 of 4 embedded samples"
+    assert len(browser.find_elements("css selector", "details.sample")) == 1
+    Select(browser.find_element("id", "f-status")).select_by_value("")
+    Select(browser.find_element("id", "f-rounds")).select_by_value("1")
+    assert _count(browser) == "2 of 4 embedded samples"
+    Select(browser.find_element("id", "f-rounds")).select_by_value("")
+    box = browser.find_element("id", "f-text")
+    box.send_keys("RIVERS in europe")
+    browser.implicitly_wait(0)
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    WebDriverWait(browser, 5).until(lambda b: _count(b) == "1 of 4 embedded samples")
+    summary = browser.find_element("css selector", "details.sample > summary").text
+    assert "#3" in summary and "Name three rivers" in summary
+
+
+def test_a_hostile_row_shows_as_text_and_never_runs(browser: Any, page: Path) -> None:
+    _open(browser, page)
+    for el in browser.find_elements("css selector", "details.sample"):
+        el.click()
+    assert browser.execute_script("return window.__pwned === undefined") is True
+    assert (
+        browser.execute_script("return document.querySelectorAll('main img, main a, main iframe').length")
+        == 0
+    )
+    text = browser.find_element("tag name", "body").text
+    assert '<img src=x onerror="window.__pwned=2">' in text
+    assert "&lt;script&gt;window.__pwned=5&lt;/script&gt;" in text
+    assert browser.execute_script("return document.scripts.length") == 2
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []
