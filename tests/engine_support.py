@@ -127,6 +127,7 @@ async def refine_file(
 ) -> tuple[RunSummary, RunStats]:
     """What ``coevol refine`` does, in-process (no CLI start-up cost): one run through ``arefine_file``."""
     config = load_config(None, {"base_url": base_url, "model": "fake", **overrides})
+    output.parent.mkdir(parents=True, exist_ok=True)  # coevol refuses a missing output folder
     run = await arefine_file(input, output, config, retry_failed=retry_failed)
     return run.summary, run.stats
 
