@@ -26,3 +26,6 @@ __all__ = [
     "reset_stats",
     "serve_in_subprocess",
 ]
+
+if __name__ == "__main__":
+    main()
