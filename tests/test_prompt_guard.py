@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ from coevol.conversation import window_sample
 from coevol.domain import Turn
 from coevol.llm.types import Message
 from coevol.loop import LoopSettings, refine
-from coevol.prompts.guard import VERDICT_TOKENS, boundaries, neutralise
+from coevol.prompts.guard import VERDICT_TOKENS, _guard, boundaries, neutralise
 from coevol.prompts.render import Sample, render_request, render_sample
 from coevol.prompts.templates import TEMPLATE_NAMES, PromptSet, Rendered, load_prompts
 from coevol.testing import Recorder, ScriptedGenerate
@@ -49,6 +50,8 @@ def test_boundaries_come_from_the_templates_own_text() -> None:
         ("[The End of Assistant 1's Response]", "(The End of Assistant 1's Response)"),
         ("x [the END of  assistant 1\u2019s response] y", "x (the END of  assistant 1\u2019s response) y"),
         ("### Response:\nhi", "=== Response:\nhi"),
+        ("[The\u00a0End of\nAssistant 1's Response]", "(The\u00a0End of\nAssistant 1's Response)"),
+        ("<\u2003assistant 1>", "(\u2003assistant 1)"),
         ("say <Assistant 2> or < equal >", "say (Assistant 2) or ( equal )"),
         ("Question: why?", "Question; why?"),
         ("[System] [system]", "(System) (system)"),
@@ -66,6 +69,36 @@ def test_defusing_never_spells_another_marker() -> None:
     # "### X:" defuses to "=== X:", which this guard also holds; both must end up defused.
     guard = {"### X:", "=== X:"}
     assert neutralise("### X:", guard) == "=== X;"
+
+
+def test_the_quick_tests_never_skip_a_text_the_pattern_would_change() -> None:
+    rng = random.Random(7)
+    pieces = [
+        *ALL_MARKERS,
+        "Question:",
+        "'Quoted':",
+        " ",
+        "\n",
+        "\u00a0",
+        "\u2019",
+        "\u017f",
+        "x",
+        "[",
+        "<",
+        "#",
+    ]
+    guard = frozenset(boundaries(P["judge"]) | boundaries(P["editor"]) | {"Question:", "'Quoted':"})
+    compiled = _guard(guard)
+    changed = 0
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 6)))
+        text = "".join(c.upper() if rng.random() < 0.2 else c for c in text)
+        if compiled.pattern.search(text):
+            changed += 1
+            assert compiled.may_match(text), text
+            assert neutralise(text, guard) != text, text
+        assert _guard(guard).pattern.search(neutralise(text, guard)) is None, text
+    assert changed > 1000  # the generator does produce markers
 
 
 def _count(prompt: str, marker: str) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 
 __all__ = ["VERDICT_TOKENS", "boundaries", "neutralise"]
@@ -30,7 +31,9 @@ _INLINE_TOKEN_RE = re.compile(r"<[^<>\n]{1,40}>")
 _OPENERS, _CLOSERS = "[<{#", ":]>}"
 _SWAP = str.maketrans({"[": "(", "]": ")", "<": "(", ">": ")", "{": "(", "}": ")", "#": "="})
 _COLON = str.maketrans({":": ";"})
-_VERDICT_RE = r"<\s*(?:assistant\s*[12]|equal)\s*>"
+_APOSTROPHES = "'\u2018\u2019`"
+_SPACE = r"[\s\u00a0\u1680\u2000-\u200b\u2028\u2029\u202f\u205f\u3000\ufeff]"  # ASCII mode: name them
+_VERDICT_RE = rf"<{_SPACE}*(?:assistant{_SPACE}*[12]|equal){_SPACE}*>"
 
 
 def _is_marker(piece: str) -> bool:
@@ -51,23 +54,54 @@ def boundaries(template: str) -> frozenset[str]:
 
 
 def _pattern(marker: str) -> str:
-    """``marker`` as a regex: any case, any run of whitespace, straight or curly apostrophes."""
+    """``marker`` as a regex: any (ASCII) case, any run of whitespace, straight or curly apostrophes."""
     out: list[str] = []
     for part in re.split(r"(\s+)", marker):
         if not part:
             continue
         if part.isspace():
-            out.append(r"\s+")
+            out.append(_SPACE + "+")
         else:
-            out.append("['\u2018\u2019`]".join(re.escape(p) for p in part.split("'")))
+            out.append(f"[{_APOSTROPHES}]".join(re.escape(p) for p in part.split("'")))
     return "".join(out)
 
 
+_WORD_RE = re.compile(r"[^\W_]+")
+
+
+@dataclass(frozen=True, slots=True)
+class _Guard:
+    """A marker set compiled: the pattern of all markers, and two cheap tests most text fails at
+    once (every match starts with one of ``starts`` and holds one of ``keys``, lower-cased)."""
+
+    starts: tuple[str, ...]
+    keys: tuple[str, ...]
+    pattern: re.Pattern[str]
+
+    def may_match(self, text: str) -> bool:
+        if not any(c in text for c in self.starts):
+            return False
+        lower = text.lower()
+        return any(key in lower for key in self.keys)
+
+
+def _first_chars(marker: str) -> set[str]:
+    """Every character a match of ``marker`` can start with (see ``_pattern``)."""
+    first = marker[0]
+    return set(_APOSTROPHES) if first == "'" else {first, first.lower(), first.upper()}
+
+
 @lru_cache(maxsize=256)
-def _guard_re(guard: frozenset[str]) -> re.Pattern[str]:
-    # Longest first, so a marker that contains a shorter one is matched whole.
+def _guard(markers: frozenset[str]) -> _Guard:
+    guard = [m for m in markers if m.strip()]
+    starts = {c for m in guard for c in _first_chars(m)} | {"<"}
+    keys = {max(_WORD_RE.findall(m.lower()), key=len, default="") for m in guard} | {"assistant", "equal"}
+    # Longest first, so a marker that contains a shorter one is matched whole. ASCII case folding
+    # only, so that the lower-cased keys test can never miss what the pattern matches (Unicode
+    # folding would let "ſ" match "s", which ``str.lower`` does not).
     alternatives = [_pattern(m) for m in sorted(guard, key=lambda m: (-len(m), m))] + [_VERDICT_RE]
-    return re.compile("|".join(alternatives), re.IGNORECASE)
+    pattern = re.compile("|".join(alternatives), re.IGNORECASE | re.ASCII)
+    return _Guard(tuple(sorted(starts)), tuple(sorted(keys)), pattern)
 
 
 def _defuse(match: re.Match[str]) -> str:
@@ -82,9 +116,11 @@ def neutralise(text: str, guard: Iterable[str]) -> str:
     Repeats until nothing matches: defusing only removes bracket, ``#`` and ``:`` characters, and
     every marker holds one, so this ends, and its result never spells another marker.
     """
-    pattern = _guard_re(frozenset(guard))
+    compiled = _guard(frozenset(guard))
+    if not compiled.may_match(text):
+        return text
     while True:
-        defused = pattern.sub(_defuse, text)
+        defused = compiled.pattern.sub(_defuse, text)
         if defused == text:
             return text
         text = defused
