@@ -11,7 +11,7 @@ import pytest
 
 from coevol.cli.dryrun import calls_per_turn, estimate, format_estimate
 from coevol.config import Config, Price, RoleConfig
-from coevol.conversation import ConversationSettings
+from coevol.conversation import ConversationSettings, estimate_tokens
 from coevol.domain import Example
 from coevol.io.files import read_examples
 from coevol.llm.types import Completion, Message
@@ -54,7 +54,7 @@ class Recorder:
 
 
 def tokens(messages: Sequence[Message]) -> int:
-    return sum((len(m["content"]) + 3) // 4 for m in messages)
+    return sum(estimate_tokens(m["content"]) for m in messages)
 
 
 @pytest.mark.parametrize("mode", ["full", "debate", "advise", "advise-noresp", "edit"])

@@ -23,16 +23,20 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from coevol.config import ROLES, Config
 from coevol.conversation import refinable_turns, tokens_for_chars, window_sample
 from coevol.domain import BadRow, Example
-from coevol.loop import Mode
 from coevol.prompts.render import has_input
 from coevol.prompts.templates import PromptSet
-from coevol.roles.agents import JudgeKind
+
+if TYPE_CHECKING:  # types only: the agents and the loop may import this module
+    from coevol.config import Config
+    from coevol.loop import Mode
+    from coevol.roles.agents import JudgeKind
 
 __all__ = [
+    "PLANNED_ROLES",
     "SLOT_SOURCES",
     "DryRunEstimate",
     "PlannedCall",
@@ -40,6 +44,7 @@ __all__ = [
     "call_plan",
     "calls_per_turn",
     "estimate_examples",
+    "judge_templates",
 ]
 
 
@@ -90,9 +95,14 @@ _DEBATE = (
 _EDIT = PlannedCall("edit", "editor", "editor")
 
 
-def _judge(kind: JudgeKind) -> tuple[PlannedCall, ...]:
+def judge_templates(kind: JudgeKind) -> tuple[str, str]:
+    """The judge's task templates for the forward and the reverse order."""
     forward = "judge" if kind == "verdict" else "judge_score"
-    reverse = f"{forward}_reverse"
+    return forward, f"{forward}_reverse"
+
+
+def _judge(kind: JudgeKind) -> tuple[PlannedCall, ...]:
+    forward, reverse = judge_templates(kind)
     return (
         PlannedCall("judge", "judge", forward, concurrent_with=reverse),
         PlannedCall("judge", "judge", reverse, concurrent_with=forward, skippable=True),
@@ -110,6 +120,10 @@ def call_plan(mode: Mode, judge: JudgeKind = "verdict") -> tuple[PlannedCall, ..
         return (PlannedCall("advise", "advisor", "advisor_noresp"), _EDIT)
     debate = (*_DEBATE, PlannedCall("advise", "advisor", "advisor"), _EDIT)
     return (*debate, *_judge(judge)) if mode == "full" else debate
+
+
+PLANNED_ROLES: tuple[str, ...] = tuple(dict.fromkeys(c.role for c in call_plan("full")))
+"""Every role, in the order a full iteration first calls it."""
 
 
 def calls_per_turn(mode: Mode, max_rounds: int, *, early_exit: bool = False) -> tuple[int, int]:
@@ -324,8 +338,8 @@ def estimate_examples(
     """
     settings = config.conversation_settings()
     est = DryRunEstimate(config.mode, config.max_rounds, calls_per_second=calls_per_second)
-    est.roles = {role: RoleEstimate() for role in ROLES}
-    max_tokens = {role: config.role(role).max_tokens or config.max_tokens for role in ROLES}
+    est.roles = {role: RoleEstimate() for role in PLANNED_ROLES}
+    max_tokens = {role: config.role(role).max_tokens or config.max_tokens for role in PLANNED_ROLES}
     full = config.mode == "full"
     rounds = config.max_rounds if full else 1
     bounds = _bounds(config, est, prompts, max_tokens)
