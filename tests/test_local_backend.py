@@ -129,6 +129,28 @@ async def test_maps_answer_and_parameters(fake_backend: tuple[LlamaCppBackend, F
     assert fake.threads != {threading.get_ident()}  # ran off the event loop thread
 
 
+@pytest.mark.parametrize(
+    ("given", "tokens", "expected"),
+    [
+        ("stop", 3, "stop"),
+        ("length", 50, "length"),
+        (None, 50, "length"),
+        (None, 49, "stop"),
+        ("", 60, "length"),
+    ],
+)
+async def test_finish_reason_is_recorded_length_when_cut_off(
+    fake_backend: tuple[LlamaCppBackend, FakeLlama], given: str | None, tokens: int, expected: str
+) -> None:
+    backend, fake = fake_backend
+    choice: dict[str, Any] = {"message": {"role": "assistant", "content": "Par"}}
+    if given is not None:
+        choice["finish_reason"] = given
+    fake.result = {"choices": [choice], "usage": {"prompt_tokens": 5, "completion_tokens": tokens}}
+    done = await backend.complete(request(backend, max_tokens=50))
+    assert done.finish_reason == expected
+
+
 async def test_calls_are_serialized_on_one_thread(fake_backend: tuple[LlamaCppBackend, FakeLlama]) -> None:
     backend, fake = fake_backend
     results = await asyncio.gather(*(backend.complete(request(backend)) for _ in range(8)))

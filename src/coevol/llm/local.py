@@ -32,7 +32,7 @@ from coevol.llm.model_asset import (
 )
 from coevol.llm.types import ChatRequest, Completion
 
-__all__ = ["LlamaCppBackend"]
+__all__ = ["LlamaCppBackend", "finish_reason"]
 
 _FEATURE = "the embedded model"
 _EXTRA = "local"
@@ -94,6 +94,16 @@ def _llama_cpp_available() -> bool:
 def _is_context_error(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "context window" in text or ("exceed" in text and "context" in text)
+
+
+def finish_reason(given: object, completion_tokens: int, max_tokens: int) -> str:
+    """Why generation ended, as the HTTP backend reports it: "length" when cut off at ``max_tokens``.
+
+    llama-cpp-python normally says so itself; when a version leaves it out, the token count tells.
+    """
+    if isinstance(given, str) and given:
+        return given
+    return "length" if completion_tokens >= max(1, max_tokens) else "stop"
 
 
 class LlamaCppBackend:
@@ -207,11 +217,14 @@ class LlamaCppBackend:
             choice = out["choices"][0]
             text = choice["message"]["content"] or ""
             usage = out.get("usage") or {}
+            completion_tokens = int(usage.get("completion_tokens", 0))
             return Completion(
-                text=text,
+                text=str(text),
                 prompt_tokens=int(usage.get("prompt_tokens", 0)),
-                completion_tokens=int(usage.get("completion_tokens", 0)),
-                finish_reason=choice.get("finish_reason"),
+                completion_tokens=completion_tokens,
+                finish_reason=finish_reason(
+                    choice.get("finish_reason"), completion_tokens, params.max_tokens
+                ),
             )
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise FatalError(f"unexpected llama.cpp response shape: {exc}") from exc

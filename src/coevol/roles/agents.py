@@ -19,6 +19,7 @@ from coevol.llm.types import Completion, Generate, Message
 from coevol.prompts.render import Sample, messages, render_request, render_sample
 from coevol.prompts.templates import PromptSet
 from coevol.roles.verdict import (
+    SCORE_RANGE,
     Order,
     cannot_accept,
     decide,
@@ -205,7 +206,7 @@ async def judge(
     args = (generate, prompts, sample, edited)
     if early_exit:
         forward = await _judge_order(*args, Order.FORWARD, kind, reasks)
-        span = 1.0 if kind == "verdict" else 10.0
+        span = 1.0 if kind == "verdict" else SCORE_RANGE[1] - SCORE_RANGE[0]  # what one order can move
         if forward.scores is not None and cannot_accept(forward.scores, span):
             return JudgeTrace([forward], forward.scores[0], forward.scores[1], skipped_reverse=True)
         reverse = await _judge_order(*args, Order.REVERSE, kind, reasks)
