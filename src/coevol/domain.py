@@ -375,11 +375,11 @@ class TurnTrace:
     instruction: str  # for a conversation: the visible history and the current user turn
     input: str
     original: str
-    final: str
-    accepted_rounds: int
+    final: str  # the response written out for this turn (the original when the row is not refined)
+    accepted_rounds: int  # edits the loop accepted for this turn
     stop_reason: StopReason
     iterations: list[IterationTrace] = field(default_factory=list)
-    failure: Failure | None = None
+    failure: Failure | None = None  # the call that stopped the loop (an error or the context limit)
 
     def to_dict(self) -> dict[str, Any]:
         return {
