@@ -17,7 +17,7 @@ from coevol.cli.console import describe_os_error, describe_unexpected, error_tex
 from coevol.cli.progress import STALL_AFTER, RunDisplay, describe_waits, summary_table
 from coevol.engine.dispatch import RunStats, Wait
 from coevol.engine.runner import RunSummary
-from coevol.testing import HOSTILE_TEXT, FakeOpenAIServer
+from coevol.testing import HOSTILE_TEXT, FakeOpenAIServer, Fault, FaultKind, always
 
 from .conftest import ALPACA_ROWS, coevol_cli
 
@@ -246,3 +246,34 @@ def test_the_progress_line_shows_a_paused_server(tmp_path: Path) -> None:
     display.update(RunSummary(), stats, force=True)
     assert display._waits.plain.startswith("  waiting: judge server paused by 429 until ")
     assert "(1 answered 429)" in display._detail.plain
+
+
+# --- sessions are closed on every exit path ------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["refused key", "missing /v1", "wrong model"])
+async def test_no_unclosed_session_warning_after_an_error(tmp_path: Path, case: str) -> None:
+    src = tmp_path / "data.json"
+    src.write_text(json.dumps(ALPACA_ROWS), encoding="utf-8")
+    out = tmp_path / "out.json"
+    env = {"PYTHONWARNINGS": "always", "COEVOL_T_KEY": "wrong"}
+    missing = Fault(FaultKind.HOSTILE_ERROR, status=404, message="The model `not-served` does not exist.")
+    faults = always(missing) if case == "wrong model" else None
+    async with FakeOpenAIServer(api_key="right", model="served", faults=faults) as server:
+        base = {"missing /v1": server.base_url.removesuffix("/v1")}.get(case, server.base_url)
+        model = "not-served" if case == "wrong model" else "served"
+        if case == "wrong model":
+            env["COEVOL_T_KEY"] = "right"
+        code, _, err = await coevol_cli(
+            "refine", str(src), "-o", str(out), "--base-url", base, "--model", model,
+            "--api-key-env", "COEVOL_T_KEY", "-q",
+            env=env,
+        )  # fmt: skip
+    assert code == 1, err
+    assert "Unclosed" not in err and "Traceback" not in err, err
+    advice = {
+        "refused key": "the key came from $COEVOL_T_KEY",
+        "missing /v1": "is missing /v1: the server answers at",
+        "wrong model": "model 'not-served' is not served there; the server offers: 'served'",
+    }[case]
+    assert advice in err
