@@ -105,6 +105,9 @@ def test_list_markers_are_stripped(line: str, stripped: str) -> None:
 
 def test_suggestion_lines_skip_blank_lines() -> None:
     assert list(suggestion_lines("1. Add x.\n\n  \n2. Remove y.\n")) == ["Add x.", "Remove y."]
+    # only the first sentence is kept for the parser
+    assert list(suggestion_lines("- Cite a source. It helps. Really!")) == ["Cite a source."]
+    assert list(suggestion_lines("Use e.g. lists, not prose.")) == ["Use e.g. lists, not prose."]
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,9 @@ def _sides(ops: list[DiffOp]) -> tuple[str, str]:
 def test_one_word_replaced() -> None:
     assert word_diff("the quick brown fox", "the slow brown fox") == [
         DiffOp("equal", "the "),
-        DiffOp("delete", "quick"),
-        DiffOp("insert", "slow"),
-        DiffOp("equal", " brown fox"),
+        DiffOp("delete", "quick "),
+        DiffOp("insert", "slow "),
+        DiffOp("equal", "brown fox"),
     ]
 
 
@@ -45,7 +45,19 @@ def test_identical_and_empty() -> None:
 
 
 def test_over_the_token_limit_is_coarse_but_exact() -> None:
-    assert word_diff("a b c", "a x c", max_tokens=3) == [DiffOp("delete", "a b c"), DiffOp("insert", "a x c")]
+    assert word_diff("a b c d", "a x y d", max_tokens=1) == [
+        DiffOp("equal", "a "),
+        DiffOp("delete", "b c "),
+        DiffOp("insert", "x y "),
+        DiffOp("equal", "d"),
+    ]
+    assert word_diff("a b c d", "a x y d", max_tokens=2) == [
+        DiffOp("equal", "a "),
+        DiffOp("delete", "b c "),
+        DiffOp("insert", "x y "),
+        DiffOp("equal", "d"),
+    ]
+    assert word_diff("p b q", "p x q y", max_tokens=1)[-1] == DiffOp("insert", "x q y")
 
 
 @pytest.mark.parametrize(
@@ -63,6 +75,11 @@ def test_ops_rebuild_both_texts(a: str, b: str) -> None:
     assert _sides(ops) == (a, b)
     assert all(op.text for op in ops)
     assert all(x.kind != y.kind for x, y in itertools.pairwise(ops))
+
+
+def test_a_long_text_with_an_appended_sentence_is_one_insertion() -> None:
+    long = "word " * 5000
+    assert word_diff(long, long + "new end.") == [DiffOp("equal", long), DiffOp("insert", "new end.")]
 
 
 def test_diff_stats_counts_words() -> None:

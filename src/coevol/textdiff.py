@@ -1,7 +1,9 @@
 """A word-level diff between two texts, for ``coevol show`` and the report's sample viewer. Pure.
 
-The texts are split into words, runs of whitespace and single punctuation marks, and compared with
-``difflib``'s longest-matching-block algorithm. The result is a list of operations whose ``equal``
+The texts are split into words and single punctuation marks, each with the whitespace that follows
+it (leading whitespace is a token of its own), and compared with ``difflib``'s longest-matching-block
+algorithm after the common head and tail are set aside (an edit usually changes a middle part or
+appends, so this keeps long texts fast). The result is a list of operations whose ``equal``
 and ``delete`` texts concatenate back to ``a`` and whose ``equal`` and ``insert`` texts concatenate
 back to ``b`` (nothing is lost or normalised), with adjacent operations of the same kind merged and
 a replacement given as its deletion first, then its insertion.
@@ -18,11 +20,12 @@ __all__ = ["DEFAULT_MAX_TOKENS", "DiffKind", "DiffOp", "diff_stats", "word_diff"
 
 DiffKind = Literal["equal", "delete", "insert"]
 
-# Above this many tokens on either side the matcher's quadratic worst case is not worth it: the
-# diff becomes one deletion and one insertion (still exact, only coarse).
+# Above this many differing tokens (between the common head and tail) on either side the matcher's
+# quadratic worst case is not worth it: that part becomes one deletion and one insertion (exact,
+# only coarse).
 DEFAULT_MAX_TOKENS = 20_000
 
-_TOKEN_RE = re.compile(r"\w+|\s+|[^\w\s]", re.UNICODE)
+_TOKEN_RE = re.compile(r"\w+\s*|[^\w\s]\s*|\s+", re.UNICODE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,19 +57,29 @@ def word_diff(a: str, b: str, *, max_tokens: int = DEFAULT_MAX_TOKENS) -> list[D
     if a == b:
         _append(ops, "equal", a)
         return ops
-    if len(ta) > max_tokens or len(tb) > max_tokens:
-        _append(ops, "delete", a)
-        _append(ops, "insert", b)
+    head = 0
+    while head < min(len(ta), len(tb)) and ta[head] == tb[head]:
+        head += 1
+    tail = 0
+    while tail < min(len(ta), len(tb)) - head and ta[-1 - tail] == tb[-1 - tail]:
+        tail += 1
+    _append(ops, "equal", "".join(ta[:head]))
+    mid_a, mid_b = ta[head : len(ta) - tail], tb[head : len(tb) - tail]
+    if len(mid_a) > max_tokens or len(mid_b) > max_tokens:
+        _append(ops, "delete", "".join(mid_a))
+        _append(ops, "insert", "".join(mid_b))
+        _append(ops, "equal", "".join(ta[len(ta) - tail :]))
         return ops
-    matcher = SequenceMatcher(None, ta, tb, autojunk=False)
+    matcher = SequenceMatcher(None, mid_a, mid_b, autojunk=False)
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag == "equal":
-            _append(ops, "equal", "".join(ta[i1:i2]))
+            _append(ops, "equal", "".join(mid_a[i1:i2]))
             continue
         if tag in ("delete", "replace"):
-            _append(ops, "delete", "".join(ta[i1:i2]))
+            _append(ops, "delete", "".join(mid_a[i1:i2]))
         if tag in ("insert", "replace"):
-            _append(ops, "insert", "".join(tb[j1:j2]))
+            _append(ops, "insert", "".join(mid_b[j1:j2]))
+    _append(ops, "equal", "".join(ta[len(ta) - tail :]))
     return ops
 
 

@@ -39,6 +39,10 @@ _MARKER_RE = re.compile(
     re.VERBOSE | re.IGNORECASE,
 )
 
+# Where a first sentence surely ends: ., ! or ? then whitespace then a capital letter or a quote.
+# Only the first sentence is parsed, so cutting the rest off first saves most of the parse time.
+_SENTENCE_END_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
+
 Direction = tuple[str | None, str | None]
 """(verb, object): the lemmatised root verb (None when the root is not a verb) and its object."""
 
@@ -52,11 +56,12 @@ def strip_marker(line: str) -> str:
 
 
 def suggestion_lines(text: str) -> Iterator[str]:
-    """Each non-empty line of an advisor answer, marker stripped, at most ``_MAX_LINE`` characters."""
+    """Each non-empty line of an advisor answer, marker stripped, cut after its first sentence
+    (and at ``_MAX_LINE`` characters)."""
     for raw in text.splitlines():
         line = strip_marker(raw)
         if line:
-            yield line[:_MAX_LINE]
+            yield _SENTENCE_END_RE.split(line[:_MAX_LINE], maxsplit=1)[0]
 
 
 @dataclass(slots=True)
