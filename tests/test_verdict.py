@@ -147,7 +147,8 @@ SCORE_SHAPES: list[tuple[str, tuple[float, float] | None]] = [
     ("8 6 7", None),
     ("eleven 3", None),
     ("12 3", None),
-    ("0 10", (0.0, 10.0)),
+    ("1 10", (1.0, 10.0)),
+    ("0 5", None),  # the prompt asks for 1 to 10
     ("10.5 3", None),
     ("-3 5", None),
     ("8/10 6/10", None),  # four numbers

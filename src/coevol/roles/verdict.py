@@ -14,6 +14,7 @@ from enum import StrEnum
 from coevol.errors import ParseError
 
 __all__ = [
+    "SCORE_RANGE",
     "Decision",
     "Order",
     "Verdict",
@@ -162,8 +163,9 @@ _NUMBER = r"-?\d+(?:\.\d+)?"
 _NUMBER_RE = re.compile(_NUMBER)
 _LABELLED_RE = re.compile(rf"\bassistant\s*([12])(?:'s)?(?:\s+score)?\s*[:=\-]?\s*({_NUMBER})")
 _SCORE_WORDS = frozenset({"score", "scores", "rating", "ratings", "output", "result", "and", "respectively"})
-SCORE_RANGE = (0.0, 10.0)
-"""Scores the judge may give: the prompt asks for 1-10; 0 is read as the lowest (as in 0.1)."""
+SCORE_RANGE = (1.0, 10.0)
+"""The scale the score-mode prompt asks for; a score outside it does not answer that prompt, and
+its width is what one order can move the decision (``--judge-early-exit``)."""
 
 
 def _score(text: str, raw: str) -> float:
@@ -188,7 +190,7 @@ def _score_texts(line: str, raw: str) -> tuple[str, str, str]:
 
 
 def parse_score_pair(text: str) -> tuple[float, float]:
-    """Score mode: exactly two numbers (0-10) on the first non-empty line, for Assistant 1 and 2.
+    """Score mode: exactly two numbers (1-10) on the first non-empty line, for Assistant 1 and 2.
 
     Either bare ("8 6", "7.5, 9") or labelled ("Assistant 1: 8, Assistant 2: 6", in any order).
     Nothing else numeric may be on the line ("8/10 6/10" holds four numbers), no decimal comma
@@ -233,7 +235,7 @@ def decide(forward: tuple[float, float], reverse: tuple[float, float]) -> Decisi
 def cannot_accept(forward: tuple[float, float], span: float = 1.0) -> bool:
     """True when the first order alone already decides rejection (``--judge-early-exit``).
 
-    Per-order scores lie in an interval of width ``span`` (1 for verdicts, 10 for 0-10 scores).
+    Per-order scores lie in an interval of width ``span`` (1 for verdicts, 9 for 1-10 scores).
     Acceptance needs ``edited_1 + edited_2 > previous_1 + previous_2``; the second order can add at
     most ``span`` in the edit's favour, so a first-order lead of ``span`` for the previous response
     makes acceptance impossible and the second call cannot change the outcome.
