@@ -15,9 +15,9 @@ import orjson
 import pytest
 
 from coevol.conversation import ConversationSettings
-from coevol.domain import SCHEMA, Example, RoleRoute, Status, TraceRecord, TraceSchemaError, Turn
+from coevol.domain import Example, RoleRoute, Status, TraceRecord, TraceSchemaError, Turn
 from coevol.loop import LoopSettings
-from coevol.multiturn import ExampleOutcome, refine_example, sample_key
+from coevol.multiturn import ExampleOutcome, refine_example
 from coevol.prompts.templates import load_prompts
 from coevol.testing import Reply
 
@@ -189,17 +189,6 @@ async def test_round_trips_through_json_the_dict_and_the_store_payload() -> None
 def test_a_stored_payload_of_another_shape_is_refused(payload: Any) -> None:
     with pytest.raises(TraceSchemaError):
         ExampleOutcome.from_payload(payload)
-
-
-def test_the_resume_key_follows_content_settings_and_schema() -> None:
-    key = sample_key(EXAMPLE, "fp")
-    assert key == sample_key(Example(9, 99, "alpaca", [], dict(ROW)), "fp")  # position does not matter
-    assert key != sample_key(EXAMPLE, "fp2")
-    assert key != sample_key(Example(4, 5, "alpaca", [], {**ROW, "output": "Ten."}), "fp")
-    import hashlib
-
-    row = orjson.dumps(ROW, option=orjson.OPT_SORT_KEYS)
-    assert key == hashlib.sha256(row + b"fp" + SCHEMA.encode()).hexdigest()
 
 
 def mutate(path: list[Any], value: Any) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from coevol.llm.types import Generate, Usage
 from coevol.loop import LoopSettings, Refinement, refine
 from coevol.prompts.templates import PromptSet
 
-__all__ = ["ExampleOutcome", "fingerprint", "refine_example", "sample_key"]
+__all__ = ["ExampleOutcome", "fingerprint", "refine_example"]
 
 
 @dataclass(slots=True)
@@ -110,16 +110,6 @@ class ExampleOutcome:
 def fingerprint(parts: Sequence[Any]) -> str:
     """A stable hash of everything that changes a result (prompts, routes, settings)."""
     return hashlib.sha256(orjson.dumps(list(parts), option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-def sample_key(example: Example, run_fingerprint: str) -> str:
-    """Resume key: the row's content under this run's settings (not its position).
-
-    The trace schema is part of it: an outcome stored by another version is recomputed (from the
-    stored calls, so without paying again) rather than replayed in a shape this version cannot read.
-    """
-    row = orjson.dumps(example.raw, option=orjson.OPT_SORT_KEYS, default=str)
-    return hashlib.sha256(row + run_fingerprint.encode() + SCHEMA.encode()).hexdigest()
 
 
 def _prompt_messages(turns: Sequence[Turn], t: int) -> list[dict[str, str]]:
