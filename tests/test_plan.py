@@ -94,6 +94,15 @@ async def test_early_exit_asks_the_judge_orders_in_turn_and_skips_only_the_skipp
     assert not forward.overlaps(reverse)
 
 
+async def test_an_unchanged_edit_ends_the_iteration_before_the_judge_stage() -> None:
+    generate = ScriptedGenerate(lambda role, messages, attempt: "9" if role == "editor" else "fine")
+    recorder = Recorder(generate)
+    await refine(Sample("Name a prime.", "", "9"), recorder, TAGGED, LoopSettings())
+    assert [_seen(c.role, c.messages) for c in recorder.calls] == _declared(
+        [c for c in call_plan("full") if c.stage != "judge"]
+    )
+
+
 def test_the_plan_reads_like_algorithm_1() -> None:
     stages = [(c.stage, c.role, c.template) for c in call_plan("full")]
     assert stages == [

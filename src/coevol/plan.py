@@ -110,8 +110,12 @@ def _judge(kind: JudgeKind) -> tuple[PlannedCall, ...]:
 
 
 def call_plan(mode: Mode, judge: JudgeKind = "verdict") -> tuple[PlannedCall, ...]:
-    """The calls of one iteration of ``mode``, in the order the agents send them (a re-ask of an
-    unparseable verdict repeats its judge call and is not listed)."""
+    """The calls of one iteration of ``mode``, in the order the agents send them.
+
+    Not listed: a re-ask of an unparseable verdict (it repeats its judge call). Not sent: the
+    judge stage when the edit is empty, cut off or unchanged (``coevol.loop.unusable_edit``),
+    which ends the iteration after the editor.
+    """
     if mode == "edit":
         return (PlannedCall("edit", "editor", "editor_nosugg"),)
     if mode == "advise":
