@@ -33,6 +33,7 @@ from coevol.llm.types import Backend, ChatRequest, Completion, Generate, GenPara
 from coevol.loop import LoopSettings, coevolve
 from coevol.prompts.render import Sample
 from coevol.prompts.templates import load_prompts
+from coevol.roles.verdict import SCORE_RANGE
 from coevol.testing import (
     EDIT_MARK,
     HOSTILE_TEXT,
@@ -228,21 +229,23 @@ async def test_judge_early_exit_in_score_mode_skips_the_reverse_order_only_when_
         )
 
     settings = LoopSettings(max_rounds=1, judge="score", judge_early_exit=True)
-    # forward shows the previous response first: 10 vs 1, the widest lead on the prompt's 1-10
-    # scale, leaves no way for the edit to win.
-    decided = Recorder(run("10 1", None))
+    lo, hi = SCORE_RANGE
+    # forward shows the previous response first: the widest lead the scale allows leaves no way
+    # for the edit to win.
+    decided = Recorder(run(f"{hi:g} {lo:g}", None))
     result = await coevolve(SAMPLE, decided, PROMPTS, settings)
     judge = result.iterations[0].judge
     assert judge is not None and judge.skipped_reverse
     assert (result.response, result.stop_reason) == ("9", StopReason.REJECTED)
     assert decided.roles().count("judge") == 1
-    # 9 vs 2 is a lead the reverse order can still overturn: it must be asked, and here it wins.
-    open_ = Recorder(run("9 2", "10 1"))
+    # A lead two points short of that, the reverse order can still overturn: it must be asked, and
+    # here it wins.
+    open_ = Recorder(run(f"{hi - 1:g} {lo + 1:g}", f"{hi:g} {lo:g}"))
     result = await coevolve(SAMPLE, open_, PROMPTS, settings)
     judge = result.iterations[0].judge
     assert judge is not None and not judge.skipped_reverse
     assert open_.roles().count("judge") == 2
-    assert (judge.score_previous, judge.score_edited) == (5.0, 6.0)
+    assert (judge.score_previous, judge.score_edited) == ((hi - 1 + lo) / 2, (lo + 1 + hi) / 2)
     assert (result.response, result.stop_reason) == ("7", StopReason.MAX_ROUNDS)
 
 
