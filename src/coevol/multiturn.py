@@ -72,19 +72,6 @@ class ExampleOutcome:
     def usage(self) -> dict[str, Usage]:
         return self.record.usage
 
-    # Read-only views for the runner until it reads ``record`` and ``failure`` directly.
-    @property
-    def trace(self) -> dict[str, Any]:
-        return self.record.to_dict()
-
-    @property
-    def error(self) -> str | None:
-        return None if self.record.failure is None else self.record.failure.message
-
-    @property
-    def error_type(self) -> str | None:
-        return None if self.record.failure is None else self.record.failure.type
-
     def to_payload(self) -> dict[str, Any]:
         """What the store keeps to replay this outcome without any model call."""
         return {
