@@ -31,7 +31,7 @@ __all__ = ["refine_command"]
 
 def _error(err: Any, message: str) -> None:
     """One line, never parsed as console markup (paths and server errors may hold ``[/b]``)."""
-    err.print(Text.assemble(("error: ", "bold red"), inert_line(message)))
+    err.print(Text.assemble(("error: ", "bold red"), inert_line(message)), soft_wrap=True)
 
 
 def _total(ns: argparse.Namespace) -> int | None:
