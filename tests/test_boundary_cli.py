@@ -75,6 +75,21 @@ def test_config_refuses_userinfo_without_echoing_it(capsys: pytest.CaptureFixtur
     assert QSECRET not in err
 
 
+def test_config_output_is_inert(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_main(capsys, "config", "--model", "evil\x1b]0;title\x07\u202e")
+    assert code == 0
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    assert "evil\\e]0;title" in out
+
+
+@pytest.mark.parametrize("value", ["sk-abc123", "MY KEY", "K\x1b[2J", ""])
+def test_api_key_env_must_be_a_variable_name(capsys: pytest.CaptureFixture[str], value: str) -> None:
+    code, out, err = run_main(capsys, "config", "--api-key-env", value)
+    assert (code, out) == (1, "")
+    assert "api_key_env must be the NAME of an environment variable" in err
+    assert value == "" or value not in err
+
+
 def test_max_budget_without_a_price_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_main(capsys, "config", "--base-url", "http://127.0.0.1:9/v1", "--max-budget", "5")
     assert code == 1

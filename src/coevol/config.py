@@ -8,6 +8,7 @@ Unknown keys are rejected with the key's name, and the configuration round-trips
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,19 @@ RoleName = Literal["positive", "critical", "advisor", "editor", "judge"]
 class _Strict(BaseModel):
     # hide_input_in_errors: a rejected base URL may hold a key; pydantic must not echo it.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_env_name(value: str | None) -> str | None:
+    """The name of an environment variable, never a key pasted in by mistake (nor escape codes)."""
+    if value is not None and not _ENV_NAME.fullmatch(value):
+        raise ValueError(
+            "api_key_env must be the NAME of an environment variable (letters, digits and _), "
+            "not the key itself"
+        )
+    return value
 
 
 def _check_base_url(value: str | None) -> str | None:
@@ -66,6 +80,11 @@ class RoleConfig(_Strict):
     @classmethod
     def _valid_url(cls, value: str | None) -> str | None:
         return _check_base_url(value)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _valid_env(cls, value: str | None) -> str | None:
+        return _check_env_name(value)
 
 
 class ConversationConfig(_Strict):
@@ -129,6 +148,12 @@ class Config(_Strict):
     @classmethod
     def _valid_url(cls, value: str | None) -> str | None:
         return _check_base_url(value)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _valid_env(cls, value: str) -> str:
+        _check_env_name(value)
+        return value
 
     @model_validator(mode="after")
     def _budget_needs_a_price(self) -> Config:

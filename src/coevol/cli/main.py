@@ -239,8 +239,14 @@ def _quiet_stdout() -> None:
 
 
 def _masked_yaml(config: Config) -> str:
-    """The config never holds keys, only variable names; say whether each one is set."""
+    """The config never holds keys, only variable names; say whether each one is set.
+
+    URL secrets are masked by ``to_yaml``; the whole text is made inert, so a model name carrying
+    escape sequences is shown, never obeyed, by the terminal.
+    """
     import os
+
+    from coevol.textsafe import inert
 
     lines = [config.to_yaml().rstrip("\n")]
     envs = sorted(
@@ -248,7 +254,7 @@ def _masked_yaml(config: Config) -> str:
     )
     for env in filter(None, envs):
         lines.append(f"# {env}: {'set (***)' if os.environ.get(env) else 'not set'}")
-    return "\n".join(lines) + "\n"
+    return inert("\n".join(lines)) + "\n"
 
 
 if __name__ == "__main__":
