@@ -18,7 +18,6 @@ from coevol.api import arefine_file
 from coevol.config import Config
 from coevol.engine.runner import RunPaths
 from coevol.errors import OutputError, StoreError
-from coevol.io import writers
 from coevol.io.guard import NoSpace
 from coevol.io.writers import RowWriter
 from coevol.testing import FakeOpenAIServer
@@ -266,10 +265,10 @@ async def test_a_crash_between_the_renames_is_finished_by_the_next_run(
             if renamed[-1] == "out.jsonl":
                 raise Crash
 
-        monkeypatch.setattr(writers.os, "replace", dies_after_the_journal_and_the_output)
+        monkeypatch.setattr("coevol.io.writers.os.replace", dies_after_the_journal_and_the_output)
         with pytest.raises(Crash):
             await arefine_file(data, out, config(fake))
-        monkeypatch.setattr(writers.os, "replace", real)
+        monkeypatch.setattr("coevol.io.writers.os.replace", real)
         assert renamed == ["out.jsonl.commit.json", "out.jsonl"]
         with pytest.raises(AssertionError, match="different runs"):
             _consistent(paths)  # the mixed set the crash left
