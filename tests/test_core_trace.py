@@ -182,6 +182,7 @@ async def test_round_trips_through_json_the_dict_and_the_store_payload() -> None
         {"record": {**EXPECTED, "schema": "coevol.trace/1"}, "turns": [], "pairs": []},
         {"record": EXPECTED, "turns": "abc", "pairs": []},
         {"record": EXPECTED, "turns": [["assistant", "x"]], "pairs": []},
+        {"record": EXPECTED, "turns": [["assistant", None, ""]], "pairs": []},
     ],
 )
 def test_a_stored_payload_of_another_shape_is_refused(payload: Any) -> None:

@@ -87,7 +87,9 @@ class ExampleOutcome:
             raise TraceSchemaError(f"stored outcome is not of the {SCHEMA!r} schema")
         record = TraceRecord.from_dict(payload["record"])
         try:
-            turns = [Turn(str(r), str(c), str(i)) for r, c, i in payload["turns"]]
+            turns = [Turn(r, c, i) for r, c, i in payload["turns"]]
+            if not all(isinstance(x, str) for t in turns for x in (t.role, t.content, t.input)):
+                raise TypeError("a stored turn holds a non-string")
             pairs = list(payload.get("pairs") or [])
         except (KeyError, TypeError, ValueError) as exc:
             raise TraceSchemaError(f"malformed stored outcome: {type(exc).__name__}: {exc}") from None
