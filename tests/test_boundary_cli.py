@@ -17,7 +17,7 @@ from coevol.cli.console import describe_os_error, describe_unexpected, error_tex
 from coevol.cli.progress import STALL_AFTER, RunDisplay, describe_waits, summary_table
 from coevol.engine.dispatch import RunStats, Wait
 from coevol.engine.runner import RunSummary
-from coevol.testing import HOSTILE_TEXT, FakeOpenAIServer, Fault, FaultKind, always
+from coevol.testing import HOSTILE_TEXT, FakeOpenAIServer, Fault, FaultKind, always, mentioning
 
 from .conftest import ALPACA_ROWS, coevol_cli
 
@@ -292,3 +292,21 @@ async def test_no_unclosed_session_warning_after_an_error(tmp_path: Path, case: 
         "wrong model": "model 'not-served' is not served there; the server offers: 'served'",
     }[case]
     assert advice in err
+
+
+async def test_a_server_ignoring_max_tokens_fails_that_sample_and_writes_nothing_huge(tmp_path: Path) -> None:
+    src = tmp_path / "data.json"
+    rows = [*ALPACA_ROWS, {"instruction": "HUGEROW: say hi", "input": "", "output": "hi"}]
+    src.write_text(json.dumps(rows), encoding="utf-8")
+    out = tmp_path / "out.json"
+    huge = mentioning("HUGEROW", Fault(FaultKind.HUGE, size=10_000_000))
+    async with FakeOpenAIServer(faults=huge) as server:
+        code, _, err = await coevol_cli(
+            "refine", str(src), "-o", str(out), "--base-url", server.base_url, "--model", "fake-model",
+            "--max-rounds", "1", "--max-answer-bytes", "1000000", "-q",
+        )  # fmt: skip
+    assert code == 4, err  # the run completed; one sample failed
+    assert "ResponseTooLarge" in err
+    written = [p for p in tmp_path.iterdir() if p.name.startswith("out.json")]
+    assert written and all(p.stat().st_size < 1_000_000 for p in written)
+    assert [r["instruction"] for r in json.loads(out.read_text())][-1] == "HUGEROW: say hi"
