@@ -1,0 +1,69 @@
+"""The public API is exactly what ``coevol.__all__`` lists: a change to it is a decision, not an accident."""
+
+from __future__ import annotations
+
+import coevol
+
+PUBLIC = [
+    "APIConnectionError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BudgetExceeded",
+    "ChatRequest",
+    "CoevolError",
+    "Completion",
+    "Config",
+    "ConfigError",
+    "ContextLengthError",
+    "ConversationConfig",
+    "DataError",
+    "FatalError",
+    "FileRun",
+    "GenParams",
+    "Generate",
+    "LLMError",
+    "LoopSettings",
+    "MissingExtra",
+    "ModelAssetError",
+    "NotFoundError",
+    "ParseError",
+    "Price",
+    "PromptSet",
+    "RateLimitError",
+    "Refinement",
+    "Result",
+    "RetryableError",
+    "RoleConfig",
+    "Sample",
+    "ServerError",
+    "__version__",
+    "arefine",
+    "arefine_file",
+    "coevolve",
+    "load_config",
+    "load_prompts",
+    "refine",
+    "refine_file",
+]
+
+
+def test_all_is_pinned() -> None:
+    assert sorted(coevol.__all__) == sorted(PUBLIC)
+    assert len(set(coevol.__all__)) == len(coevol.__all__)
+
+
+def test_every_public_name_resolves_and_star_import_gives_exactly_them() -> None:
+    for name in coevol.__all__:
+        assert getattr(coevol, name) is not None, name
+    namespace: dict[str, object] = {}
+    exec("from coevol import *", namespace)
+    assert sorted(k for k in namespace if k != "__builtins__") == sorted(PUBLIC)
+
+
+def test_exported_errors_are_the_documented_tree() -> None:
+    for name in coevol.__all__:
+        obj = getattr(coevol, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, coevol.CoevolError), name
+            assert obj is getattr(coevol.errors, name)
