@@ -8,13 +8,16 @@ answer-shaped fault. Without that, a test moved off HTTP could pass while the re
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import coevol.testing
+from coevol.api import arefine_file
 from coevol.config import Config
 from coevol.domain import StopReason
 from coevol.engine.build import build_engine
@@ -397,3 +400,22 @@ async def test_scripted_backend_defaults_and_counts() -> None:
     assert (await scripted.complete(request_for("x"))).text == "text"
     with pytest.raises(ServerError):
         await scripted.complete(request_for("x"))
+
+
+async def test_a_whole_file_run_needs_no_socket(tmp_path: Path) -> None:
+    base_url = "http://in-process.invalid/v1"
+    backend = ResponderBackend(CoEvolResponder(accept_up_to(1)), endpoint=base_url)
+    rows: list[dict[str, Any]] = [
+        {"id": 1, "instruction": "Name a prime number.", "input": "", "output": "9"},
+        {"id": 2, "instruction": "Name a colour.", "input": "", "output": "Sky"},
+    ]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    config = Config(base_url=base_url, model="fake-model")
+    run = await arefine_file(src, out, config, backends={base_url: backend})
+    assert [json.loads(line) for line in out.read_text("utf-8").splitlines()] == [
+        {**r, "output": r["output"] + EDIT_MARK} for r in rows
+    ]
+    assert (run.summary.rows, run.summary.refined, run.summary.accepted_edits) == (2, 2, 2)
+    assert len(backend.calls) == 2 * 16  # two iterations a row: one accepted, one rejected
