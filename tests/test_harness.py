@@ -37,7 +37,11 @@ def test_every_module_collects_without_the_optional_extras() -> None:
 
 def test_the_fake_server_runs_as_a_module() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "coevol.testing", "--help"], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "coevol.testing", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert "usage: python -m coevol.testing" in proc.stdout
