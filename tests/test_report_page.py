@@ -141,7 +141,7 @@ def test_report_json_document_fields(tmp_path: Path) -> None:
     assert {"comparisons", "consistent", "primacy", "recency", "position_consistency", "preference_fairness",
             "ties", "unparseable", "accepted_longer"} <= set(doc["judge"])  # fmt: skip
     assert set(doc["usage"]) == {"calls", "cached", "by_role", "cost"}
-    assert set(doc["usage"]["by_role"]["judge"]) == {"calls", "prompt_tokens", "completion_tokens"}
+    assert set(doc["usage"]["by_role"]["judge"]) == {"calls", "prompt_tokens", "completion_tokens", "cost"}
 
 
 def test_without_the_extra_the_page_names_the_install_line(
@@ -260,3 +260,18 @@ async def test_end_to_end_with_a_real_run(
     assert set(doc["models"]) == {"positive", "critical", "advisor", "editor", "judge"}
     page = Path(f"{out}.report.html").read_text()
     assert ("Check the judge" in page) is finding
+
+
+def test_prices_from_the_runs_config_give_cost_per_role(tmp_path: Path) -> None:
+    out = _hostile_run(tmp_path)
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "price:\n  prompt: 1.0\n  completion: 2.0\nroles:\n  judge:\n    price: {prompt: 10, completion: 20}\n"
+    )
+    assert run(_cli(str(out), "--tokenizer", "words", "--no-directions", "--config", str(config))) == 0
+    usage = json.loads(Path(f"{out}.report.json").read_text())["usage"]
+    # two records with usage: judge 2 x (100 prompt, 20 completion) + 2 x editor (50, 30)
+    assert usage["by_role"]["judge"]["cost"] == pytest.approx((200 * 10 + 40 * 20) / 1e6)
+    assert usage["by_role"]["editor"]["cost"] == pytest.approx((100 * 1 + 60 * 2) / 1e6)
+    assert usage["cost"] == pytest.approx((2800 + 220) / 1e6)
+    assert "$0.0030" in Path(f"{out}.report.html").read_text()

@@ -128,6 +128,15 @@ def test_single_order_judgements_are_not_comparisons() -> None:
     assert a.to_dict()["preference_fairness"] is None
 
 
+def test_add_record_is_what_a_live_display_needs() -> None:
+    a = JudgeAudit()
+    for i in range(10):
+        a.add_record(record(i, [("assistant 2", "assistant 2")]))
+    a.add_record(failed(10))
+    assert a.comparisons == 10
+    assert judge_finding(a.to_dict()) is not None
+
+
 def test_few_comparisons_give_no_finding() -> None:
     audit = _audit([("assistant 2", "assistant 2")] * 9)
     assert audit["position_consistency"] == 0.0
@@ -179,8 +188,13 @@ def test_the_whole_document() -> None:
         "calls": 2 * 3 + 3 + 2 + 1,
         "cached": 12 - 4,
         "by_role": {
-            "editor": {"calls": 4, "prompt_tokens": 100, "completion_tokens": 60},
-            "judge": {"calls": 8, "prompt_tokens": 200, "completion_tokens": 40},
+            "editor": {"calls": 4, "prompt_tokens": 100, "completion_tokens": 60, "cost": None},
+            "judge": {
+                "calls": 8,
+                "prompt_tokens": 200,
+                "completion_tokens": 40,
+                "cost": pytest.approx(280 / 1e6),
+            },
         },
         "cost": pytest.approx((200 * 1.0 + 40 * 2.0) / 1e6),
     }

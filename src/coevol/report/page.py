@@ -158,7 +158,7 @@ def _cards(report: dict[str, Any]) -> str:
         ("accepted edits", accepted),
         ("calls", usage["calls"]),
         ("cache hits", usage["cached"]),
-        ("cost", None if usage["cost"] is None else f"${usage['cost']:,.4f}"),
+        ("cost", None if usage["cost"] is None else _dollars(usage["cost"])),
         ("wall time", None if report["wall_time_s"] is None else _duration(report["wall_time_s"])),
     ]
     cells = "".join(
@@ -166,6 +166,10 @@ def _cards(report: dict[str, Any]) -> str:
         for k, v in items
     )
     return f'<div class="cards">{cells}</div>'
+
+
+def _dollars(v: Any) -> str:
+    return "-" if v is None else f"${v:,.4f}"
 
 
 def _duration(seconds: float) -> str:
@@ -187,11 +191,12 @@ def _roles_table(report: dict[str, Any]) -> str:
             f"<tr><td>{_e(r)}</td><td>{_e(', '.join(models.get(r, [])) or '-')}</td>"
             f'<td class="n">{_e(_num(u.get("calls")))}</td>'
             f'<td class="n">{_e(_num(u.get("prompt_tokens")))}</td>'
-            f'<td class="n">{_e(_num(u.get("completion_tokens")))}</td></tr>'
+            f'<td class="n">{_e(_num(u.get("completion_tokens")))}</td>'
+            f'<td class="n">{_e(_dollars(u.get("cost")))}</td></tr>'
         )
     head = (
         '<tr><th>role</th><th>model</th><th class="n">calls</th><th class="n">prompt tokens</th>'
-        '<th class="n">completion tokens</th></tr>'
+        '<th class="n">completion tokens</th><th class="n">cost</th></tr>'
     )
     return f"<table>{head}{''.join(rows)}</table>"
 

@@ -104,6 +104,14 @@ class JudgeAudit:
         else:
             self.recency += 1
 
+    def add_record(self, record: TraceRecord) -> None:
+        """Every judged iteration of one record: what a live display calls per finished row, then
+        ``judge_finding(audit.to_dict())`` to warn while the run goes on."""
+        for turn in record.turns:
+            for it in turn.iterations:
+                if it.judge is not None:
+                    self.add(it.judge)
+
     def add_accepted(self, longer: bool | None) -> None:
         self.accepted += 1
         if longer is not None:
@@ -292,25 +300,27 @@ class ReportBuilder:
         """``sent`` is how many distinct calls the store answered (None without a store): the
         rest of the trace's calls were replayed or shared, i.e. ``cached``."""
         calls = sum(u.calls for u in self.usage.values())
-        cost = None
-        if prices:
-            cost = sum(
-                (u.prompt_tokens * prices[r][0] + u.completion_tokens * prices[r][1]) / 1e6
-                for r, u in self.usage.items()
-                if r in prices
-            )
+
+        def cost(role: str, u: Usage) -> float | None:
+            if not prices or role not in prices:
+                return None
+            return (u.prompt_tokens * prices[role][0] + u.completion_tokens * prices[role][1]) / 1e6
+
+        by_role = {
+            role: {
+                "calls": u.calls,
+                "prompt_tokens": u.prompt_tokens,
+                "completion_tokens": u.completion_tokens,
+                "cost": cost(role, u),
+            }
+            for role, u in sorted(self.usage.items())
+        }
+        costs = [c["cost"] for c in by_role.values() if c["cost"] is not None]
         return {
             "calls": calls,
             "cached": None if sent is None else max(0, calls - sent),
-            "by_role": {
-                role: {
-                    "calls": u.calls,
-                    "prompt_tokens": u.prompt_tokens,
-                    "completion_tokens": u.completion_tokens,
-                }
-                for role, u in sorted(self.usage.items())
-            },
-            "cost": cost,
+            "by_role": by_role,
+            "cost": sum(costs) if prices else None,
         }
 
     def result(
