@@ -252,3 +252,37 @@ async def test_a_failed_build_leaves_no_unclosed_session() -> None:
                 await build_engine(Config(base_url=f"{other}/v1"))
         gc.collect()
     assert [str(w.message) for w in caught if "Unclosed" in str(w.message)] == []
+
+
+async def test_a_redirect_is_not_followed_so_the_key_stays_home() -> None:
+    elsewhere: list[str | None] = []
+
+    async def third_party(req: web.Request) -> web.Response:
+        elsewhere.append(req.headers.get("Authorization"))
+        return web.json_response(ok_body())
+
+    other = web.Application()
+    other.router.add_post("/v1/chat/completions", third_party)
+    async with app_server(other) as other_root:
+
+        async def redirect(req: web.Request) -> web.Response:
+            raise web.HTTPTemporaryRedirect(f"{other_root}/v1/chat/completions?key={QSECRET}")
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", redirect)
+        async with app_server(app) as root:
+            backend = OpenAIHTTPBackend(f"{root}/v1", api_key="sk-home-key")
+            async with backend:
+                with pytest.raises(NotFoundError) as info:
+                    await backend.complete(request(backend))
+    assert elsewhere == []
+    assert "redirects to" in str(info.value) and "key=***" in str(info.value)
+    assert QSECRET not in str(info.value)
+
+
+def test_role_urls_are_masked_in_the_printed_config() -> None:
+    config = Config.from_mapping(
+        {"base_url": "http://a/v1", "roles": {"judge": {"base_url": f"http://b/v1?api-key={QSECRET}"}}}
+    )
+    text = config.to_yaml()
+    assert QSECRET not in text and "base_url: http://b/v1?api-key=***" in text

@@ -320,12 +320,15 @@ class OpenAIHTTPBackend:
         shown = self._shown(url)
         kwargs = {"timeout": aiohttp.ClientTimeout(total=within)} if within is not None else {}
         try:
-            async with session.request(method, url, data=data, **kwargs) as resp:  # type: ignore[arg-type]
+            # Redirects are not followed: the Authorization header (and a key in the query string)
+            # must not travel to a host the configuration never named.
+            async with session.request(method, url, data=data, allow_redirects=False, **kwargs) as resp:  # type: ignore[arg-type]
                 status = resp.status
                 if status < 300:
                     return await self._read_capped(resp, shown)
                 raw = await resp.content.read(_MAX_ERROR_BODY)
-                retry_after = resp.headers.get("Retry-After") if status == 429 else None
+                # Retry-After of a 429, or where a 3xx points (reported, never followed)
+                header = resp.headers.get("Retry-After" if status == 429 else "Location")
         except TimeoutError:  # before OSError: TimeoutError is one; aiohttp's timeouts subclass it
             limit = self.request_timeout if within is None else within
             raise APITimeoutError(f"no answer from {shown} within {limit:g}s; request cancelled") from None
@@ -333,7 +336,7 @@ class OpenAIHTTPBackend:
             raise APIConnectionError(
                 self._scrub(f"{method} {shown} failed: {type(exc).__name__}: {exc}")
             ) from None
-        raise self._http_error(status, raw, shown, retry_after)
+        raise self._http_error(status, raw, shown, header)
 
     async def _read_capped(self, resp: aiohttp.ClientResponse, shown: str) -> bytes:
         """The body, read in chunks and abandoned as soon as it passes ``max_answer_bytes``."""
@@ -353,11 +356,12 @@ class OpenAIHTTPBackend:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _http_error(self, status: int, raw: bytes, shown: str, retry_after: str | None) -> LLMError:
+    def _http_error(self, status: int, raw: bytes, shown: str, header: str | None) -> LLMError:
+        """The error for a non-2xx answer; ``header`` is its Retry-After (429) or Location (3xx)."""
         message, code = _error_details(raw)
         text = self._scrub(f"HTTP {status} from {shown}: {_truncate(message) or '(empty body)'}")
         if status == 429:
-            return RateLimitError(text, status=status, retry_after=parse_retry_after(retry_after))
+            return RateLimitError(text, status=status, retry_after=parse_retry_after(header))
         if status >= 500:
             return ServerError(text, status=status)
         if status in (401, 403):
@@ -371,8 +375,16 @@ class OpenAIHTTPBackend:
                 return ContextLengthError(text, status=status)
         if status >= 400:
             return BadRequestError(text, status=status)
-        # 1xx/3xx: aiohttp follows redirects, so one that remains is a misbehaving server.
-        return ServerError(text, status=status)
+        if 300 <= status < 400:
+            where = masked_url(header) if header else "elsewhere"
+            return NotFoundError(
+                self._scrub(
+                    f"HTTP {status} from {shown}: the server redirects to {where}; redirects are not "
+                    "followed (the key would go along): use the final URL as base_url"
+                ),
+                status=status,
+            )
+        return ServerError(text, status=status)  # 1xx: a misbehaving server
 
     def _shown(self, url: URL) -> str:
         return masked_url(str(url))
