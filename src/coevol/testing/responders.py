@@ -20,10 +20,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
 from coevol.testing.fakes import ResponderGenerate
-from coevol.testing.faults import FaultPolicy
+from coevol.testing.faults import FaultPolicy, body_digest
 
 __all__ = [
     "EDIT_MARK",
@@ -159,7 +157,7 @@ class GarbleFirstJudge:
 
     def __call__(self, body: dict[str, Any]) -> str:
         if identify_role(body["messages"]) == "judge":
-            key = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+            key = body_digest(body)
             self.seen[key] += 1
             if self.seen[key] <= self.times:
                 return "Let me think about both responses carefully before deciding."
