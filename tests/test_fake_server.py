@@ -34,6 +34,7 @@ from coevol.testing import (
     FaultKind,
     RecordedRequest,
     Reply,
+    ThreadedServer,
     always,
     fetch_stats,
     first_attempt_faults,
@@ -594,3 +595,15 @@ def test_subprocess_cli_new_options() -> None:
             urllib.request.urlopen(keyless, timeout=5)
         assert refused.value.code == 401
         refused.value.close()
+
+
+def test_threaded_server_answers_blocking_clients_and_waits_for_conditions() -> None:
+    with ThreadedServer(model="m-thread") as server:
+        request = urllib.request.Request(f"{server.base_url}/chat/completions", data=orjson.dumps(body(1)))
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            answer = json.loads(resp.read())
+        server.wait_for(lambda: server.count() == 1)
+        assert answer["model"] == "fake-model"  # the body's model wins over the server's default
+        assert [r.body["messages"][0]["content"] for r in server.requests] == ["question 1"]
+        with pytest.raises(TimeoutError):
+            server.wait_for(lambda: server.count() == 2, timeout=0.05)
