@@ -3,8 +3,8 @@
 ``run.py`` starts this once per scenario so that each client's CPU time and peak RSS are its own
 (``getrusage(RUSAGE_SELF)``, all threads), never the server's or another scenario's.
 
-- ``coevol``: the engine exactly as ``coevol refine`` builds it (``load_config`` -> ``build_engine``
-  -> ``Runner`` with its SQLite store), minus the progress bar. CPU and wall time are counted from
+- ``coevol``: the file run exactly as ``coevol refine`` does it (``coevol.api.arefine_file``: the
+  store, the engine, the runner), minus the progress bar. CPU and wall time are counted from
   the first row to the last; interpreter start-up and imports are not (they are in the RSS).
 - ``baseline``: the reference implementation's structure: each sample's calls strictly one after
   another (debaters and judge orders too), ``--workers`` samples at a time like its threads, the
@@ -25,19 +25,19 @@ from typing import Any
 
 import orjson
 
+from coevol.api import arefine_file
 from coevol.config import load_config
 from coevol.conversation import ConversationSettings
 from coevol.domain import Example
-from coevol.engine.build import build_engine
-from coevol.engine.runner import Runner, RunPaths
-from coevol.io.files import read_examples
+from coevol.engine.dispatch import RunStats
+from coevol.engine.runner import RunSummary
 from coevol.io.formats import render_example
+from coevol.io.readers import read_examples
 from coevol.llm.openai_http import OpenAIHTTPBackend
 from coevol.llm.types import ChatRequest, Completion, GenParams, Message
 from coevol.loop import LoopSettings
 from coevol.multiturn import refine_example
 from coevol.prompts.templates import load_prompts
-from coevol.store.sqlite import Store
 
 
 def _cpu() -> float:
@@ -56,35 +56,24 @@ async def run_coevol(args: argparse.Namespace) -> dict[str, Any]:
     if args.mode:
         overrides["mode"] = args.mode
     config = load_config(None, overrides)
-    paths = RunPaths.beside(args.input, args.output)
-    store = Store(paths.store)
-    engine = await build_engine(config, store=store)
-    runner = Runner(
-        config,
-        engine.dispatcher,
-        engine.prompts,
-        paths,
-        run_fingerprint=engine.fingerprint,
-        offset=args.offset,
-        limit=args.limit,
-    )
-    cpu, wall = _cpu(), time.perf_counter()
-    try:
-        summary = await runner.run(store)
-    finally:
-        await engine.aclose()
-        store.close()
-    wall, cpu = time.perf_counter() - wall, _cpu() - cpu
-    stats = engine.dispatcher.stats
+    started: list[float] = []
+
+    def first_row(summary: RunSummary, stats: RunStats) -> None:
+        if not started:  # called once before the first row: count from here, not from start-up
+            started.extend((_cpu(), time.perf_counter()))
+
+    run = await arefine_file(args.input, args.output, config, offset=args.offset, limit=args.limit,
+                             progress=first_row)  # fmt: skip
+    wall, cpu = time.perf_counter() - started[1], _cpu() - started[0]
     return {
-        "rows": summary.rows,
-        "calls": stats.sent,
-        "retries": stats.retries,
-        "failed": summary.failed,
+        "rows": run.summary.rows,
+        "calls": run.stats.sent,
+        "retries": run.stats.retries,
+        "failed": run.summary.failed,
         "wall_s": wall,
         "cpu_s": cpu,
-        "store_commits": store.commits,
-        "peak_in_flight": engine.dispatcher.limit.peak,
+        "store_commits": run.store_commits,
+        "peak_in_flight": run.peak_in_flight,
     }
 
 

@@ -70,6 +70,8 @@ class FileRun:
     stats: RunStats
     dataset_info: Path | None
     recovered: bool = False
+    store_commits: int = 0  # transactions the run's store wrote (for benchmarks)
+    peak_in_flight: int = 0  # the most requests that were in flight at once (for benchmarks)
 
 
 def _config(config: Config | None, overrides: dict[str, Any]) -> Config:
@@ -213,7 +215,15 @@ async def arefine_file(
                 await runner.run(store)
             finally:
                 await engine.aclose()
-    return FileRun(paths, runner.summary, engine.dispatcher.stats, runner.dataset_info, recovered)
+    return FileRun(
+        paths,
+        runner.summary,
+        engine.dispatcher.stats,
+        runner.dataset_info,
+        recovered,
+        store.commits,
+        engine.dispatcher.limit.peak,
+    )
 
 
 def refine_file(input: PathArg, output: PathArg, config: Config | None = None, **kwargs: Any) -> FileRun:
