@@ -150,7 +150,7 @@ def _cards(report: dict[str, Any]) -> str:
     usage = report["usage"]
     items = [
         ("rows", report["rows"]),
-        ("refined units", report["units"]),
+        ("units refined (assistant turns)", report["units"]),
         ("refined", st["refined"]),
         ("kept", st["kept"]),
         ("failed", st["failed"]),
