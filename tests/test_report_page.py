@@ -275,3 +275,35 @@ def test_prices_from_the_runs_config_give_cost_per_role(tmp_path: Path) -> None:
     assert usage["by_role"]["editor"]["cost"] == pytest.approx((100 * 1 + 60 * 2) / 1e6)
     assert usage["cost"] == pytest.approx((2800 + 220) / 1e6)
     assert "$0.0030" in Path(f"{out}.report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d["turns"][0].__setitem__("original", 5),
+        lambda d: d["turns"][0].__setitem__("accepted_rounds", 10**12),
+        lambda d: d.__setitem__("accepted_rounds", -1),
+        lambda d: d["usage"]["judge"].__setitem__("calls", "many"),
+        lambda d: d["turns"][0]["iterations"][0]["suggestions"].__setitem__("text", ["a list"]),
+        lambda d: d["turns"][0]["iterations"][0]["judge"]["orders"][0].__setitem__("verdict", {"x": 1}),
+        lambda d: d["turns"][0]["iterations"][0].__setitem__("judge", "not an object"),
+        lambda d: d["roles"]["judge"].__setitem__("model", None),
+        lambda d: d.__setitem__("turns", [7]),
+    ],
+)
+def test_a_record_with_hostile_types_is_counted_not_fatal(
+    tmp_path: Path, mutate: Callable[[Any], None]
+) -> None:
+    out = tmp_path / "refined.json"
+    write_trace(
+        out, [record(0, [("assistant 2", "assistant 1")]), record(1, [("assistant 2", "assistant 1")])]
+    )
+    trace = Path(f"{out}.trace.jsonl")
+    first, second = trace.read_text().splitlines()
+    bad = json.loads(first)
+    mutate(bad)
+    trace.write_text(json.dumps(bad) + "\n" + second + "\n")
+    assert run(_cli(str(out))) == 0
+    doc = json.loads(Path(f"{out}.report.json").read_text())
+    assert doc["rows"] == 1 and doc["source"]["unreadable_lines"] == 1
+    assert doc["rounds"] == {"0": 0, "1": 1, "2": 0, "3": 0}

@@ -15,10 +15,23 @@ from pathlib import Path
 
 import orjson
 
-from coevol.domain import SCHEMA, TraceRecord, TraceSchemaError
+from coevol.domain import SCHEMA, Answer, IterationTrace, TraceRecord, TraceSchemaError, TurnTrace
 from coevol.errors import DataError
+from coevol.llm.types import Usage
 
-__all__ = ["RunFiles", "SampleSelection", "StoreFacts", "count_lines", "read_store", "read_trace"]
+__all__ = [
+    "MAX_ROUNDS",
+    "RunFiles",
+    "SampleSelection",
+    "StoreFacts",
+    "check_record",
+    "count_lines",
+    "read_store",
+    "read_trace",
+]
+
+MAX_ROUNDS = 1000
+"""More accepted edits than this in one unit is not a real run (and would size Fig. 2a's axis)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,13 +87,80 @@ def read_trace(path: Path, stats: TraceReadStats) -> Iterator[TraceRecord]:
                     _bad(stats, f"line {stats.lines}: not JSON ({exc})")
                     continue
                 try:
-                    yield TraceRecord.from_dict(data)
+                    record = TraceRecord.from_dict(data)
+                    check_record(record)
+                    yield record
                 except TraceSchemaError as exc:
                     if isinstance(data, dict) and data.get("schema") != SCHEMA:
                         raise DataError(f"{path}: {exc}") from None
                     _bad(stats, f"line {stats.lines}: {exc}")
         except OSError as exc:
             raise DataError(f"cannot read the trace {path}: {exc.strerror}") from None
+
+
+def _fail(what: str) -> None:
+    raise TraceSchemaError(f"malformed trace record: {what}")
+
+
+def _int(value: object, what: str, top: int | None = None) -> None:
+    if not isinstance(value, int) or value < 0 or (top is not None and value > top):
+        _fail(f"{what} is {value!r}, not a count" + ("" if top is None else f" up to {top}"))
+
+
+def _str(value: object, what: str, optional: bool = False) -> None:
+    if not (isinstance(value, str) or (optional and value is None)):
+        _fail(f"{what} is a {type(value).__name__}, not text")
+
+
+def _answer(a: Answer | None, what: str) -> None:
+    if a is not None:
+        _str(a.text, what)
+        _str(a.finish_reason, f"{what} finish_reason", optional=True)
+
+
+def _usage(usage: dict[str, Usage], what: str) -> None:
+    for role, u in usage.items():
+        for name in ("prompt_tokens", "completion_tokens", "calls"):
+            _int(getattr(u, name), f"{what} usage {role}.{name}")
+
+
+def _iteration(it: IterationTrace) -> None:
+    _str(it.previous, "iteration previous")
+    _str(it.edited, "iteration edited", optional=True)
+    for name in ("suggestions", "edit"):
+        _answer(getattr(it, name), f"iteration {name}")
+    if it.debate is not None:
+        for name in ("positive_stage1", "critical_stage1", "positive_stage2", "critical_stage2"):
+            _answer(getattr(it.debate, name), f"debate {name}")
+    if it.judge is not None:
+        for o in it.judge.orders:
+            _str(o.order, "judge order")
+            _str(o.verdict, "judge verdict", optional=True)
+            _str(o.error, "judge error", optional=True)
+            for a in o.attempts:
+                _answer(a, "judge attempt")
+    _usage(it.usage, "iteration")
+
+
+def _turn(t: TurnTrace) -> None:
+    for name in ("instruction", "input", "original", "final"):
+        _str(getattr(t, name), f"turn {name}")
+    _int(t.accepted_rounds, "turn accepted_rounds", MAX_ROUNDS)
+    for it in t.iterations:
+        _iteration(it)
+
+
+def check_record(record: TraceRecord) -> None:
+    """Refuse a record whose fields have the wrong types (``from_dict`` checks the shape, not the
+    types): a hostile or corrupted line is counted as unreadable instead of failing the report."""
+    _int(record.index, "index")
+    _int(record.line, "line")
+    _int(record.accepted_rounds, "accepted_rounds", MAX_ROUNDS)
+    _usage(record.usage, "record")
+    for role, route in record.roles.items():
+        _str(route.model, f"role {role} model")
+    for t in record.turns:
+        _turn(t)
 
 
 def _bad(stats: TraceReadStats, message: str) -> None:
