@@ -30,8 +30,7 @@ def _need(what: str) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def _chrome(javascript: bool) -> Any:
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.options import Options
@@ -52,7 +51,14 @@ def browser() -> Iterator[Any]:
     ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    b = webdriver.Chrome(service=Service(executable_path=driver), options=options)
+    if not javascript:
+        options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
+    return webdriver.Chrome(service=Service(executable_path=driver), options=options)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    b = _chrome(javascript=True)
     try:
         yield b
     finally:
@@ -155,3 +161,17 @@ def test_a_hostile_row_shows_as_text_and_never_runs(browser: Any, page: Path) ->
     assert browser.execute_script("return document.scripts.length") == 2
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == []
+
+
+def test_figures_and_tables_read_with_javascript_off(page: Path) -> None:
+    b = _chrome(javascript=False)
+    try:
+        b.get(page.resolve().as_uri())
+        figures = b.find_elements("css selector", "svg[role=img]")
+        assert len(figures) == 3 and all(f.is_displayed() for f in figures)
+        body = b.find_element("tag name", "body").text
+        assert "Figure 2a" in body and "Figure 3" in body and "position consistency" in body
+        assert "The sample browser needs JavaScript" in body
+        assert not b.find_element("id", "browser").is_displayed()
+    finally:
+        b.quit()
