@@ -174,6 +174,9 @@ def test_other_output_paths_and_errors(tmp_path: Path) -> None:
     )
     assert report_paths(Path("x.json"), Path("r/page.html")) == (Path("r/page.html"), Path("r/page.json"))
     assert report_paths(Path("x.json"), Path("r/page")) == (Path("r/page"), Path("r/page.json"))
+    trace = write_trace(tmp_path / "given.json", [record(0, [("assistant 2", "assistant 1")])])
+    assert run(_cli(str(trace), "--tokenizer", "words", "--no-directions")) == 0  # the trace itself
+    assert (tmp_path / "given.json.report.html").exists()
     with pytest.raises(DataError, match="no trace beside"):
         run(_cli(str(tmp_path / "nothing.json")))
 

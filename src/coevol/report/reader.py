@@ -45,6 +45,11 @@ class RunFiles:
 
     @classmethod
     def beside(cls, output: Path) -> RunFiles:
+        """The files beside ``output``; given the trace itself, the output it belongs to."""
+        for suffix in (".trace.jsonl", ".trace.jsonl.partial"):
+            if output.name.endswith(suffix) and len(output.name) > len(suffix):
+                output = output.with_name(output.name[: -len(suffix)])
+
         def side(suffix: str) -> Path:
             return output.with_name(output.name + suffix)
 
