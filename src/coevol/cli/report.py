@@ -105,7 +105,7 @@ def run(ns: argparse.Namespace) -> int:
         prices=_prices(ns.config),
     )
     built = build_report(files, options)
-    page, doc = report_paths(ns.output, ns.out)
+    page, doc = report_paths(files.output, ns.out)
     _write(doc, orjson.dumps(built.document, option=orjson.OPT_INDENT_2) + b"\n")
     _write(page, built.page.encode())
     out = Console(stderr=True, highlight=False)
