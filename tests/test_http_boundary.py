@@ -286,3 +286,21 @@ def test_role_urls_are_masked_in_the_printed_config() -> None:
     )
     text = config.to_yaml()
     assert QSECRET not in text and "base_url: http://b/v1?api-key=***" in text
+
+
+async def test_a_key_that_may_chat_but_not_list_models_is_not_refused_at_build() -> None:
+    async def forbidden(req: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": "missing scope model.read"}}, status=403)
+
+    async def chat(req: web.Request) -> web.Response:
+        return web.json_response(ok_body("chatted"))
+
+    app = web.Application()
+    app.router.add_get("/v1/models", forbidden)
+    app.router.add_post("/v1/chat/completions", chat)
+    async with app_server(app) as root:
+        engine = await build_engine(Config(base_url=f"{root}/v1", model="m"))
+        try:
+            assert (await engine.dispatcher("judge", list(MSGS))).text == "chatted"
+        finally:
+            await engine.aclose()

@@ -269,11 +269,12 @@ class OpenAIHTTPBackend:
     async def check(self) -> None:
         """Setup check before any work: the key is accepted and the base URL is right.
 
-        ``GET /models`` answers 401/403 for a refused key (raised, with where the key came from);
-        a 404 while ``{base_url}/v1/models`` answers means the base URL lacks ``/v1``. A server
-        that is down, slow or has no ``/models`` is not refused here: the run's own retries and
-        error messages deal with it. A model missing from the list is not refused either (the
-        llama.cpp server and Ollama accept names they do not list); its first 404 lists them.
+        ``GET /models`` answers 401 for a refused key: raised, with where the key came from (a 403
+        may only mean the key cannot list models, and is let pass). A 404 while
+        ``{base_url}/v1/models`` answers means the base URL lacks ``/v1``. A server that is down,
+        slow or has no ``/models`` is not refused here: the run's own retries and error messages
+        deal with it. A model missing from the list is not refused either (the llama.cpp server
+        and Ollama accept names they do not list); its first 404 lists them.
         """
         try:
             await self.list_models(within=min(self.request_timeout, _PROBE_TIMEOUT))
@@ -281,6 +282,9 @@ class OpenAIHTTPBackend:
             hint = await self._missing_v1_hint()
             if hint:
                 raise ConfigError(hint) from None
+        except AuthenticationError as exc:
+            if exc.status != 403:  # 403: a key allowed to chat but not to list models (OpenAI scopes)
+                raise
         except (ServerError, APIConnectionError, APITimeoutError, BadRequestError, RateLimitError):
             return
 
