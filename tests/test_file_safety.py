@@ -17,7 +17,7 @@ import pytest
 from coevol.api import arefine_file
 from coevol.config import Config
 from coevol.engine.runner import RunPaths
-from coevol.errors import OutputError, StoreError
+from coevol.errors import ConfigError, OutputError, StoreError
 from coevol.io.guard import NoSpace
 from coevol.io.writers import RowWriter
 from coevol.testing import FakeOpenAIServer
@@ -362,3 +362,14 @@ def test_a_full_disk_while_writing_an_output_file_is_one_clear_error(small_disk:
         writer.finish()
     writer.abort()
     assert out.read_text() == "previous\n"
+
+
+async def test_an_output_coevol_cannot_write_is_refused_before_anything_is_created(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "in.jsonl", ROWS)
+    async with FakeOpenAIServer(CoEvolResponder()) as fake:
+        with pytest.raises(ConfigError, match=r"output must be \.jsonl, \.json or \.parquet"):
+            await arefine_file(data, tmp_path / "out.csv", config(fake))
+        with pytest.raises(ConfigError, match=r"output must be \.jsonl, \.json or \.parquet"):
+            await arefine_file(data, tmp_path / "o.jsonl", config(fake), pairs=tmp_path / "p.txt")
+        assert fake.requests == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]

@@ -36,7 +36,7 @@ from coevol.engine.runner import ProgressFn, Runner, RunPaths, RunSummary
 from coevol.errors import DataError, OutputError
 from coevol.io.formats import parse_example, render_example
 from coevol.io.guard import RunLock, check_not_links, check_outputs
-from coevol.io.writers import recover
+from coevol.io.writers import output_kind, recover
 from coevol.llm.types import Backend
 from coevol.multiturn import refine_example
 from coevol.store.sqlite import Store
@@ -157,6 +157,9 @@ def prepare(paths: RunPaths, cache: Path | None) -> None:
             if os.path.realpath(path) == os.path.realpath(cache):
                 raise OutputError(f"refusing to run: --cache {cache} is {what}")
     check_not_links([paths.lock, paths.journal])
+    output_kind(paths.output)  # an unknown suffix is refused here, not after the store is created
+    if paths.pairs is not None:
+        output_kind(paths.pairs)
 
 
 async def arefine_file(
