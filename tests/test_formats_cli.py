@@ -17,9 +17,9 @@ import pytest
 
 from coevol.domain import Example
 from coevol.errors import DataError
+from coevol.io.formats import render_example
 from coevol.io.readers import parquet_schema, read_examples
 from coevol.io.writers import RowWriter
-from coevol.io.formats import render_example
 from coevol.testing import FakeOpenAIServer
 from coevol.testing.responders import EDIT_MARK, CoEvolResponder, accept_up_to
 

@@ -149,7 +149,7 @@ class Store:
 
     def _flush_soon(self) -> None:
         self._scheduled = None
-        with contextlib.suppress(StoreError, NoSpace):  # kept in ``_error``: waiters and the next write see it
+        with contextlib.suppress(StoreError, NoSpace):  # kept in ``_error``: waiters and later writes see it
             self.flush()
 
     def flush(self) -> None:
