@@ -36,6 +36,7 @@ from coevol.engine.runner import ProgressFn, Runner, RunPaths, RunSummary
 from coevol.errors import DataError, OutputError
 from coevol.io.formats import parse_example, render_example
 from coevol.io.guard import RunLock, check_not_links, check_outputs
+from coevol.io.readers import hub_id
 from coevol.io.writers import output_kind, recover
 from coevol.llm.types import Backend
 from coevol.multiturn import refine_example
@@ -137,7 +138,7 @@ def refine(
 
 
 def _check_input(input: Path) -> None:
-    if str(input).startswith("hf://"):
+    if hub_id(input) is not None:
         return
     if not input.exists():
         raise OutputError(f"input not found: {input}")
@@ -145,7 +146,7 @@ def _check_input(input: Path) -> None:
 
 def prepare(paths: RunPaths, cache: Path | None) -> None:
     """Every refusal, before anything is created or sent: a lost input, a clobbered file, a link."""
-    hub = str(paths.input).startswith("hf://")
+    hub = hub_id(paths.input) is not None
     _check_input(paths.input)
     check_outputs(None if hub else paths.input, paths.output, paths.working(), paths.pairs)
     if cache is not None:

@@ -23,7 +23,7 @@ from coevol.io.guard import file_error
 from coevol.io.jsonarray import BOM, WHITESPACE, scan_array
 from coevol.io.parquet import PARQUET_BATCH, import_pyarrow
 
-__all__ = ["FILE_FORMATS", "count_rows", "parquet_schema", "read_examples"]
+__all__ = ["FILE_FORMATS", "count_rows", "hub_id", "parquet_schema", "read_examples"]
 
 FILE_FORMATS: tuple[str, ...] = ("jsonl", "json", "parquet", "hf-disk", "hf")
 """Input kinds: JSON Lines, a JSON array, Parquet, a ``save_to_disk`` folder, a Hub id (``hf://``)."""
@@ -46,6 +46,18 @@ class _Raw(NamedTuple):
     """Report ``text`` as the rejected row's raw text (else the parsed row, re-serialized on one line)."""
 
 
+def hub_id(path: PathLike) -> str | None:
+    """``owner/name[:split]`` for a Hub input ``hf://owner/name``, else ``None``.
+
+    A ``Path`` folds ``hf://`` into ``hf:/``, so both spellings name the Hub.
+    """
+    text = os.fspath(path)
+    for prefix in ("hf://", "hf:/"):
+        if text.startswith(prefix):
+            return text.removeprefix(prefix)
+    return None
+
+
 def _input_kind(path: PathLike, file_format: str | None) -> str:
     if file_format is not None:
         kind = "jsonl" if file_format == "ndjson" else file_format
@@ -54,7 +66,7 @@ def _input_kind(path: PathLike, file_format: str | None) -> str:
                 f"unknown file format {file_format!r}; expected one of {', '.join(FILE_FORMATS)}"
             )
         return kind
-    if str(path).startswith("hf://"):
+    if hub_id(path) is not None:
         return "hf"
     p = Path(path)
     if p.is_dir():
@@ -113,7 +125,7 @@ def read_examples(
     kind = _input_kind(path, file_format)
     rows: Iterator[_Raw]
     if kind == "hf":
-        rows = _object_rows(_open_hub(str(path).removeprefix("hf://")))
+        rows = _object_rows(_open_hub(hub_id(path) or ""))
     elif kind == "hf-disk":
         rows = _object_rows(_open_disk(Path(path)))
     else:
