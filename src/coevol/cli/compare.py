@@ -1,0 +1,274 @@
+"""``coevol compare BASELINE CANDIDATE [CANDIDATE ...] -o RESULT``: did refinement help?
+
+Judges every response pair of two versions of a dataset in both orders, with the same connection
+and model options as ``refine`` (a ``judge`` role in ``--config`` picks a different, stronger
+model), prints a win/tie/loss table per candidate and writes the ``coevol.compare/1`` document.
+``coevol report RESULT`` renders it as a page (``report_compare``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from coevol.cli.exit_codes import EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_TERMINATED
+from coevol.config import Config
+from coevol.engine.dispatch import RunStats
+from coevol.errors import BudgetExceeded, DataError, OutputError
+from coevol.textsafe import inert, inert_line
+
+__all__ = ["add_parser", "format_table", "is_compare_result", "report_compare", "run"]
+
+_SCHEMA_HEAD = re.compile(rb'^\s*\{\s*"schema"\s*:\s*"coevol\.compare/1"')
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``compare`` on the CLI's subparsers (``argparse._SubParsersAction``)."""
+    from coevol.cli.main import _add_config_flags
+
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "compare",
+        help="judge two versions of a dataset pairwise (did refinement help?)",
+        description=(
+            "Compare each CANDIDATE with BASELINE, response by response, with a judge that sees each "
+            "pair in both orders (the paper's Table 9 prompt, Eq. 4). Rows are matched by id when "
+            "every row has one, else by position; conversations per assistant turn. Writes RESULT "
+            "(JSON, coevol.compare/1) and prints a win/tie/loss table."
+        ),
+    )
+    p.add_argument("baseline", type=Path, help="the reference version, e.g. the original data")
+    p.add_argument(
+        "candidates", type=Path, nargs="+", metavar="candidate", help="versions to judge against it"
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="where to write the result (JSON)")
+    p.add_argument(
+        "--rule",
+        choices=["eq4", "conservative"],
+        default="eq4",
+        help="eq4: average over both orders, the paper's rule (default); conservative: MT-Bench's, "
+        "a win only when both orders agree",
+    )
+    p.add_argument(
+        "--format",
+        dest="input_format",
+        choices=["alpaca", "sharegpt", "messages"],
+        help="force the data format (default: detected)",
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--dry-run", action="store_true", help="print the judge calls needed; send nothing")
+    _add_config_flags(p)
+    return p
+
+
+def format_table(document: dict[str, Any]) -> Table:
+    """The win/tie/loss table; every name from the command line or the file is shown inert."""
+    table = Table(title=f"candidate vs baseline (rule {document['rule']})", title_justify="left")
+    for name, justify in (
+        ("candidate", "left"),
+        ("win", "right"),
+        ("tie", "right"),
+        ("loss", "right"),
+        ("total", "right"),
+        ("win rate", "right"),
+        ("95% CI (Wilson)", "right"),
+        ("unparseable", "right"),
+        ("failed", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for c in document["candidates"]:
+        iv = c["interval"]
+        rate = "-" if c["win_rate"] is None else f"{c['win_rate']:.1%}"
+        ci = "-" if iv["low"] is None else f"{iv['low']:.1%}-{iv['high']:.1%}"
+        table.add_row(
+            Text(inert_line(str(c["candidate"]))),
+            *(Text(f"{c[k]:,}") for k in ("win", "tie", "loss", "total")),
+            Text(rate),
+            Text(ci),
+            Text(f"{c['unparseable']:,}"),
+            Text(f"{c['failed']:,}"),
+        )
+    return table
+
+
+def _config(ns: argparse.Namespace) -> Config:
+    from coevol.cli.main import _overrides
+    from coevol.config import load_config
+
+    return load_config(ns.config, _overrides(ns))
+
+
+def _dry_run(ns: argparse.Namespace, config: Config) -> int:
+    from coevol.compare.dryrun import estimate_units, format_estimates
+    from coevol.compare.run import judge_config, plan_comparison
+    from coevol.prompts.templates import load_prompts
+
+    cfg = judge_config(config)
+    prompts = load_prompts(cfg.prompts_dir)
+    plan = plan_comparison(
+        ns.baseline,
+        ns.candidates,
+        prompts,
+        input_format=ns.input_format,
+        window_rounds=cfg.conversation.window_rounds,
+    )
+    estimates = [estimate_units(c.name, c.units, prompts, cfg) for c in plan.candidates]
+    sys.stdout.write(inert(format_estimates(estimates)))
+    return EXIT_OK
+
+
+class _Display:
+    """A plain progress bar on stderr: pairs done, calls sent and answered from the cache."""
+
+    def __init__(self, err: Console, quiet: bool) -> None:
+        self.progress = None
+        if not quiet:
+            self.progress = Progress(
+                TextColumn("judging"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[calls]}"),
+                TimeElapsedColumn(),
+                console=err,
+                transient=False,
+            )
+            self.task = self.progress.add_task("compare", total=None, calls="")
+
+    def __enter__(self) -> _Display:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def __call__(self, done: int, total: int, stats: RunStats) -> None:
+        if self.progress is not None:
+            calls = f"calls sent {stats.sent:,}, cached {stats.cached:,}, retries {stats.retries:,}"
+            self.progress.update(self.task, completed=done, total=total, calls=calls)
+
+
+def run(ns: argparse.Namespace) -> int:
+    """Run the comparison; print the table (stdout) and any finding (stderr)."""
+    config = _config(ns)
+    if ns.dry_run:
+        return _dry_run(ns, config)
+    err = Console(stderr=True, highlight=False)
+    terminated: list[int] = []
+
+    async def go() -> Any:
+        from coevol.compare.run import acompare_files
+
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+
+        def on_sigterm() -> None:
+            terminated.append(signal.SIGTERM)
+            if task is not None:
+                task.cancel()
+
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        try:
+            with _Display(err, ns.quiet) as display:
+                return await acompare_files(
+                    ns.baseline,
+                    ns.candidates,
+                    ns.output,
+                    config,
+                    rule=ns.rule,
+                    input_format=ns.input_format,
+                    progress=display,
+                )
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    try:
+        result = asyncio.run(go())
+    except BudgetExceeded as exc:
+        err.print(f"stopped: {inert_line(str(exc))}; rerun the same command to resume", markup=False)
+        return EXIT_BUDGET
+    except asyncio.CancelledError:
+        err.print("stopped; rerun the same command to resume", markup=False)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        err.print("interrupted; rerun the same command to resume", markup=False)
+        return EXIT_INTERRUPTED
+    return _finished(err, result.document, result.paths.result)
+
+
+def _finished(err: Console, document: dict[str, Any], path: Path) -> int:
+    Console(highlight=False).print(format_table(document))
+    for c in document["candidates"]:
+        if c["finding"]:
+            err.print(
+                f"warning ({inert_line(str(c['candidate']))}): {inert_line(c['finding'])}", markup=False
+            )
+    err.print(
+        f"result: {inert_line(str(path))} (coevol report {inert_line(str(path))} renders it)", markup=False
+    )
+    failed = sum(c["failed"] for c in document["candidates"])
+    if failed:
+        err.print(
+            f"{failed} pairs failed (left out of the totals); rerun the same command to judge them again",
+            markup=False,
+        )
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def is_compare_result(path: Path) -> bool:
+    """Whether ``path`` is a ``coevol.compare/1`` document (read from its first bytes only)."""
+    try:
+        if not path.is_file():
+            return False
+        with path.open("rb") as f:
+            return _SCHEMA_HEAD.match(f.read(256)) is not None
+    except OSError:
+        return False
+
+
+def load_result(path: Path) -> dict[str, Any]:
+    """The document, checked enough that rendering cannot fail on a hand-edited or hostile file."""
+    try:
+        doc = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("schema") != "coevol.compare/1":
+        raise DataError(f"{path}: not a coevol.compare/1 document")
+    return doc
+
+
+def report_compare(ns: argparse.Namespace) -> int:
+    """``coevol report RESULT`` for a compare result: the page beside it (or at ``-o``)."""
+    from coevol.cli.report import report_paths
+    from coevol.compare.run import write_bytes
+    from coevol.report.compare_page import render_compare_page
+
+    doc = load_result(ns.output)
+    try:
+        page = render_compare_page(doc, title=str(ns.output), max_units=ns.max_samples)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise DataError(
+            f"{ns.output}: not a valid coevol.compare/1 document ({type(exc).__name__}: {exc})"
+        ) from None
+    out, _ = report_paths(ns.output, ns.out)
+    if out.resolve() == ns.output.resolve():
+        raise OutputError(f"refusing to write the page over the result {ns.output}; give -o PAGE.html")
+    write_bytes(out, page.encode())
+    Console(stderr=True, highlight=False).print(
+        f"report: {inert_line(str(out))}\n"
+        f"open it with: xdg-open {inert_line(str(out))}  (it needs no network)",
+        markup=False,
+    )
+    return EXIT_OK

@@ -1,0 +1,178 @@
+"""Which responses of two versions of a dataset are compared with each other. Pure: no I/O.
+
+Rows are matched by ``id`` when every row of both files has one, else by position. Either way the
+two rows must be the same request: the same turns in the same roles, the same system message,
+instructions and inputs; only assistant turns may differ. The first row that breaks this stops the
+comparison with a ``DataError`` naming it, before anything is sent. A conversation gives one unit
+per assistant turn (the turns the refiner rewrites); the judge sees each turn with the baseline's
+earlier turns as history, so both responses answer the very same conversation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from coevol.conversation import ConversationSettings, refinable_turns, window_sample
+from coevol.domain import Example
+from coevol.errors import DataError
+from coevol.prompts.render import Sample
+from coevol.prompts.templates import PromptSet
+from coevol.textsafe import inert_line
+
+__all__ = ["Side", "Unit", "match_rows", "row_units", "units_of"]
+
+_SHOWN = 60  # characters of a differing text quoted in a mismatch error
+
+
+@dataclass(frozen=True, slots=True)
+class Side:
+    """One input file as the matcher sees it: a name for messages and its parsed rows in order."""
+
+    name: str
+    rows: Sequence[Example]
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One response pair to judge: row ``row`` (0-based, baseline order), assistant turn ``turn``."""
+
+    row: int
+    turn: int
+    id: Any
+    baseline_line: int
+    candidate_line: int
+    sample: Sample  # the request with the baseline's response (what the judge's "previous" slot shows)
+    candidate: str
+
+    @property
+    def baseline(self) -> str:
+        return self.sample.response
+
+    @property
+    def identical(self) -> bool:
+        """Identical responses (surrounding whitespace aside) are ties without a call."""
+        return self.baseline.strip() == self.candidate.strip()
+
+
+def _has_id(example: Example) -> bool:
+    return example.raw.get("id") is not None
+
+
+def _id_key(value: Any) -> bytes:
+    """An id's identity as JSON: ``1`` and ``"1"`` are different ids, as in the file."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return repr(value).encode()
+
+
+def _show(value: Any) -> str:
+    text = inert_line(value if isinstance(value, str) else _id_key(value).decode("utf-8", "replace"))
+    return repr(text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "...")
+
+
+def _index_by_id(side: Side) -> dict[bytes, Example]:
+    out: dict[bytes, Example] = {}
+    for ex in side.rows:
+        key = _id_key(ex.raw["id"])
+        if key in out:
+            raise DataError(
+                f"{side.name}: id {_show(ex.raw['id'])} appears twice (lines {out[key].line} and "
+                f"{ex.line}); ids must be unique to match rows by id",
+                line=ex.line,
+                source=side.name,
+            )
+        out[key] = ex
+    return out
+
+
+def match_rows(baseline: Side, candidate: Side) -> tuple[str, list[tuple[Example, Example]]]:
+    """Pair the rows of the two files: ``("id", pairs)`` or ``("position", pairs)``, baseline order.
+
+    Raises ``DataError`` naming the first row that has no partner (a missing id, a different number
+    of rows) or whose request differs (see ``check_same_request``).
+    """
+    if baseline.rows and candidate.rows and all(map(_has_id, [*baseline.rows, *candidate.rows])):
+        by_id = _index_by_id(candidate)
+        _index_by_id(baseline)  # duplicates in the baseline are as ambiguous
+        pairs = []
+        for ex in baseline.rows:
+            other = by_id.pop(_id_key(ex.raw["id"]), None)
+            if other is None:
+                raise DataError(
+                    f"{candidate.name} has no row with id {_show(ex.raw['id'])} "
+                    f"({baseline.name} line {ex.line})",
+                    line=ex.line,
+                    source=candidate.name,
+                )
+            pairs.append((ex, other))
+        if by_id:
+            extra = min(by_id.values(), key=lambda e: e.line)
+            raise DataError(
+                f"{candidate.name} line {extra.line}: id {_show(extra.raw['id'])} is not in {baseline.name}",
+                line=extra.line,
+                source=candidate.name,
+            )
+        mode = "id"
+    else:
+        if len(baseline.rows) != len(candidate.rows):
+            raise DataError(
+                f"{baseline.name} has {len(baseline.rows)} rows and {candidate.name} "
+                f"{len(candidate.rows)}: rows without an id are matched by position, so both must "
+                "have the same rows (give every row an id to compare a subset)",
+                source=candidate.name,
+            )
+        pairs = list(zip(baseline.rows, candidate.rows, strict=True))
+        mode = "position"
+    for position, (b, c) in enumerate(pairs):
+        check_same_request(position, b, c, baseline.name, candidate.name)
+    return mode, pairs
+
+
+def _where(position: int, b: Example, c: Example, bname: str, cname: str) -> str:
+    return f"row {position + 1} ({bname} line {b.line}, {cname} line {c.line})"
+
+
+def check_same_request(position: int, b: Example, c: Example, bname: str, cname: str) -> None:
+    """The two rows ask the same thing: same turns and roles, same non-assistant texts and inputs."""
+    where = _where(position, b, c, bname, cname)
+    if len(b.turns) != len(c.turns):
+        raise DataError(
+            f"{where} is not the same request: {len(b.turns)} turns in {bname}, {len(c.turns)} in {cname}",
+            line=c.line,
+            source=cname,
+        )
+    for t, (bt, ct) in enumerate(zip(b.turns, c.turns, strict=True)):
+        what = None
+        if bt.role != ct.role:
+            what = f"turn {t + 1} is {bt.role!r} in one and {ct.role!r} in the other"
+        elif bt.role != "assistant" and bt.content != ct.content:
+            label = "instruction" if bt.role == "user" else f"{inert_line(bt.role)} message"
+            what = f"the {label} of turn {t + 1} differs: {_show(bt.content)} vs {_show(ct.content)}"
+        elif bt.input != ct.input:
+            what = f"the input of turn {t + 1} differs: {_show(bt.input)} vs {_show(ct.input)}"
+        if what is not None:
+            raise DataError(f"{where} is not the same request: {what}", line=c.line, source=cname)
+
+
+def row_units(
+    prompts: PromptSet, position: int, b: Example, c: Example, window_rounds: int = 3
+) -> list[Unit]:
+    """The units of one matched row: each assistant turn the refiner would rewrite."""
+    turns = refinable_turns(b.turns, ConversationSettings(window_rounds=window_rounds))
+    out = []
+    for t in turns:
+        sample = window_sample(prompts, b.turns, t, window_rounds)
+        out.append(Unit(position, t, b.raw.get("id"), b.line, c.line, sample, c.turns[t].content))
+    return out
+
+
+def units_of(
+    prompts: PromptSet, pairs: Sequence[tuple[Example, Example]], window_rounds: int = 3
+) -> list[Unit]:
+    """Every unit of every matched row, in baseline order."""
+    return [u for i, (b, c) in enumerate(pairs) for u in row_units(prompts, i, b, c, window_rounds)]
