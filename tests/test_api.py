@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from coevol import Config, arefine, refine
+from coevol import Config, arefine, refine, refine_file
 from coevol.testing import FakeOpenAIServer, fetch_stats, serve_in_subprocess
 from coevol.testing.responders import EDIT_MARK, CoEvolResponder, accept_up_to
 
@@ -48,3 +49,18 @@ def test_sync_refine_with_a_cache_pays_once(tmp_path: Path) -> None:
         assert fetch_stats(url)["requests"] == sent
     assert [r.row for r in first] == [r.row for r in second]
     assert all(r.status in ("refined", "kept") for r in first)
+
+
+def test_refine_file_sync_wrapper_and_the_roles_in_the_trace(tmp_path: Path) -> None:
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ALPACA_ROWS))
+    with serve_in_subprocess("--responder", "coevol.testing.responders:responder") as url:
+        run = refine_file(data, tmp_path / "out.jsonl", base_url=url, model="m", max_rounds=1)
+        rows = refine(ALPACA_ROWS[:1], base_url=url, model="m", max_rounds=1)
+    assert run.summary.complete and run.summary.rows == len(ALPACA_ROWS)
+    assert run.dataset_info == tmp_path / "out.jsonl.dataset_info.json" and run.dataset_info.exists()
+    record = json.loads(run.paths.trace.read_text().splitlines()[0])
+    assert set(record["roles"]) == {"positive", "critical", "advisor", "editor", "judge"}
+    assert record["roles"]["judge"] == {"model": "m", "endpoint": record["roles"]["judge"]["endpoint"]}
+    assert "127.0.0.1" in record["roles"]["judge"]["endpoint"]
+    assert rows[0].trace["roles"] == record["roles"]

@@ -32,7 +32,7 @@ from typing import Any
 from coevol.config import Config
 from coevol.engine.build import build_engine
 from coevol.engine.dispatch import RunStats
-from coevol.engine.runner import ProgressFn, Runner, RunPaths, RunSummary
+from coevol.engine.runner import ProgressFn, Runner, RunPaths, RunSummary, role_routes
 from coevol.errors import DataError, OutputError
 from coevol.io.formats import parse_example, render_example
 from coevol.io.guard import RunLock, check_not_links, check_outputs
@@ -99,6 +99,7 @@ async def arefine(
     engine = await build_engine(cfg, store=store)
     settings, conv = cfg.loop_settings(), cfg.conversation_settings()
     window = asyncio.Semaphore(cfg.samples_in_flight or (1 if engine.local else cfg.concurrency))
+    roles = role_routes(engine.dispatcher)
 
     async def one(index: int, obj: dict[str, Any]) -> Result:
         try:
@@ -106,7 +107,9 @@ async def arefine(
         except DataError as exc:
             return Result(None, "rejected", 0, {"index": index, "error": str(exc)}, str(exc))
         async with window:
-            outcome = await refine_example(example, engine.dispatcher, engine.prompts, settings, conv)
+            outcome = await refine_example(
+                example, engine.dispatcher, engine.prompts, settings, conv, roles=roles
+            )
         row = render_example(example, outcome.turns)
         failure = outcome.failure
         return Result(

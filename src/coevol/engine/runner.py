@@ -44,7 +44,7 @@ from coevol.multiturn import ExampleOutcome, refine_example
 from coevol.prompts.templates import PromptSet
 from coevol.store.sqlite import Store
 
-__all__ = ["ProgressFn", "RunPaths", "RunSummary", "Runner", "resume_key"]
+__all__ = ["ProgressFn", "RunPaths", "RunSummary", "Runner", "resume_key", "role_routes"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +307,7 @@ class Runner:
         self.limit = limit
         self.retry_failed = retry_failed
         self.progress = progress
-        self.roles = dict(roles) if roles is not None else _routes(dispatcher)
+        self.roles = dict(roles) if roles is not None else role_routes(dispatcher)
         self.summary = RunSummary()
         # What the written output holds, for its LLaMA-Factory entry: its format and every column
         # any row has (LLaMA-Factory reads only the columns it is told of).
@@ -512,7 +512,7 @@ class Runner:
         )
 
 
-def _routes(dispatcher: Dispatcher) -> dict[str, RoleRoute]:
+def role_routes(dispatcher: Dispatcher) -> dict[str, RoleRoute]:
     """Which model and endpoint serves each role, for the trace."""
     return {role: RoleRoute(r.model, r.backend.endpoint) for role, r in dispatcher.routes.items()}
 
