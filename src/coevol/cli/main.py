@@ -183,6 +183,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("trace", type=Path)
     s.add_argument("--index", type=int, action="append", help="only these sample indices (repeatable)")
     s.add_argument("--limit", type=int, default=5, help="at most N samples (default 5)")
+    from coevol.cli import compare
+
+    compare.add_parser(sub)
     return p
 
 
@@ -192,6 +195,10 @@ def _run(ns: argparse.Namespace, err: Any) -> int:
 
         show_trace(ns.trace, indices=ns.index, limit=ns.limit)
         return EXIT_OK
+    if ns.command == "compare":
+        from coevol.cli.compare import run as compare_run
+
+        return compare_run(ns)
     config = load_config(ns.config, _overrides(ns))
     if ns.command == "config":
         sys.stdout.write(_masked_yaml(config))
