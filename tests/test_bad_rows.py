@@ -86,7 +86,7 @@ def test_every_bad_row_is_rejected_with_its_line_and_the_rest_is_refined(
     for reject in rejects:
         assert expected[reject["line"]] in reject["error"]
         assert reject["raw"] == lines[reject["line"] - 1]
-    too_long = [r for r in rejects if json.loads(r["raw"]) == HUGE]
+    too_long = [r for r in rejects if "HUGE document" in r["raw"]]
     assert len(too_long) == 1 and too_long[0]["error"].startswith("not refined: ")
 
     # A rerun replays everything: no request, the same files, the rejects not written twice.
