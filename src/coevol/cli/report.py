@@ -95,6 +95,10 @@ def run(ns: argparse.Namespace) -> int:
 
     if ns.max_samples < 0:
         raise ConfigError("--max-samples must be 0 or more")
+    from coevol.cli.compare import is_compare_result, report_compare
+
+    if is_compare_result(ns.output):  # a ``coevol compare`` result (schema coevol.compare/1)
+        return report_compare(ns)
     files = RunFiles.beside(ns.output)
     if not files.trace.exists():
         raise DataError(f"no trace beside {ns.output}: expected {files.trace} (run coevol refine first)")
