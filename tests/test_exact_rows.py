@@ -4,6 +4,8 @@ a duplicate key or a row nested too deep is a bad row, never a crash."""
 from __future__ import annotations
 
 import json
+import sys
+import types
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -164,3 +166,18 @@ def test_exact_numbers_are_kept_as_read() -> None:
     assert isinstance(row["x"], Decimal) and str(row["x"]) == "0.1000000000000000055511151231257827"
     assert row["plain"] == 0.5 and isinstance(row["plain"], float)
     assert row["under"] == -9223372036854775809
+
+
+def test_a_deep_row_from_a_dataset_is_a_bad_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    deep: Any = "leaf"
+    for _ in range(3000):
+        deep = [deep]
+    fake = types.ModuleType("datasets")
+    fake.load_dataset = lambda name, split, streaming: iter(  # type: ignore[attr-defined]
+        [{"instruction": "a", "output": "b", "m": deep}, {"instruction": "c", "output": "d"}]
+    )
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    bad, good = list(read_examples("hf://owner/name"))
+    assert isinstance(bad, BadRow) and bad.error == "nested deeper than 64 levels" and bad.line == 1
+    assert bad.raw == "<a dict that cannot be written as JSON>"
+    assert not isinstance(good, BadRow)

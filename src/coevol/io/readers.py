@@ -205,7 +205,7 @@ def _raw_text(obj: Any) -> str:
     try:
         return jsonrow.dumps(obj).decode("utf-8", errors="replace")
     except (TypeError, ValueError, RecursionError):
-        return repr(obj)[:10000]
+        return f"<a {type(obj).__name__} that cannot be written as JSON>"
 
 
 def _decode(text: bytes) -> str:
