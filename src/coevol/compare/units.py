@@ -71,8 +71,12 @@ def _id_key(value: Any) -> bytes:
 
 
 def _show(value: Any) -> str:
-    text = inert_line(value if isinstance(value, str) else _id_key(value).decode("utf-8", "replace"))
-    return repr(text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "...")
+    """A text quoted (inert, cut short) or another id as its JSON, for one-line messages."""
+    if not isinstance(value, str):
+        text = inert_line(_id_key(value).decode("utf-8", "replace"))
+        return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+    text = inert_line(value)
+    return "'" + (text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "...") + "'"
 
 
 def _index_by_id(side: Side) -> dict[bytes, Example]:

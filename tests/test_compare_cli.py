@@ -1,0 +1,175 @@
+"""``coevol compare`` and ``coevol report RESULT`` through the command line (a fake server on a thread)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from coevol.cli import report as report_cli
+from coevol.cli.main import main
+from coevol.testing import ThreadedServer
+
+from .compare_support import (
+    BASE_OUTPUTS,
+    CAND_OUTPUTS,
+    JUDGED_PAIRS,
+    alpaca,
+    judge_requests,
+    plus_judge,
+    write_rows,
+)
+
+
+@pytest.fixture
+def server() -> ThreadedServer:  # type: ignore[misc]
+    with ThreadedServer(responder=plus_judge) as s:
+        yield s
+
+
+def _files(tmp_path: Path, cand_name: str = "cand.jsonl") -> tuple[Path, Path]:
+    return (
+        write_rows(tmp_path / "base.jsonl", alpaca(BASE_OUTPUTS)),
+        write_rows(tmp_path / cand_name, alpaca(CAND_OUTPUTS)),
+    )
+
+
+def test_compare_prints_the_table_and_writes_the_result(
+    tmp_path: Path,
+    server: ThreadedServer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "300")
+    base, cand = _files(tmp_path, "[bold red]cand\x1b[2J.jsonl")
+    out = tmp_path / "r.json"
+    code = main(
+        ["compare", str(base), str(cand), "-o", str(out), "--base-url", server.base_url, "--model", "m", "-q"]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    doc = json.loads(out.read_text())
+    assert (doc["win"], doc["tie"], doc["loss"]) == (2, 2, 2)
+    assert "[bold red]cand\\e[2J.jsonl" in captured.out and "\x1b" not in captured.out
+    assert "50.0%" in captured.out  # the win rate (2 + 2/2) / 6
+    assert len(judge_requests(server.requests)) == 2 * JUDGED_PAIRS
+    # rerun: nothing is sent again
+    assert (
+        main(
+            [
+                "compare",
+                str(base),
+                str(cand),
+                "-o",
+                str(out),
+                "--base-url",
+                server.base_url,
+                "--model",
+                "m",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    assert len(judge_requests(server.requests)) == 2 * JUDGED_PAIRS
+
+
+def test_dry_run_sends_nothing(
+    tmp_path: Path, server: ThreadedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base, cand = _files(tmp_path)
+    code = main(
+        [
+            "compare",
+            str(base),
+            str(cand),
+            "-o",
+            str(tmp_path / "r.json"),
+            "--base-url",
+            server.base_url,
+            "--dry-run",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "6 pairs, 1 identical (ties, no call); 10 judge calls (up to 30 with re-asks)" in out
+    assert server.count() == 0 and not (tmp_path / "r.json").exists()
+
+
+def test_a_mismatch_is_one_error_line_naming_the_row(
+    tmp_path: Path, server: ThreadedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = write_rows(tmp_path / "base.jsonl", alpaca(BASE_OUTPUTS))
+    cand = write_rows(tmp_path / "cand.jsonl", alpaca(CAND_OUTPUTS, prefix="Other"))
+    code = main(
+        [
+            "compare",
+            str(base),
+            str(cand),
+            "-o",
+            str(tmp_path / "r.json"),
+            "--base-url",
+            server.base_url,
+            "--model",
+            "m",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "error: row 1 (" in err and "is not the same request: the instruction of turn 1 differs" in err
+    assert "Traceback" not in err and server.count() == 0
+
+
+def test_the_judge_role_of_a_config_is_the_judge(
+    tmp_path: Path, server: ThreadedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base, cand = _files(tmp_path)
+    cfg = tmp_path / "roles.yaml"
+    cfg.write_text(
+        f"base_url: http://127.0.0.1:9/v1\nmodel: small\nroles:\n  judge:\n    base_url: {server.base_url}\n    model: strong\n"
+    )
+    out = tmp_path / "r.json"
+    assert main(["compare", str(base), str(cand), "-o", str(out), "--config", str(cfg), "-q"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["judge"]["model"] == "strong"
+    assert {r.body["model"] for r in judge_requests(server.requests)} == {"strong"}
+
+
+def _report(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    report_cli.add_parser(parser.add_subparsers(dest="command"))
+    return report_cli.run(parser.parse_args(["report", *argv]))
+
+
+def test_report_renders_a_compare_result_with_hostile_rows_inert(
+    tmp_path: Path, server: ThreadedServer
+) -> None:
+    hostile = "</script><img src=x onerror=alert(1)>"
+    base = write_rows(tmp_path / "base.jsonl", [{"instruction": hostile, "input": "", "output": "a"}])
+    cand = write_rows(tmp_path / "cand.jsonl", [{"instruction": hostile, "input": "", "output": "a+++"}])
+    out = tmp_path / "r.json"
+    assert (
+        main(
+            [
+                "compare",
+                str(base),
+                str(cand),
+                "-o",
+                str(out),
+                "--base-url",
+                server.base_url,
+                "--model",
+                "m",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    assert _report([str(out)]) == 0
+    page = (tmp_path / "r.json.report.html").read_text()
+    assert "coevol compare" in page and "&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "<img" not in page
+    with pytest.raises(Exception, match="refusing to write the page over the result"):
+        _report([str(out), "-o", str(out)])
