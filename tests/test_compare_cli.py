@@ -173,3 +173,19 @@ def test_report_renders_a_compare_result_with_hostile_rows_inert(
     assert "<img" not in page
     with pytest.raises(Exception, match="refusing to write the page over the result"):
         _report([str(out), "-o", str(out)])
+
+
+def test_failed_pairs_exit_4_and_say_how_to_retry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "300")
+    from coevol.testing import FaultKind, mentioning
+
+    base, cand = _files(tmp_path)
+    with ThreadedServer(responder=plus_judge, faults=mentioning("Task 3:", FaultKind.CONTEXT_LENGTH)) as s:
+        code = main(
+            ["compare", str(base), str(cand), "-o", str(tmp_path / "r.json"), "--base-url", s.base_url, "-q"]
+        )
+    err = capsys.readouterr().err
+    assert code == 4
+    assert "1 pairs failed (left out of the totals); rerun the same command to judge them again" in err

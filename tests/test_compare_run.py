@@ -275,3 +275,32 @@ async def test_only_the_judge_role_is_built(tmp_path: Path, files: tuple[Path, P
         cfg = Config.from_mapping({"roles": {"judge": {"base_url": server.base_url, "model": "big-judge"}}})
         run = await acompare_files(base, [cand], tmp_path / "r.json", cfg)
     assert run.document["judge"]["model"] == "big-judge" and _outcomes(run.document) == EQ4
+
+
+async def test_a_failed_call_fails_only_its_pair_and_a_rerun_judges_it(
+    tmp_path: Path, files: tuple[Path, Path]
+) -> None:
+    from coevol.testing import FaultKind, mentioning
+
+    base, cand = files
+    async with FakeOpenAIServer(plus_judge, faults=mentioning("Task 2:", FaultKind.CONTEXT_LENGTH)) as server:
+        run = await acompare_files(base, [cand], tmp_path / "r.json", _config(server))
+        server.faults = None
+        again = await acompare_files(base, [cand], tmp_path / "r.json", _config(server))
+    unit = run.document["candidates"][0]["units"][1]
+    assert unit["outcome"] == "failed" and unit["error"].startswith("ContextLengthError")
+    assert run.document["failed"] == 1 and run.document["total"] == 5
+    assert _outcomes(again.document) == EQ4
+
+
+async def test_transient_faults_are_retried_to_the_same_totals(
+    tmp_path: Path, files: tuple[Path, Path]
+) -> None:
+    from coevol.testing import FaultKind, first_attempt_faults
+
+    base, cand = files
+    faults = first_attempt_faults([FaultKind.SERVER_ERROR, FaultKind.DISCONNECT], rate=0.6, seed=3)
+    async with FakeOpenAIServer(plus_judge, faults=faults) as server:
+        run = await acompare_files(base, [cand], tmp_path / "r.json", _config(server))
+    assert run.stats.retries > 0
+    assert _outcomes(run.document) == EQ4
