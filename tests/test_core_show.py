@@ -15,10 +15,10 @@ import orjson
 import pytest
 from rich.console import Console
 
-from coevol.cli.show import CUT_OFF, TraceFileError, read_trace, show_trace
+from coevol.cli.show import CUT_OFF, read_trace, show_trace
 from coevol.conversation import ConversationSettings
 from coevol.domain import Example, RoleRoute, Turn
-from coevol.errors import CoevolError
+from coevol.errors import CoevolError, TraceError
 from coevol.loop import LoopSettings
 from coevol.multiturn import refine_example
 from coevol.prompts.templates import load_prompts
@@ -129,7 +129,7 @@ async def test_index_finds_the_sample_by_this_runs_index(tmp_path: Path) -> None
     out = render(path, terminal=False, indices=[1])
     assert "sample 1 (line 2)" in out and "sample 0 " not in out and "sample 2 " not in out
     assert render(path, terminal=False, limit=2).count("assistant turn 1") == 2
-    with pytest.raises(TraceFileError, match=r"no sample with index 7 in "):
+    with pytest.raises(TraceError, match=r"no sample with index 7 in "):
         render(path, terminal=False, indices=[7, 1])
 
 
@@ -154,18 +154,18 @@ V01 = {"index": 0, "line": 1, "status": "kept", "accepted_rounds": 0, "turns": [
 def test_a_file_that_is_not_a_trace_gives_one_line(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "given.json"
     path.write_bytes(content)
-    with pytest.raises(TraceFileError) as info:
+    with pytest.raises(TraceError) as info:
         list(read_trace(path))
     assert message in str(info.value) and "\n" not in str(info.value)
     assert isinstance(info.value, CoevolError)
 
 
 def test_missing_files_folders_and_hostile_paths_give_one_line(tmp_path: Path) -> None:
-    with pytest.raises(TraceFileError, match="no such trace file"):
+    with pytest.raises(TraceError, match="no such trace file"):
         list(read_trace(tmp_path / "nope.jsonl"))
-    with pytest.raises(TraceFileError, match="is a folder, not a trace file"):
+    with pytest.raises(TraceError, match="is a folder, not a trace file"):
         list(read_trace(tmp_path))
-    with pytest.raises(TraceFileError) as info:
+    with pytest.raises(TraceError) as info:
         list(read_trace(tmp_path / "x\x1b[2J\x07.jsonl"))
     assert "\x1b" not in str(info.value) and "\x07" not in str(info.value) and "\\e[2J" in str(info.value)
 

@@ -15,7 +15,8 @@ import orjson
 import pytest
 
 from coevol.conversation import ConversationSettings
-from coevol.domain import Example, RoleRoute, Status, TraceRecord, TraceSchemaError, Turn
+from coevol.domain import Example, RoleRoute, Status, TraceRecord, Turn
+from coevol.errors import TraceSchemaError
 from coevol.loop import LoopSettings
 from coevol.multiturn import ExampleOutcome, refine_example
 from coevol.prompts.templates import load_prompts

@@ -13,7 +13,7 @@ from coevol.cli.dryrun import calls_per_turn, estimate, format_estimate
 from coevol.config import Config, Price, RoleConfig
 from coevol.conversation import ConversationSettings, estimate_tokens
 from coevol.domain import Example
-from coevol.io.files import read_examples
+from coevol.io.readers import read_examples
 from coevol.llm.types import Completion, Message
 from coevol.loop import LoopSettings, Mode
 from coevol.multiturn import refine_example

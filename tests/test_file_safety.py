@@ -17,8 +17,7 @@ import pytest
 from coevol.api import arefine_file
 from coevol.config import Config
 from coevol.engine.runner import RunPaths
-from coevol.errors import ConfigError, OutputError, StoreError
-from coevol.io.guard import NoSpace
+from coevol.errors import ConfigError, NoSpace, OutputError, StoreError
 from coevol.io.writers import RowWriter
 from coevol.testing import FakeOpenAIServer
 from coevol.testing.responders import CoEvolResponder, accept_up_to

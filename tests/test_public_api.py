@@ -45,6 +45,15 @@ PUBLIC = [
     "load_prompts",
     "refine",
     "refine_file",
+    "NoSpace",
+    "OutputError",
+    "ResponseTooLarge",
+    "StoreError",
+    "TraceError",
+    "TraceSchemaError",
+    "Status",
+    "StopReason",
+    "TraceRecord",
 ]
 
 

@@ -5,6 +5,7 @@ The public API is what ``__all__`` lists; everything else is private and may cha
 
 from coevol.api import FileRun, Result, arefine, arefine_file, refine, refine_file
 from coevol.config import Config, ConversationConfig, Price, RoleConfig, load_config
+from coevol.domain import Status, StopReason, TraceRecord
 from coevol.errors import (
     APIConnectionError,
     APITimeoutError,
@@ -19,11 +20,17 @@ from coevol.errors import (
     LLMError,
     MissingExtra,
     ModelAssetError,
+    NoSpace,
     NotFoundError,
+    OutputError,
     ParseError,
     RateLimitError,
+    ResponseTooLarge,
     RetryableError,
     ServerError,
+    StoreError,
+    TraceError,
+    TraceSchemaError,
 )
 from coevol.llm.types import ChatRequest, Completion, Generate, GenParams
 from coevol.loop import LoopSettings, Refinement, coevolve
@@ -54,17 +61,26 @@ __all__ = [
     "LoopSettings",
     "MissingExtra",
     "ModelAssetError",
+    "NoSpace",
     "NotFoundError",
+    "OutputError",
     "ParseError",
     "Price",
     "PromptSet",
     "RateLimitError",
     "Refinement",
+    "ResponseTooLarge",
     "Result",
     "RetryableError",
     "RoleConfig",
     "Sample",
     "ServerError",
+    "Status",
+    "StopReason",
+    "StoreError",
+    "TraceError",
+    "TraceRecord",
+    "TraceSchemaError",
     "__version__",
     "arefine",
     "arefine_file",

@@ -34,7 +34,7 @@ from enum import StrEnum
 from typing import Any
 
 from coevol import errors
-from coevol.errors import CoevolError
+from coevol.errors import CoevolError, TraceSchemaError
 from coevol.llm.types import Usage
 
 __all__ = [
@@ -51,7 +51,6 @@ __all__ = [
     "Status",
     "StopReason",
     "TraceRecord",
-    "TraceSchemaError",
     "Turn",
     "TurnTrace",
 ]
@@ -155,10 +154,6 @@ class StopReason(StrEnum):
     CONTEXT_LENGTH = "context_length"  # the prompt outgrew the model's context after accepted edits
     ERROR = "error"  # a call failed
     SINGLE_PASS = "single_pass"  # an ablation mode: one pass, no judge
-
-
-class TraceSchemaError(CoevolError):
-    """A trace line that is not of this version's schema (or not a trace at all)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,10 @@ CoevolError
 ├── MissingExtra                an optional dependency is not installed; says the ``pip install``
 ├── ModelAssetError             the embedded GGUF is missing or corrupt
 ├── OutputError                 an output path refused before the run, or a file that cannot be written
+│   └── NoSpace                 the disk or quota is full (the previous output is intact)
 ├── StoreError                  the run store or call cache is corrupt, locked or cannot be written
+├── TraceError                  a file that cannot be read as a trace (missing, not a trace)
+│   └── TraceSchemaError        a trace of another schema version
 └── LLMError                    anything that went wrong talking to a model
     ├── RetryableError          worth trying again after a pause
     │   ├── RateLimitError      HTTP 429; ``retry_after`` seconds when the server said so
@@ -39,6 +42,7 @@ __all__ = [
     "LLMError",
     "MissingExtra",
     "ModelAssetError",
+    "NoSpace",
     "NotFoundError",
     "OutputError",
     "ParseError",
@@ -47,6 +51,8 @@ __all__ = [
     "RetryableError",
     "ServerError",
     "StoreError",
+    "TraceError",
+    "TraceSchemaError",
 ]
 
 
@@ -97,6 +103,18 @@ class OutputError(CoevolError):
 
 class StoreError(CoevolError):
     """The SQLite run store or call cache cannot be used; the message names the file and what to do."""
+
+
+class NoSpace(OutputError):
+    """The disk (or quota) is full: the run stopped, the previous output is intact, a rerun resumes."""
+
+
+class TraceError(CoevolError):
+    """A file that cannot be read as a trace: missing, a folder, or not a trace at all."""
+
+
+class TraceSchemaError(TraceError):
+    """A trace line of another schema version (or malformed): refused, never guessed at."""
 
 
 class LLMError(CoevolError):

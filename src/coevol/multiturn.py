@@ -31,10 +31,10 @@ from coevol.domain import (
     Status,
     StopReason,
     TraceRecord,
-    TraceSchemaError,
     Turn,
     TurnTrace,
 )
+from coevol.errors import TraceSchemaError
 from coevol.io.formats import with_input
 from coevol.llm.types import Generate, Usage
 from coevol.loop import LoopSettings, Refinement, refine

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from coevol.config import Config
-from coevol.io.files import read_examples
+from coevol.io.readers import read_examples
 from coevol.plan import DryRunEstimate, RoleEstimate, calls_per_turn, estimate_examples
 from coevol.prompts.templates import PromptSet
 

@@ -10,7 +10,7 @@ Everything read from the file came from a dataset or a model: it goes through
 ``coevol.textsafe.inert`` and is printed as plain ``rich.text.Text``, never parsed as markup, so
 escape sequences and console markup in it show as inert text. The file is read through
 ``TraceRecord.from_dict``; a file that is missing, a folder, not a trace or of another schema is
-refused with one line (``TraceFileError``, a ``CoevolError``).
+refused with one line (``TraceError``, a ``CoevolError``).
 """
 
 from __future__ import annotations
@@ -31,14 +31,13 @@ from coevol.domain import (
     JudgeTrace,
     StopReason,
     TraceRecord,
-    TraceSchemaError,
     TurnTrace,
 )
-from coevol.errors import CoevolError
+from coevol.errors import TraceError, TraceSchemaError
 from coevol.textdiff import word_diff
 from coevol.textsafe import inert, inert_line
 
-__all__ = ["TraceFileError", "read_trace", "render_record", "show_trace"]
+__all__ = ["read_trace", "render_record", "show_trace"]
 
 CUT_OFF = " (cut off: max_tokens reached)"
 
@@ -52,10 +51,6 @@ STOP_REASONS: dict[StopReason, str] = {
     StopReason.ERROR: "a call failed; the row is written unchanged",
     StopReason.SINGLE_PASS: "one pass of an ablation mode, no judge",
 }
-
-
-class TraceFileError(CoevolError):
-    """The file given to ``coevol show`` cannot be read as a trace."""
 
 
 def _t(text: object, style: str = "") -> Text:
@@ -196,35 +191,35 @@ def _where(path: Path) -> str:
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     try:
         if path.is_dir():
-            raise TraceFileError(f"{_where(path)} is a folder, not a trace file (give OUT.trace.jsonl)")
+            raise TraceError(f"{_where(path)} is a folder, not a trace file (give OUT.trace.jsonl)")
         with path.open("rb") as fh:
             yield from enumerate(fh, 1)
     except FileNotFoundError:
-        raise TraceFileError(f"no such trace file: {_where(path)}") from None
+        raise TraceError(f"no such trace file: {_where(path)}") from None
     except OSError as exc:
-        raise TraceFileError(f"cannot read {_where(path)}: {inert_line(exc.strerror or str(exc))}") from None
+        raise TraceError(f"cannot read {_where(path)}: {inert_line(exc.strerror or str(exc))}") from None
 
 
 def read_trace(path: Path) -> Iterator[TraceRecord]:
-    """The records of a trace file, one per non-blank line; anything else raises ``TraceFileError``."""
+    """The records of a trace file, one per non-blank line; anything else raises ``TraceError``."""
     for number, line in _lines(path):
         if not line.strip():
             continue
         try:
             data = orjson.loads(line)
         except orjson.JSONDecodeError:
-            raise TraceFileError(
+            raise TraceError(
                 f"{_where(path)} line {number} is not JSON: not a trace file (the trace is OUT.trace.jsonl)"
             ) from None
         if isinstance(data, dict) and "schema" not in data and "turns" not in data:
-            raise TraceFileError(
+            raise TraceError(
                 f"{_where(path)} line {number} is not a trace record: not a trace file "
                 "(the trace is OUT.trace.jsonl, not the output)"
             )
         try:
             yield TraceRecord.from_dict(data)
         except TraceSchemaError as exc:
-            raise TraceFileError(f"{_where(path)} line {number}: {inert_line(str(exc))}") from None
+            raise TraceError(f"{_where(path)} line {number}: {inert_line(str(exc))}") from None
 
 
 def show_trace(
@@ -249,5 +244,5 @@ def show_trace(
             break
     missing = sorted((wanted or set()) - found)
     if missing and shown < limit:
-        raise TraceFileError(f"no sample with index {', '.join(map(str, missing))} in {_where(path)}")
+        raise TraceError(f"no sample with index {', '.join(map(str, missing))} in {_where(path)}")
     return shown

@@ -34,10 +34,9 @@ import orjson
 from coevol.config import Config
 from coevol.domain import SCHEMA, BadRow, Example, RoleRoute, Status, StopReason
 from coevol.engine.dispatch import Dispatcher, RunStats
-from coevol.errors import BudgetExceeded, ConfigError, DataError, RetryableError
+from coevol.errors import BudgetExceeded, ConfigError, DataError, NoSpace, RetryableError
 from coevol.io import jsonrow
 from coevol.io.formats import dataset_info_entry, render_example
-from coevol.io.guard import NoSpace
 from coevol.io.readers import parquet_schema, read_examples
 from coevol.io.writers import AtomicFile, RowWriter, commit
 from coevol.multiturn import ExampleOutcome, refine_example

@@ -18,7 +18,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from coevol.errors import DataError, OutputError
+from coevol.errors import DataError, NoSpace, OutputError
 from coevol.textsafe import inert_line
 
 __all__ = [
@@ -34,10 +34,6 @@ __all__ = [
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-
-
-class NoSpace(OutputError):
-    """The disk (or quota) is full: the run stopped, the previous output is intact, a rerun resumes."""
 
 
 def file_error(path: str | os.PathLike[str], message: str) -> DataError:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import orjson
 
-from coevol.domain import SCHEMA, Answer, IterationTrace, TraceRecord, TraceSchemaError, TurnTrace
-from coevol.errors import DataError
+from coevol.domain import SCHEMA, Answer, IterationTrace, TraceRecord, TurnTrace
+from coevol.errors import DataError, TraceSchemaError
 from coevol.llm.types import Usage
 
 __all__ = [

@@ -33,9 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from coevol.errors import StoreError
+from coevol.errors import NoSpace, StoreError
 from coevol.io import jsonrow
-from coevol.io.guard import NoSpace, check_not_links
+from coevol.io.guard import check_not_links
 from coevol.llm.types import Completion
 
 __all__ = ["Store"]
