@@ -189,3 +189,15 @@ def test_failed_pairs_exit_4_and_say_how_to_retry(
     err = capsys.readouterr().err
     assert code == 4
     assert "1 pairs failed (left out of the totals); rerun the same command to judge them again" in err
+
+
+def test_report_refuses_a_broken_compare_result_in_one_line(tmp_path: Path) -> None:
+    from coevol.errors import DataError
+
+    bad = tmp_path / "r.json"
+    bad.write_text('{"schema": "coevol.compare/1", "candidates": [{"win": "x"}]}')
+    with pytest.raises(DataError, match=r"r\.json: not a valid coevol\.compare/1 document \(KeyError"):
+        _report([str(bad)])
+    bad.write_text('{"schema": "coevol.compare/1", ')
+    with pytest.raises(DataError, match="not valid JSON"):
+        _report([str(bad)])

@@ -327,7 +327,8 @@ async def _run(
                 raise BudgetExceeded(f"spent ${spent:.4f} of --max-budget ${budget}")
 
         dispatcher.after_send = check_spend
-    window = asyncio.Semaphore(cfg.samples_in_flight or cfg.concurrency)
+    # One llama.cpp worker answers one call at a time: finish pairs one by one, as refine does.
+    window = asyncio.Semaphore(cfg.samples_in_flight or (1 if engine.local else cfg.concurrency))
     total, counter = plan.units, [0]
 
     async def one(unit: Unit) -> tuple[dict[str, Any], JudgeTrace | None]:
