@@ -20,7 +20,7 @@ from coevol.errors import ConfigError
 from coevol.llm.urls import has_userinfo, masked_url
 from coevol.loop import LoopSettings
 
-__all__ = ["ROLES", "Config", "ConversationConfig", "Price", "RoleConfig", "load_config"]
+__all__ = ["ROLES", "Config", "ConversationConfig", "EndpointConfig", "Price", "RoleConfig", "load_config"]
 
 ROLES: tuple[str, ...] = ("positive", "critical", "advisor", "editor", "judge")
 RoleName = Literal["positive", "critical", "advisor", "editor", "judge"]
@@ -56,6 +56,67 @@ def _check_base_url(value: str | None) -> str | None:
     return value.strip().rstrip("/")
 
 
+class EndpointConfig(_Strict):
+    """One server of a group that serves the same model (``base_url`` given as a list).
+
+    ``api_key_env`` names this server's key; left out, the group's own key is used (the key of the
+    role or top level that lists the server). ``concurrency`` and ``rpm`` are this server's limits.
+    """
+
+    base_url: str
+    api_key_env: str | None = None
+    concurrency: int | None = Field(default=None, ge=1)
+    rpm: float | None = Field(default=None, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _valid_url(cls, value: str) -> str:
+        return _check_base_url(value) or ""
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _valid_env(cls, value: str | None) -> str | None:
+        return _check_env_name(value)
+
+
+def _split_endpoint_list(data: Any) -> Any:
+    """``base_url: [A, B]`` (or ``--base-url A --base-url B``): the list becomes ``endpoints`` and
+    ``base_url`` its first server, so code that asks "is this role remote?" keeps working. A list
+    of one is a plain ``base_url`` (its cache keys stay those of a single server)."""
+    if not isinstance(data, dict) or not isinstance(data.get("base_url"), list):
+        return data
+    items = list(data["base_url"])
+    data = dict(data)
+    if not items:
+        data.pop("base_url")
+        return data
+    if len(items) == 1 and not data.get("endpoint_group"):
+        first = items[0]
+        if isinstance(first, dict):
+            data["base_url"] = first.get("base_url")
+            if first.get("api_key_env") is not None:
+                data["api_key_env"] = first["api_key_env"]
+        else:
+            data["base_url"] = first
+        data.pop("endpoints", None)
+        return data
+    data["endpoints"] = [i if isinstance(i, dict) else {"base_url": i} for i in items]
+    data.pop("base_url")
+    return data
+
+
+def _first_endpoint(base_url: str | None, endpoints: list[EndpointConfig]) -> str | None:
+    """``base_url`` follows ``endpoints``: their first server (a different one is refused)."""
+    if not endpoints:
+        return base_url
+    urls = [e.base_url for e in endpoints]
+    if base_url is not None and base_url not in urls:
+        raise ValueError("base_url must be one of the endpoints' servers (or be left out)")
+    if len(set(urls)) != len(urls):
+        raise ValueError("endpoints: the same server is listed twice")
+    return urls[0]
+
+
 class Price(_Strict):
     """US dollars per million tokens, for ``--dry-run`` estimates and ``--max-budget``."""
 
@@ -75,6 +136,10 @@ class RoleConfig(_Strict):
     seed: int | None = None
     merge_system: bool | None = None
     price: Price | None = None
+    endpoints: list[EndpointConfig] = Field(default_factory=list)
+    endpoint_group: str | None = Field(default=None, min_length=1, max_length=100)
+
+    _split = model_validator(mode="before")(_split_endpoint_list)
 
     @field_validator("base_url")
     @classmethod
@@ -85,6 +150,13 @@ class RoleConfig(_Strict):
     @classmethod
     def _valid_env(cls, value: str | None) -> str | None:
         return _check_env_name(value)
+
+    @model_validator(mode="after")
+    def _first(self) -> RoleConfig:
+        first = _first_endpoint(self.base_url, self.endpoints)
+        if first != self.base_url:
+            object.__setattr__(self, "base_url", first)
+        return self
 
 
 class ConversationConfig(_Strict):
@@ -98,8 +170,12 @@ class ConversationConfig(_Strict):
 class Config(_Strict):
     """Everything a run needs. Defaults are the paper's (Appendix B) where it gives one."""
 
-    # Where requests go. No base_url means the embedded llama.cpp model.
+    # Where requests go. No base_url means the embedded llama.cpp model. Several servers for the
+    # same model: ``base_url: [A, B]`` (stored as ``endpoints``); ``endpoint_group`` names the group
+    # in cache keys (default "pool"), so a rerun on other servers replays what was paid for.
     base_url: str | None = None
+    endpoints: list[EndpointConfig] = Field(default_factory=list)
+    endpoint_group: str | None = Field(default=None, min_length=1, max_length=100)
     model: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     model_path: Path | None = None
@@ -144,6 +220,8 @@ class Config(_Strict):
     max_unparseable: float | None = Field(default=0.5, ge=0, le=1)
     min_judged: int = Field(default=20, ge=1)
 
+    _split = model_validator(mode="before")(_split_endpoint_list)
+
     @field_validator("base_url")
     @classmethod
     def _valid_url(cls, value: str | None) -> str | None:
@@ -154,6 +232,13 @@ class Config(_Strict):
     def _valid_env(cls, value: str) -> str:
         _check_env_name(value)
         return value
+
+    @model_validator(mode="after")
+    def _first(self) -> Config:
+        first = _first_endpoint(self.base_url, self.endpoints)
+        if first != self.base_url:
+            object.__setattr__(self, "base_url", first)
+        return self
 
     @model_validator(mode="after")
     def _budget_needs_a_price(self) -> Config:
@@ -186,6 +271,32 @@ class Config(_Strict):
             price=own.price or self.price,
         )
 
+    def role_endpoints(self, name: str) -> tuple[list[EndpointConfig], str | None]:
+        """The servers of a role (``[]``: the embedded model) with each one's key variable, and the
+        group's name when it is a group (several servers or a named one).
+
+        A server gets the key of the entry, else that of whoever listed it (the role, or the top
+        level); the top-level key goes only to the top-level servers, never to a role's own ones.
+        """
+        own = self.roles.get(name, RoleConfig())  # type: ignore[call-overload]
+        top = self.endpoints or (
+            [EndpointConfig(base_url=self.base_url)] if self.base_url is not None else []
+        )
+        top_urls = {e.base_url for e in top}
+        if own.endpoints:
+            listed, group = own.endpoints, own.endpoint_group or "pool"
+        elif own.base_url is not None and own.base_url != self.base_url:
+            listed, group = [EndpointConfig(base_url=own.base_url)], own.endpoint_group
+        else:
+            listed = top
+            group = own.endpoint_group or self.endpoint_group or ("pool" if self.endpoints else None)
+        fallback = own.api_key_env
+        out = []
+        for e in listed:
+            env = e.api_key_env or fallback or (self.api_key_env if e.base_url in top_urls else None)
+            out.append(e.model_copy(update={"api_key_env": env}))
+        return out, group
+
     def loop_settings(self) -> LoopSettings:
         """The knobs of Algorithm 1 this config sets."""
         return LoopSettings(
@@ -204,11 +315,13 @@ class Config(_Strict):
     def to_yaml(self) -> str:
         """The config as YAML, with every secret in a base URL masked (``?api-key=***``)."""
         data = self.model_dump(mode="json", exclude_none=True)
-        if "base_url" in data:
-            data["base_url"] = masked_url(data["base_url"])
-        for role in data.get("roles", {}).values():
-            if "base_url" in role:
-                role["base_url"] = masked_url(role["base_url"])
+        for part in [data, *data.get("roles", {}).values()]:
+            if "base_url" in part:
+                part["base_url"] = masked_url(part["base_url"])
+            for endpoint in part.get("endpoints", []):
+                endpoint["base_url"] = masked_url(endpoint["base_url"])
+            if not part.get("endpoints"):
+                part.pop("endpoints", None)
         return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
     @classmethod

@@ -33,7 +33,13 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", type=Path, help="YAML config file (flags override it)")
     g.add_argument(
         "--base-url",
-        help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (default: the embedded local model)",
+        action="append",
+        help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (default: the embedded local model); "
+        "repeat it for several servers of the same model: requests go to the least loaded one",
+    )
+    g.add_argument(
+        "--endpoint-group",
+        help="name several servers are cached under (default 'pool'): a rerun on other servers replays",
     )
     g.add_argument("--model", help="model name on the server (default: the server's only model)")
     g.add_argument("--api-key-env", help="environment variable holding the API key (default OPENAI_API_KEY)")
@@ -116,8 +122,11 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
         "temperature", "top_p", "seed", "max_rounds", "mode", "judge", "judge_reasks", "judge_early_exit",
         "prompts_dir", "concurrency", "samples_in_flight", "request_timeout", "max_retries", "rpm", "tpm",
         "max_errors", "max_budget", "cache", "max_unparseable", "max_retry_after", "max_answer_bytes",
+        "endpoint_group",
     ]  # fmt: skip
     out: dict[str, Any] = {k: getattr(ns, k) for k in keys if getattr(ns, k, None) is not None}
+    if isinstance(out.get("base_url"), list) and len(out["base_url"]) == 1:
+        out["base_url"] = out["base_url"][0]  # one server: a plain base_url, as before
     price = {"prompt": ns.price_prompt, "completion": ns.price_completion}
     price = {k: v for k, v in price.items() if v is not None}
     if price:
@@ -168,6 +177,22 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the calls, tokens and cost the run would need, then exit without sending anything",
     )
+    x = r.add_argument_group("executor (past one process)")
+    x.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process (default); ray: shards on a Ray cluster (pip install 'coevol[ray]')",
+    )
+    x.add_argument("--ray-address", help="join this Ray cluster (default $RAY_ADDRESS, else start a local one)")
+    x.add_argument(
+        "--work-dir",
+        type=Path,
+        help="with --executor ray: shard stores and outputs (a shared filesystem on a cluster; "
+        "default OUTPUT.shards beside the output)",
+    )
+    x.add_argument("--ray-workers", type=int, help="Ray actors (default: the cluster's CPUs, at most 64)")
+    x.add_argument("--shard-rows", type=int, help="rows per shard (default: about 4 shards per actor)")
     r.add_argument(
         "--rate",
         type=float,

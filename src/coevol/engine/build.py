@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from coevol.config import ROLES, Config
+from coevol.config import ROLES, Config, EndpointConfig
 from coevol.engine.dispatch import Dispatcher, RetryPolicy, Route
+from coevol.engine.endpoints import EndpointPool
 from coevol.errors import ConfigError
 from coevol.llm.types import Backend, GenParams
 from coevol.multiturn import fingerprint
@@ -59,20 +60,24 @@ def key_hint(api_key_env: str | None, key_set: bool, roles: str) -> str:
     return f"no key was sent: ${api_key_env} is not set"
 
 
-def _http_backend(config: Config, base_url: str, api_key_env: str | None) -> Backend:
+def _http_backend(
+    config: Config, base_url: str, api_key_env: str | None, limit: int | None = None
+) -> Backend:
     import os
 
     from coevol.llm.openai_http import OpenAIHTTPBackend
 
     key = os.environ.get(api_key_env) if api_key_env else None
     roles = [
-        r for r in ROLES if (config.role(r).base_url, config.role(r).api_key_env) == (base_url, api_key_env)
+        r
+        for r in ROLES
+        if any((e.base_url, e.api_key_env) == (base_url, api_key_env) for e in config.role_endpoints(r)[0])
     ]
     return OpenAIHTTPBackend(
         base_url,
         api_key=key,
         request_timeout=config.request_timeout,
-        max_connections=max(config.concurrency, 16),
+        max_connections=max(limit or config.concurrency, 16),
         key_hint=key_hint(api_key_env, bool(key), ", ".join(f"roles.{r}" for r in roles)),
         max_answer_bytes=config.max_answer_bytes,
     )
@@ -99,28 +104,61 @@ async def _checked(backend: Backend) -> Backend:
     return backend
 
 
+GroupKey = tuple[str | None, tuple[tuple[str, str | None], ...]]
+
+
+async def _member(
+    config: Config, e: EndpointConfig, given: dict[str, Backend], own: list[Backend]
+) -> Backend:
+    backend = given.get(e.base_url)
+    if backend is None:
+        backend = _http_backend(config, e.base_url, e.api_key_env, e.concurrency)
+        own.append(backend)
+        await _checked(backend)
+    return backend
+
+
+async def _build_group(
+    config: Config,
+    endpoints: list[EndpointConfig],
+    group: str | None,
+    given: dict[str, Backend],
+    own: list[Backend],
+) -> Backend:
+    """One server: its backend (cache keys name its masked URL, as always). A group: a pool of
+    members whose requests are cached under the group's name."""
+    if group is None:
+        return await _member(config, endpoints[0], given, own)
+    members = [await _member(config, e, given, own) for e in endpoints]
+    pool = EndpointPool(
+        members,
+        name=group,
+        limits=[e.concurrency or config.concurrency for e in endpoints],
+        rpms=[e.rpm for e in endpoints],
+        max_retry_after=config.max_retry_after,
+    )
+    own[:] = [b for b in own if b not in members]
+    own.append(pool)  # the pool closes its members
+    return pool
+
+
 async def _routes(
-    config: Config, made: dict[tuple[str, str | None], Backend], given: dict[str, Backend], own: list[Backend]
+    config: Config, made: dict[GroupKey, Backend], given: dict[str, Backend], own: list[Backend]
 ) -> dict[str, Route]:
     """A route per role; backends are created into ``made`` (those created here also into ``own``)."""
     routes: dict[str, Route] = {}
     for role in ROLES:
         rc = config.role(role)
-        if rc.base_url is None:
-            key: tuple[str, str | None] = ("local", None)
+        endpoints, group = config.role_endpoints(role)
+        key: GroupKey = (group, tuple((e.base_url, e.api_key_env) for e in endpoints))
+        if not endpoints:
             if key not in made:
                 made[key] = await _local_backend(config)
                 own.append(made[key])
             model = rc.model or EMBEDDED_MODEL_NAME
         else:
-            key = (rc.base_url, rc.api_key_env)
             if key not in made:
-                backend = given.get(rc.base_url)
-                if backend is None:
-                    backend = _http_backend(config, rc.base_url, rc.api_key_env)
-                    own.append(backend)
-                    await _checked(backend)
-                made[key] = backend
+                made[key] = await _build_group(config, endpoints, group, given, own)
             model = rc.model or await _resolve_model(made[key])
         assert rc.max_tokens is not None and rc.temperature is not None and rc.top_p is not None
         params = GenParams(max_tokens=rc.max_tokens, temperature=rc.temperature, top_p=rc.top_p, seed=rc.seed)
@@ -137,7 +175,7 @@ async def build_engine(
     closed before the error propagates: no pooled session is left for the garbage collector.
     """
     prompts = load_prompts(config.prompts_dir)
-    made: dict[tuple[str, str | None], Backend] = {}
+    made: dict[GroupKey, Backend] = {}
     own: list[Backend] = []
     try:
         routes = await _routes(config, made, backends or {}, own)
@@ -145,15 +183,17 @@ async def build_engine(
         for backend in own:
             await backend.aclose()
         raise
-    local = any(key == ("local", None) for key in made)
+    local = any(not servers for _, servers in made)
+    pools = [b for b in made.values() if isinstance(b, EndpointPool)]
     dispatcher = Dispatcher(
         routes,
         store=store,
-        max_in_flight=config.concurrency,
+        max_in_flight=max([config.concurrency, *(sum(m.limit.maximum for m in p.members) for p in pools)]),
         retry=RetryPolicy(max_retries=config.max_retries, max_retry_after=config.max_retry_after),
         rpm=config.rpm,
         tpm=config.tpm,
     )
+    dispatcher.stats.pools = pools
     parts: list[Any] = [
         dict(prompts.texts),
         {

@@ -15,12 +15,12 @@ import asyncio
 import itertools
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from coevol.conversation import estimate_tokens
-from coevol.engine.limits import AdaptiveLimit, TokenBucket
+from coevol.engine.limits import AdaptiveLimit, RateWindow, TokenBucket
 from coevol.errors import (
     AuthenticationError,
     ConfigError,
@@ -33,6 +33,9 @@ from coevol.errors import (
 from coevol.llm.types import Backend, ChatRequest, Completion, GenParams, Message, Usage
 from coevol.prompts.render import merge_system_prompt
 from coevol.store.sqlite import Store
+
+if TYPE_CHECKING:
+    from coevol.engine.endpoints import EndpointPool
 
 __all__ = ["Dispatcher", "RetryPolicy", "Route", "RunStats", "Wait"]
 
@@ -93,26 +96,7 @@ class RunStats:
     waits: dict[int, Wait] = field(default_factory=dict)  # one request's backoff, by request token
     pauses: dict[str, Wait] = field(default_factory=dict)  # server-wide pauses, by endpoint
     sending: dict[int, tuple[str, float]] = field(default_factory=dict)  # token -> (role, monotonic start)
-
-
-class _Window:
-    """The last ``size`` answers of one server: did it answer 429? For the server-wide pause rule."""
-
-    __slots__ = ("limited", "outcomes")
-
-    def __init__(self, size: int = 32) -> None:
-        self.outcomes: deque[bool] = deque(maxlen=size)
-        self.limited = 0
-
-    def add(self, rate_limited: bool) -> None:
-        if len(self.outcomes) == self.outcomes.maxlen and self.outcomes[0]:
-            self.limited -= 1
-        self.outcomes.append(rate_limited)
-        self.limited += rate_limited
-
-    def dominated(self, minimum: int = 8) -> bool:
-        """Whether 429s are at least half of a window of at least ``minimum`` answers."""
-        return len(self.outcomes) >= minimum and 2 * self.limited >= len(self.outcomes)
+    pools: list[EndpointPool] = field(default_factory=list)  # routes served by several servers
 
 
 # What a request already in flight hands to identical requests that wait for it: its answer, its
@@ -149,7 +133,7 @@ class Dispatcher:
         self._rpm = TokenBucket(rpm) if rpm else None
         self._tpm = TokenBucket(tpm) if tpm else None
         self._paused: dict[str, float] = {}  # endpoint -> monotonic end of a server-wide pause
-        self._windows: dict[str, _Window] = {}
+        self._windows: dict[str, RateWindow] = {}
         self._tokens = itertools.count()
         self._in_flight: dict[str, asyncio.Future[_Shared]] = {}
         # A server that rejected our key (or does not know a model) will reject every later request
@@ -309,10 +293,10 @@ class Dispatcher:
             self._settle_tokens(request, completion)
         return completion
 
-    def _window(self, endpoint: str) -> _Window:
+    def _window(self, endpoint: str) -> RateWindow:
         window = self._windows.get(endpoint)
         if window is None:
-            window = self._windows[endpoint] = _Window()
+            window = self._windows[endpoint] = RateWindow()
         return window
 
     def _after_transient(self, request: ChatRequest, exc: RetryableError, retries: int) -> float:

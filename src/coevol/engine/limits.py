@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections import deque
 
-__all__ = ["AdaptiveLimit", "TokenBucket"]
+__all__ = ["AdaptiveLimit", "RateWindow", "TokenBucket"]
 
 
 class AdaptiveLimit:
@@ -103,3 +103,23 @@ class TokenBucket:
     def give_back(self, amount: float) -> None:
         """Return an over-estimate once the real token count is known."""
         self.tokens = min(self.capacity, self.tokens + amount)
+
+
+class RateWindow:
+    """The last ``size`` answers of one server: did it answer 429? For the server-wide pause rule."""
+
+    __slots__ = ("limited", "outcomes")
+
+    def __init__(self, size: int = 32) -> None:
+        self.outcomes: deque[bool] = deque(maxlen=size)
+        self.limited = 0
+
+    def add(self, rate_limited: bool) -> None:
+        if len(self.outcomes) == self.outcomes.maxlen and self.outcomes[0]:
+            self.limited -= 1
+        self.outcomes.append(rate_limited)
+        self.limited += rate_limited
+
+    def dominated(self, minimum: int = 8) -> bool:
+        """Whether 429s are at least half of a window of at least ``minimum`` answers."""
+        return len(self.outcomes) >= minimum and 2 * self.limited >= len(self.outcomes)
