@@ -60,16 +60,29 @@ def _dry_run(ns: argparse.Namespace, config: Config) -> int:
 
 
 class _Live:
-    """The run's live counters as ``arefine_file`` hands them over, kept for the summary."""
+    """The run's live counters as ``arefine_file`` hands them over, kept for the summary.
+
+    The display starts with the first update, which comes only once the paths, the lock and the
+    engine have passed their checks: a refused run prints its one line and nothing else.
+    """
 
     def __init__(self, display: Any) -> None:
         self.display = display
         self.summary = RunSummary()
         self.stats = RunStats()
+        self.started = False
 
     def __call__(self, summary: RunSummary, stats: RunStats) -> None:
         self.summary, self.stats = summary, stats
+        if not self.started:
+            self.started = True
+            self.display.__enter__()
         self.display.update(summary, stats)
+
+    def stop(self) -> None:
+        if self.started:
+            self.display.update(self.summary, self.stats, force=True)
+            self.display.__exit__(None, None, None)
 
 
 def refine_command(ns: argparse.Namespace, config: Config, err: Any) -> int:
@@ -95,22 +108,21 @@ def refine_command(ns: argparse.Namespace, config: Config, err: Any) -> int:
         code = EXIT_OK
         result = None
         try:
-            with display:
-                try:
-                    result = await arefine_file(
-                        ns.input,
-                        ns.output,
-                        config,
-                        pairs=ns.pairs,
-                        input_format=ns.input_format,
-                        output_format=ns.output_format,
-                        offset=ns.offset,
-                        limit=ns.limit,
-                        retry_failed=ns.retry_failed,
-                        progress=live,
-                    )
-                finally:
-                    display.update(live.summary, live.stats, force=True)
+            try:
+                result = await arefine_file(
+                    ns.input,
+                    ns.output,
+                    config,
+                    pairs=ns.pairs,
+                    input_format=ns.input_format,
+                    output_format=ns.output_format,
+                    offset=ns.offset,
+                    limit=ns.limit,
+                    retry_failed=ns.retry_failed,
+                    progress=live,
+                )
+            finally:
+                live.stop()
         except BudgetExceeded:
             code = EXIT_BUDGET
         except asyncio.CancelledError:
