@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,40 @@ def test_report_refuses_a_broken_compare_result_in_one_line(tmp_path: Path) -> N
     bad.write_text('{"schema": "coevol.compare/1", ')
     with pytest.raises(DataError, match="not valid JSON"):
         _report([str(bad)])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_stopped_run_resumes_without_resending_a_stored_call(tmp_path: Path, sig: int) -> None:
+    from coevol.store.sqlite import Store
+    from tests.engine_support import kill_when, start_cli
+
+    n = 20
+    base = write_rows(tmp_path / "base.jsonl", alpaca(["a"] * n))
+    cand = write_rows(tmp_path / "cand.jsonl", alpaca(["a+++"] * n))
+    out = tmp_path / "r.json"
+    with ThreadedServer(responder=plus_judge, latency=0.05) as s:
+        args = [
+            "compare",
+            str(base),
+            str(cand),
+            "-o",
+            str(out),
+            "--base-url",
+            s.base_url,
+            "--concurrency",
+            "2",
+            "-q",
+        ]
+        proc = start_cli(*args)
+        assert kill_when(proc, s, 10, sig)
+        proc.communicate(timeout=60)
+        if sig == signal.SIGTERM:
+            assert proc.returncode == 143
+        assert not out.exists()
+        with Store(tmp_path / "r.json.coevol.db") as store:
+            stored = store.count_calls()
+        before = len(judge_requests(s.requests))
+        assert 0 < stored < 2 * n
+        assert main(args) == 0
+        assert len(judge_requests(s.requests)) - before == 2 * n - stored
+    assert json.loads(out.read_text())["win"] == n
