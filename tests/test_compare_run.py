@@ -304,3 +304,19 @@ async def test_transient_faults_are_retried_to_the_same_totals(
         run = await acompare_files(base, [cand], tmp_path / "r.json", _config(server))
     assert run.stats.retries > 0
     assert _outcomes(run.document) == EQ4
+
+
+async def test_a_judge_pool_of_servers_serves_every_call(tmp_path: Path, files: tuple[Path, Path]) -> None:
+    base, cand = files
+    async with FakeOpenAIServer(plus_judge) as one, FakeOpenAIServer(plus_judge) as two:
+        cfg = Config.from_mapping(
+            {
+                "base_url": "http://127.0.0.1:9/v1",  # the refiner's server: never asked by compare
+                "model": "small",
+                "roles": {"judge": {"base_url": [one.base_url, two.base_url], "model": "strong"}},
+            }
+        )
+        run = await acompare_files(base, [cand], tmp_path / "r.json", cfg)
+        sent = judge_requests(one.requests) + judge_requests(two.requests)
+    assert len(sent) == 2 * JUDGED_PAIRS and {r.body["model"] for r in sent} == {"strong"}
+    assert _outcomes(run.document) == EQ4

@@ -23,7 +23,7 @@ import orjson
 from coevol.compare.decide import Outcome, Rule, Tally, finding, outcome
 from coevol.compare.result import candidate_document, compare_document, unit_record
 from coevol.compare.units import Side, Unit, match_rows, units_of
-from coevol.config import ROLES, Config
+from coevol.config import ROLES, Config, RoleConfig
 from coevol.domain import Example, JudgeTrace
 from coevol.engine.build import Engine, build_engine
 from coevol.engine.dispatch import RunStats
@@ -109,13 +109,14 @@ class CompareRun:
 
 
 def judge_config(config: Config) -> Config:
-    """``config`` with every role served as its judge role is: one route, the judge's model.
+    """``config`` with every role set as its judge role is (servers, model, key, price): every
+    route is the judge's.
 
     A comparison asks only the judge; building the other roles as configured could load the
     embedded model, or check servers that are never asked.
     """
-    judge_role = config.role("judge")
-    return config.model_copy(update={"roles": {role: judge_role for role in ROLES}})
+    own = config.roles.get("judge", RoleConfig())
+    return config.model_copy(update={"roles": {role: own.model_copy() for role in ROLES}})
 
 
 def _read(path: Path, input_format: str | None) -> tuple[list[Example], int]:
