@@ -137,7 +137,7 @@ def test_report_json_document_fields(tmp_path: Path) -> None:
         "original_median",
         "final_median",
     }
-    assert set(doc["directions"]) == {"suggestions", "parsed", "verbs", "pairs", "top"}
+    assert set(doc["directions"]) == {"suggestions", "sampled", "parsed", "verbs", "pairs", "top"}
     assert {"comparisons", "consistent", "primacy", "recency", "position_consistency", "preference_fairness",
             "ties", "unparseable", "accepted_longer"} <= set(doc["judge"])  # fmt: skip
     assert set(doc["usage"]) == {"calls", "cached", "by_role", "cost"}

@@ -217,3 +217,32 @@ def test_status_counts_every_status() -> None:
     b = _builder()
     b.add(record(0, [("assistant 1", "assistant 2")], status=Status.REJECTED))
     assert b.result()["status"]["rejected"] == 1
+
+
+def test_directions_parse_a_bounded_uniform_sample_and_count_every_line() -> None:
+    seen: list[int] = []
+
+    def extract(lines: list[str]) -> list[tuple[str | None, str | None]]:
+        seen.append(len(lines))
+        return [("add", "example") if line.startswith("Add") else (None, None) for line in lines]
+
+    b = ReportBuilder(count_tokens=None, tokenizer="words", extract=extract, direction_lines=5)
+    for i in range(10):  # 10 advisor answers of 2 lines: "Add an example." and "Explain the terms."
+        b.add(record(i, [("assistant 1", "assistant 2")]))
+    d = b.result()["directions"]
+    assert seen == [5]
+    assert d["suggestions"] == 20 and d["sampled"] == 5
+    assert 0 <= d["parsed"] <= 5
+    assert d["top"] == (
+        [] if d["parsed"] == 0 else [{"verb": "add", "object": "example", "count": d["parsed"]}]
+    )
+
+
+def test_all_lines_are_parsed_below_the_cap() -> None:
+    b = ReportBuilder(
+        count_tokens=None, tokenizer="words", extract=lambda lines: [("add", None)] * len(lines)
+    )
+    for i in range(3):
+        b.add(record(i, [("assistant 1", "assistant 2")]))
+    d = b.result()["directions"]
+    assert (d["suggestions"], d["sampled"], d["parsed"], d["verbs"], d["pairs"]) == (6, 6, 6, 1, 0)

@@ -48,6 +48,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=1000,
         help="samples embedded in the page (default 1000; JSON counts all)",
     )
+    p.add_argument(
+        "--directions-lines",
+        type=int,
+        default=20_000,
+        metavar="N",
+        help="parse at most N suggestion lines for Fig. 3, a uniform sample of a larger run (0: all)",
+    )
     p.add_argument("--config", type=Path, help="the run's YAML config, for prices (cost per role)")
     return p
 
@@ -93,8 +100,8 @@ def run(ns: argparse.Namespace) -> int:
     from coevol.report.reader import RunFiles
     from coevol.report.stats import judge_finding
 
-    if ns.max_samples < 0:
-        raise ConfigError("--max-samples must be 0 or more")
+    if ns.max_samples < 0 or ns.directions_lines < 0:
+        raise ConfigError("--max-samples and --directions-lines must be 0 or more")
     from coevol.cli.compare import is_compare_result, report_compare
 
     if is_compare_result(ns.output):  # a ``coevol compare`` result (schema coevol.compare/1)
@@ -106,6 +113,7 @@ def run(ns: argparse.Namespace) -> int:
         tokenizer=ns.tokenizer,
         directions=not ns.no_directions,
         max_samples=ns.max_samples,
+        direction_lines=ns.directions_lines,
         prices=_prices(ns.config),
     )
     built = build_report(files, options)

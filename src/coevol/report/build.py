@@ -17,7 +17,7 @@ from coevol.report.reader import (
     read_store,
     read_trace,
 )
-from coevol.report.stats import ReportBuilder, is_unusual
+from coevol.report.stats import DEFAULT_DIRECTION_LINES, ReportBuilder, is_unusual
 from coevol.report.tokenize import DEFAULT_TOKENIZER, load_tokenizer
 
 __all__ = ["BuiltReport", "ReportOptions", "build_report"]
@@ -28,6 +28,7 @@ class ReportOptions:
     tokenizer: str = DEFAULT_TOKENIZER
     directions: bool = True
     max_samples: int = 1000
+    direction_lines: int = DEFAULT_DIRECTION_LINES
     prices: dict[str, tuple[float, float]] | None = None
 
 
@@ -57,7 +58,13 @@ def _builder(options: ReportOptions) -> ReportBuilder:
             extract = load_extractor()
         except MissingExtra as exc:
             missing.append(_missing("directions", exc))
-    return ReportBuilder(count_tokens=count, tokenizer=name, extract=extract, missing=missing)
+    return ReportBuilder(
+        count_tokens=count,
+        tokenizer=name,
+        extract=extract,
+        missing=missing,
+        direction_lines=options.direction_lines,
+    )
 
 
 def build_report(files: RunFiles, options: ReportOptions) -> BuiltReport:

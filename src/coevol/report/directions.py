@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,11 +175,3 @@ def load_extractor() -> Extract:
         return [cache[line] if line in cache else _direction(nlp(line)) for line in lines]
 
     return extract
-
-
-def count_directions(texts: Iterable[str], extract: Extract, counter: DirectionCounter) -> None:
-    """Add every suggestion line of ``texts`` (advisor answers) to ``counter``."""
-    lines = [line for text in texts for line in suggestion_lines(text)]
-    if lines:
-        for direction in extract(lines):
-            counter.add(direction)

@@ -279,11 +279,17 @@ def _figures(
         caption = "Figure 3. Evolving directions."
     else:
         sun = fig_sunburst(verbs, d["top"])
+        sampled = (
+            f"{d['suggestions']:,} suggestion lines"
+            if d["sampled"] == d["suggestions"]
+            else f"a uniform random sample of {d['sampled']:,} of the {d['suggestions']:,} suggestion lines "
+            "(seed 0; --directions-lines 0 parses all)"
+        )
         caption = (
-            f"Figure 3. Evolving directions: the root verb (inner ring) and direct object (outer ring) "
-            f"of each advisor suggestion; {d['suggestions']:,} suggestion lines, {d['parsed']:,} with a "
-            f"root verb, {d['verbs']:,} distinct verbs and {d['pairs']:,} verb-object pairs. The "
-            "20 most frequent verbs and their 4 most frequent objects are drawn; hover for counts."
+            "Figure 3. Evolving directions: the root verb (inner ring) and direct object (outer ring) "
+            f"of each advisor suggestion; {sampled}: {d['parsed']:,} with a root verb, {d['verbs']:,} "
+            f"distinct verbs and {d['pairs']:,} verb-object pairs. The 20 most frequent verbs and their "
+            "4 most frequent objects are drawn; hover for counts."
         )
     fig3 = (
         f'<figure class="wide"><div class="sun"><div class="sunfig">{sun}</div>{_pairs_table(d)}</div>'

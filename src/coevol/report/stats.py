@@ -7,6 +7,7 @@ as a histogram of token counts, so medians stay exact in memory bounded by the l
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,12 +15,14 @@ from typing import Any
 
 from coevol.domain import JudgeOrderTrace, JudgeTrace, Status, StopReason, TraceRecord
 from coevol.llm.types import Usage
-from coevol.report.directions import DirectionCounter, Extract, count_directions
+from coevol.report.directions import DirectionCounter, Extract, suggestion_lines
 
 __all__ = [
+    "DEFAULT_DIRECTION_LINES",
     "FINDING_MIN_COMPARISONS",
     "REPORT_SCHEMA",
     "JudgeAudit",
+    "LineSample",
     "Position",
     "ReportBuilder",
     "classify_pair",
@@ -32,6 +35,10 @@ __all__ = [
 REPORT_SCHEMA = "coevol.report/1"
 FINDING_MIN_COMPARISONS = 10
 """Fewer comparisons than this say too little about the judge for a finding."""
+
+DEFAULT_DIRECTION_LINES = 20_000
+"""Suggestion lines parsed for Fig. 3 at most; a larger run parses a uniform random sample of this
+many (every line is still counted). spaCy parses about a thousand lines a second per core."""
 
 Position = str  # "1" | "2" | "tie": the presented position the judge preferred in one order
 
@@ -220,6 +227,25 @@ def is_unusual(record: TraceRecord) -> bool:
 
 
 @dataclass(slots=True)
+class LineSample:
+    """A uniform random sample (reservoir, seed 0) of at most ``limit`` lines; 0 keeps them all."""
+
+    limit: int
+    seen: int = 0
+    lines: list[str] = field(default_factory=list)
+    _rng: random.Random = field(default_factory=lambda: random.Random(0))
+
+    def offer(self, line: str) -> None:
+        self.seen += 1
+        if self.limit == 0 or len(self.lines) < self.limit:
+            self.lines.append(line)
+            return
+        j = self._rng.randrange(self.seen)
+        if j < self.limit:
+            self.lines[j] = line
+
+
+@dataclass(slots=True)
 class ReportBuilder:
     """Accumulates the report one trace record at a time.
 
@@ -240,7 +266,9 @@ class ReportBuilder:
     max_rounds_seen: int | None = None
     original_len: Counter[int] = field(default_factory=Counter)
     final_len: Counter[int] = field(default_factory=Counter)
+    direction_lines: int = DEFAULT_DIRECTION_LINES
     directions: DirectionCounter = field(default_factory=DirectionCounter)
+    _lines: LineSample | None = None
     judge: JudgeAudit = field(default_factory=JudgeAudit)
     usage: dict[str, Usage] = field(default_factory=dict)
     models: dict[str, Counter[str]] = field(default_factory=dict)
@@ -252,7 +280,6 @@ class ReportBuilder:
             self.usage.setdefault(role, Usage()).add(u)
         for role, route in record.roles.items():
             self.models.setdefault(role, Counter())[route.model] += 1
-        advice: list[str] = []
         for turn in record.turns:
             self.units += 1
             self.rounds[turn.accepted_rounds] += 1
@@ -263,14 +290,32 @@ class ReportBuilder:
                 self.original_len[self.count_tokens(turn.original)] += 1
                 self.final_len[self.count_tokens(turn.final)] += 1
             for it in turn.iterations:
-                if it.suggestions is not None:
-                    advice.append(it.suggestions.text)
+                if it.suggestions is not None and self.extract is not None:
+                    self._offer_lines(it.suggestions.text)
                 if it.judge is not None:
                     self.judge.add(it.judge)
                 if it.accepted:
                     self.judge.add_accepted(self._longer(it.previous, it.edited))
-        if self.extract is not None and advice:
-            count_directions(advice, self.extract, self.directions)
+
+    def _offer_lines(self, text: str) -> None:
+        if self._lines is None:
+            self._lines = LineSample(self.direction_lines)
+        for line in suggestion_lines(text):
+            self._lines.offer(line)
+
+    def directions_dict(self) -> dict[str, Any] | None:
+        """Parse the sampled lines (once) and count their directions."""
+        if self.extract is None:
+            return None
+        sample = self._lines or LineSample(self.direction_lines)
+        if sample.lines:
+            for start in range(0, len(sample.lines), 4096):
+                for direction in self.extract(sample.lines[start : start + 4096]):
+                    self.directions.add(direction)
+            sample.lines = []
+        self._lines = sample
+        d = self.directions.to_dict()
+        return {**d, "suggestions": sample.seen, "sampled": d["suggestions"]}
 
     def _longer(self, previous: str, edited: str | None) -> bool | None:
         if self.count_tokens is None or edited is None:
@@ -339,7 +384,7 @@ class ReportBuilder:
             "rounds": self.rounds_dict(),
             "stop_reasons": dict(sorted(self.stop_reasons.items())),
             "length": self.length_dict(),
-            "directions": None if self.extract is None else self.directions.to_dict(),
+            "directions": self.directions_dict(),
             "judge": self.judge.to_dict(),
             "usage": self.usage_dict(sent=sent, prices=prices),
             "models": {role: sorted(c) for role, c in sorted(self.models.items())},
