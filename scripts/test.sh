@@ -4,28 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '==> %s\n' "$*" >&2; }
-
-# Run "$@" and print a line every 30 s meanwhile, so a long quiet step is not taken for a hang.
-with_heartbeat() {
-    local start beat rc=0
-    start=$(date +%s)
-    (
-        nap=
-        trap 'kill "$nap" 2>/dev/null; exit 0' TERM
-        while :; do
-            sleep 30 & nap=$!
-            wait "$nap"
-            t=$(( $(date +%s) - start ))
-            printf '    ... still working (%dm%02ds)\n' $(( t / 60 )) $(( t % 60 )) >&2
-        done
-    ) &
-    beat=$!
-    "$@" || rc=$?
-    kill "$beat" 2>/dev/null || true
-    wait "$beat" 2>/dev/null || true
-    return "$rc"
-}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 if [ ! -x .venv/bin/python ]; then
     step "creating the virtual environment in .venv"
