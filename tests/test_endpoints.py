@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from coevol.api import arefine_file
 from coevol.config import Config, load_config
 from coevol.engine.build import build_engine
 from coevol.engine.dispatch import Dispatcher, RetryPolicy, Route
@@ -276,9 +277,10 @@ async def test_two_servers_one_stopped_mid_run_gives_the_one_server_output(tmp_p
             await asyncio.to_thread(b.__exit__, None, None, None)
 
         stopper = asyncio.create_task(stop_b())
-        summary, stats = await refine_file(
-            a.base_url, data, tmp_path / "two" / "out.jsonl", concurrency=8, base_url=urls
-        )
+        (tmp_path / "two").mkdir()
+        config = load_config(None, {"base_url": urls, "model": "fake", "concurrency": 8})
+        run = await arefine_file(data, tmp_path / "two" / "out.jsonl", config)
+        summary, stats = run.summary, run.stats
         await stopper
         a_total = a.count()
     finally:
