@@ -51,7 +51,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--directions-lines",
         type=int,
-        default=20_000,
+        default=5_000,
         metavar="N",
         help="parse at most N suggestion lines for Fig. 3, a uniform sample of a larger run (0: all)",
     )

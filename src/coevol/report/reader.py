@@ -77,7 +77,7 @@ def read_trace(path: Path, stats: TraceReadStats) -> Iterator[TraceRecord]:
     in ``stats`` and skipped; a record of another schema version stops the read (it is refused,
     never guessed at)."""
     try:
-        f = path.open("rb")
+        f = path.open("rb", buffering=1 << 20)
     except OSError as exc:
         raise DataError(f"cannot read the trace {path}: {exc.strerror}") from None
     with f:

@@ -36,7 +36,7 @@ REPORT_SCHEMA = "coevol.report/1"
 FINDING_MIN_COMPARISONS = 10
 """Fewer comparisons than this say too little about the judge for a finding."""
 
-DEFAULT_DIRECTION_LINES = 20_000
+DEFAULT_DIRECTION_LINES = 5_000
 """Suggestion lines parsed for Fig. 3 at most; a larger run parses a uniform random sample of this
 many (every line is still counted). spaCy parses about a thousand lines a second per core."""
 
