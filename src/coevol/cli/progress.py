@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from coevol.engine.dispatch import RunStats
+from coevol.engine.endpoints import describe_pool
 from coevol.engine.runner import RunPaths, RunSummary
 from coevol.textsafe import inert_line
 
@@ -85,8 +86,11 @@ class RunDisplay:
         self._task = self._progress.add_task("refine", total=total, counts="")
         self._detail = Text("", style="dim", no_wrap=True, overflow="ellipsis")
         self._waits = Text("", style="yellow", no_wrap=True, overflow="ellipsis")
+        self._endpoints = Text("", style="dim", no_wrap=True, overflow="ellipsis")
         self._live = Live(
-            Group(self._progress, self._detail, self._waits), console=console, refresh_per_second=10
+            Group(self._progress, self._detail, self._waits, self._endpoints),
+            console=console,
+            refresh_per_second=10,
         )
 
     def __enter__(self) -> RunDisplay:
@@ -121,6 +125,8 @@ class RunDisplay:
         )
         waits = describe_waits(stats, time.time(), now)
         self._waits.plain = f"  {waits}" if waits else ""
+        pools = [describe_pool(pool.states(now)) for pool in stats.pools]
+        self._endpoints.plain = "\n".join(f"  {line}" for line in pools if line)
 
     def summary(self, summary: RunSummary, stats: RunStats, paths: RunPaths) -> None:
         c = self.console

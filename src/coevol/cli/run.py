@@ -91,8 +91,10 @@ def refine_command(ns: argparse.Namespace, config: Config, err: Any) -> int:
     terminated: list[int] = []
 
     async def run() -> int:
-        from coevol.api import arefine_file
         from coevol.cli.progress import RunDisplay
+        from coevol.executors import file_runner
+
+        arefine_file = file_runner(ns)  # --executor: this process, or shards on Ray
 
         display = RunDisplay(err, total=_total(ns), quiet=ns.quiet)
         live = _Live(display)
