@@ -7,6 +7,11 @@ Each report runs in its own process (``os.wait4`` gives its own peak RSS). Rows 
 with three iterations' worth of debate, suggestions (varied verbs and objects, so the spaCy parse
 is not served from its cache), edits and both judge orders, written as real ``coevol.trace/2``
 records. Prints one table; nothing is written outside a temporary folder.
+
+Measured on the shared 2-core development machine (100,000 rows, an 886 MB trace, 1,000 samples
+embedded): 41 s and 250 MiB peak with every analysis (Fig. 3 parsing its default 5,000-line
+sample), 33 s and 142 MiB with --no-directions; 10,000 rows take 141 MiB without directions, the
+same as 100,000: memory does not grow with the rows.
 """
 
 from __future__ import annotations

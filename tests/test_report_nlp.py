@@ -207,3 +207,15 @@ def test_tampered_pipeline_weights_are_refused(tmp_path: Path) -> None:
         f.write(b"x")
     with pytest.raises(ConfigError, match="parser/model has SHA-256"):
         check_pipeline(copy)
+
+
+def test_a_whole_report_opens_no_socket(tmp_path: Path, no_network: list[object]) -> None:
+    from coevol.cli.report import run
+    from tests.test_report_page import _cli
+    from tests.test_report_support import record, write_trace
+
+    out = tmp_path / "refined.json"
+    write_trace(out, [record(i, [("assistant 2", "assistant 1")]) for i in range(3)])
+    assert run(_cli(str(out))) == 0
+    assert no_network == []
+    assert Path(f"{out}.report.html").stat().st_size > 0
