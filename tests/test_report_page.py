@@ -261,6 +261,7 @@ async def test_end_to_end_with_a_real_run(
     # the four copies of each row share identical calls: only the first copy's are sent
     assert doc["usage"]["calls"] == 4 * sent and doc["usage"]["cached"] == 3 * sent
     assert set(doc["models"]) == {"positive", "critical", "advisor", "editor", "judge"}
+    assert doc["wall_time_s"] is not None and doc["wall_time_s"] >= 0
     page = Path(f"{out}.report.html").read_text()
     assert ("Check the judge" in page) is finding
 
@@ -310,3 +311,12 @@ def test_a_record_with_hostile_types_is_counted_not_fatal(
     doc = json.loads(Path(f"{out}.report.json").read_text())
     assert doc["rows"] == 1 and doc["source"]["unreadable_lines"] == 1
     assert doc["rounds"] == {"0": 0, "1": 1, "2": 0, "3": 0}
+
+
+def test_a_corrupt_store_is_named_not_fatal(tmp_path: Path) -> None:
+    out = _hostile_run(tmp_path)
+    Path(f"{out}.coevol.db").write_bytes(b"this is not a database" * 100)
+    assert run(_cli(str(out), "--tokenizer", "words", "--no-directions")) == 0
+    doc = json.loads(Path(f"{out}.report.json").read_text())
+    assert doc["usage"]["cached"] is None and doc["wall_time_s"] is None
+    assert "could not be read" in Path(f"{out}.report.html").read_text()
