@@ -1,0 +1,227 @@
+"""``--executor ray`` and the Ray Data class on a REAL local Ray (started once for the module).
+
+A deterministic responder on a fake server fixes the expected bytes and the exact number of calls a
+run needs; the Ray runs must give the same files, survive a killed actor, and after a killed driver
+re-send only what was not stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from coevol.api import arefine, arefine_file
+from coevol.config import load_config
+from coevol.errors import ConfigError, MissingExtra
+from coevol.store.sqlite import Store
+from coevol.testing.responders import CoEvolResponder
+
+from .engine_support import ThreadedServer, alpaca_rows, child_env, kill_when, start_cli, write_jsonl
+
+ray = pytest.importorskip("ray")
+
+from coevol.executors.on_ray import RayOptions, arefine_file_ray  # noqa: E402
+from coevol.executors.ray_data import RefineBatches  # noqa: E402
+
+FILES = (
+    "out.jsonl",
+    "out.jsonl.trace.jsonl",
+    "out.jsonl.rejects.jsonl",
+    "pairs.jsonl",
+    "out.jsonl.dataset_info.json",
+)
+ROWS = 36
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    ray.init(num_cpus=2, object_store_memory=100 * 1024 * 1024, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server() -> Any:
+    with ThreadedServer(responder=CoEvolResponder(), latency=0.01) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("data") / "in.jsonl", [*alpaca_rows(ROWS), "{not json"])
+
+
+def config(server: ThreadedServer) -> Any:
+    return load_config(None, {"base_url": server.base_url, "model": "fake", "concurrency": 8})
+
+
+@pytest.fixture(scope="module")
+def reference(
+    server: ThreadedServer, data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, int]:
+    folder = tmp_path_factory.mktemp("local")
+    start = server.count()
+    asyncio.run(arefine_file(data, folder / "out.jsonl", config(server), pairs=folder / "pairs.jsonl"))
+    return folder, server.count() - start
+
+
+def same_files(a: Path, b: Path) -> None:
+    """Byte for byte; the trace record by record (the key order of a record's per-role usage follows
+    which of two concurrent calls finished first, in a local run as well)."""
+    for name in FILES:
+        left, right = (a / name).read_bytes(), (b / name).read_bytes()
+        if name.endswith(".trace.jsonl"):
+            assert [orjson.loads(x) for x in left.splitlines()] == [
+                orjson.loads(x) for x in right.splitlines()
+            ]
+        else:
+            assert left == right, name
+
+
+def stored_calls(work: Path) -> int:
+    total = 0
+    for db in work.glob("shard-*.jsonl.coevol.db"):
+        with Store(db) as store:
+            total += store.count_calls()
+    return total
+
+
+def test_ray_run_gives_the_local_files_byte_for_byte_and_a_rerun_skips_every_shard(
+    cluster: Any, server: ThreadedServer, data: Path, reference: tuple[Path, int], tmp_path: Path
+) -> None:
+    options = RayOptions(shard_rows=5, workers=2)
+    start = server.count()
+    run = asyncio.run(
+        arefine_file_ray(
+            data, tmp_path / "out.jsonl", config(server), pairs=tmp_path / "pairs.jsonl", options=options
+        )
+    )
+    assert server.count() - start == reference[1]  # the same calls, each once
+    same_files(reference[0], tmp_path)
+    assert run.summary.rows == ROWS + 1 and run.summary.rejected == 1 and run.summary.complete
+    assert len(list((tmp_path / "out.jsonl.shards").glob("*.done"))) == 8
+    again = server.count()
+    rerun = asyncio.run(
+        arefine_file_ray(
+            data, tmp_path / "out.jsonl", config(server), pairs=tmp_path / "pairs.jsonl", options=options
+        )
+    )
+    assert server.count() == again and rerun.summary.resumed == ROWS + 1
+    same_files(reference[0], tmp_path)
+
+
+def test_a_killed_actor_has_its_shard_resubmitted_and_the_run_completes_exactly(
+    cluster: Any, server: ThreadedServer, data: Path, reference: tuple[Path, int], tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    start = server.count()
+    killed: list[int] = []
+
+    def kill_one() -> None:
+        server.wait_for(lambda: server.count() - start >= 40, timeout=60)
+        pid = next(work.glob("shard-*.pid")).read_text()
+        os.kill(int(pid), signal.SIGKILL)
+        killed.append(int(pid))
+
+    async def both() -> Any:
+        killer = asyncio.create_task(asyncio.to_thread(kill_one))
+        options = RayOptions(shard_rows=12, workers=2, work_dir=work)
+        run = await arefine_file_ray(
+            data, tmp_path / "out.jsonl", config(server), pairs=tmp_path / "pairs.jsonl", options=options
+        )
+        await killer
+        return run
+
+    run = asyncio.run(both())
+    assert killed
+    same_files(reference[0], tmp_path)
+    assert run.summary.failed == 0
+    # Only what the dead actor had in flight was sent twice.
+    assert reference[1] <= server.count() - start < reference[1] + 2 * 8
+
+
+def test_a_killed_driver_reruns_without_resending_a_finished_call(
+    cluster: Any, server: ThreadedServer, data: Path, reference: tuple[Path, int], tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    address = ray.get_runtime_context().gcs_address
+    start = server.count()
+    args: list[str | Path] = [
+        "refine",
+        data,
+        "-o",
+        tmp_path / "out.jsonl",
+        "--pairs",
+        tmp_path / "pairs.jsonl",
+        "-q",
+    ]
+    args += ["--base-url", server.base_url, "--model", "fake", "--concurrency", "8", "--executor", "ray"]
+    args += ["--ray-address", address, "--work-dir", work, "--shard-rows", "6", "--ray-workers", "2"]
+    proc = start_cli(*args, env=child_env())
+    assert kill_when(proc, server, start + 60), proc.communicate()[1]
+    proc.communicate()
+    # The actors die with their driver; wait until the server hears nothing more.
+    last, quiet_since = server.count(), time.monotonic()
+    while time.monotonic() - quiet_since < 2.0:
+        time.sleep(0.1)
+        if server.count() != last:
+            last, quiet_since = server.count(), time.monotonic()
+    first = server.count() - start
+    stored = stored_calls(work)
+    assert 0 < stored <= first < reference[1]
+    again = server.count()
+    run = asyncio.run(
+        arefine_file_ray(
+            data, tmp_path / "out.jsonl", config(server), pairs=tmp_path / "pairs.jsonl",
+            options=RayOptions(work_dir=work, shard_rows=6, workers=2),
+        )
+    )  # fmt: skip
+    assert server.count() - again == reference[1] - stored  # no stored call is sent again
+    same_files(reference[0], tmp_path)
+    assert run.summary.complete
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own, about its own settings
+def test_ray_data_refines_the_same_rows(cluster: Any, server: ThreadedServer, tmp_path: Path) -> None:
+    rows = alpaca_rows(12, seed=5)
+    expected = asyncio.run(arefine(rows, config(server)))
+    ds = ray.data.from_items(rows)
+    out = ds.map_batches(
+        RefineBatches,
+        fn_constructor_kwargs={"config": config(server), "store_dir": str(tmp_path / "calls")},
+        concurrency=1,
+        batch_size=4,
+        num_cpus=0.5,
+    ).take_all()
+    got = sorted(out, key=lambda r: r["instruction"])
+    want = sorted(
+        ({**(r.row or {}), "coevol_status": r.status} for r in expected), key=lambda r: r["instruction"]
+    )
+    assert [dict(r) for r in got] == want
+    assert list((tmp_path / "calls").glob("actor-0000.coevol.db"))
+
+
+def test_ray_refuses_the_embedded_model_and_a_shared_cache(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs a server for every role"):
+        asyncio.run(arefine_file_ray(tmp_path / "in.jsonl", tmp_path / "o.jsonl", load_config(None, {})))
+    cfg = load_config(None, {"base_url": "http://127.0.0.1:9/v1", "cache": str(tmp_path / "c.db")})
+    with pytest.raises(ConfigError, match="SQLite must not be shared"):
+        asyncio.run(arefine_file_ray(tmp_path / "in.jsonl", tmp_path / "o.jsonl", cfg))
+    with pytest.raises(ConfigError, match="needs a server for every role"):
+        RefineBatches({})
+
+
+def test_without_ray_the_flag_gives_the_install_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from coevol.executors.on_ray import import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(MissingExtra, match=r"pip install 'coevol\[ray\]'"):
+        import_ray()
