@@ -60,7 +60,8 @@ class EndpointConfig(_Strict):
     """One server of a group that serves the same model (``base_url`` given as a list).
 
     ``api_key_env`` names this server's key; left out, the group's own key is used (the key of the
-    role or top level that lists the server). ``concurrency`` and ``rpm`` are this server's limits.
+    role or top level that lists the server). ``concurrency`` and ``rpm`` are this server's limits;
+    without ``concurrency`` each server gets an equal share of the run's ``--concurrency``.
     """
 
     base_url: str

@@ -184,7 +184,7 @@ def _parser() -> argparse.ArgumentParser:
         default="local",
         help="local: this process (default); ray: shards on a Ray cluster (pip install 'coevol[ray]')",
     )
-    x.add_argument("--ray-address", help="join this Ray cluster (default $RAY_ADDRESS, else start a local one)")
+    x.add_argument("--ray-address", help="join this Ray cluster (default $RAY_ADDRESS, else a local one)")
     x.add_argument(
         "--work-dir",
         type=Path,

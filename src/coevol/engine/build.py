@@ -112,7 +112,7 @@ async def _member(
 ) -> Backend:
     backend = given.get(e.base_url)
     if backend is None:
-        backend = _http_backend(config, e.base_url, e.api_key_env, e.concurrency)
+        backend = _http_backend(config, e.base_url, e.api_key_env, e.concurrency)  # pool: <= --concurrency
         own.append(backend)
         await _checked(backend)
     return backend
@@ -130,10 +130,11 @@ async def _build_group(
     if group is None:
         return await _member(config, endpoints[0], given, own)
     members = [await _member(config, e, given, own) for e in endpoints]
+    share = -(-config.concurrency // len(endpoints))  # --concurrency is the whole group's
     pool = EndpointPool(
         members,
         name=group,
-        limits=[e.concurrency or config.concurrency for e in endpoints],
+        limits=[e.concurrency or share for e in endpoints],
         rpms=[e.rpm for e in endpoints],
         max_retry_after=config.max_retry_after,
     )

@@ -91,7 +91,8 @@ def share_config(config: Config, workers: int) -> Config:
         out = []
         for e in items:
             d = e.model_dump()
-            d["concurrency"] = part(e.concurrency or config.concurrency)
+            if e.concurrency is not None:
+                d["concurrency"] = part(e.concurrency)
             if e.rpm is not None:
                 d["rpm"] = e.rpm / workers
             out.append(d)
