@@ -1,0 +1,95 @@
+"""Shard plans, the merge's hostile inputs, and one actor's share of the limits (no Ray needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from coevol.config import load_config
+from coevol.engine.runner import RunPaths, RunSummary
+from coevol.errors import OutputError
+from coevol.executors.on_ray import share_config, summary_from_json, summary_to_json
+from coevol.executors.shards import _reindexed, merge_shards, plan_shards, shard_sizes
+
+from .engine_support import alpaca_rows, write_jsonl
+
+
+def test_shard_sizes_cover_every_row_once() -> None:
+    assert shard_sizes(10, 4) == [(0, 4), (4, 4), (8, 2)]
+    assert shard_sizes(0, 4) == []
+    with pytest.raises(ValueError):
+        shard_sizes(3, 0)
+
+
+def test_trace_index_is_shifted_to_the_runs_numbering() -> None:
+    line = b'{"schema":"coevol.trace/2","index":3,"line":9,"status":"kept"}\n'
+    assert (
+        _reindexed(line, 40, Path("t"))
+        == b'{"schema":"coevol.trace/2","index":43,"line":9,"status":"kept"}\n'
+    )
+    with pytest.raises(OutputError, match="not a coevol trace record"):
+        _reindexed(b'{"index":3}\n', 40, Path("t"))
+
+
+def test_the_plan_is_kept_and_another_runs_work_dir_is_refused(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "in.jsonl", alpaca_rows(10))
+    kwargs = {"pairs": None, "input_format": None, "limit": None, "shard_rows": None, "workers": 1}
+    plan = plan_shards(data, tmp_path / "o.jsonl", tmp_path, offset=2, **kwargs)  # type: ignore[arg-type]
+    assert [(s.offset, s.limit, s.start) for s in plan.shards] == [(2, 2, 0), (4, 2, 2), (6, 2, 4), (8, 2, 6)]
+    # A rerun with another shard size asked for keeps the saved plan (the stores name those rows).
+    again = plan_shards(data, tmp_path / "o.jsonl", tmp_path, offset=2, **{**kwargs, "shard_rows": 3})  # type: ignore[arg-type]
+    assert again.shards == plan.shards
+    with pytest.raises(OutputError, match="holds the shards of another run"):
+        plan_shards(data, tmp_path / "o.jsonl", tmp_path, offset=0, **kwargs)  # type: ignore[arg-type]
+    (tmp_path / "plan.json").write_bytes(b"\x00not json")
+    with pytest.raises(OutputError, match="unreadable shard plan"):
+        plan_shards(data, tmp_path / "o.jsonl", tmp_path, offset=2, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_tampered_shard_trace_stops_the_merge_and_writes_nothing(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "in.jsonl", alpaca_rows(2))
+    work = tmp_path / "work"
+    work.mkdir()
+    plan = plan_shards(
+        data,
+        tmp_path / "o.jsonl",
+        work,
+        pairs=None,
+        input_format=None,
+        offset=0,
+        limit=None,
+        shard_rows=1,
+        workers=1,
+    )
+    for shard in plan.shards:
+        shard.output.write_bytes(b'{"instruction":"a","input":"","output":"b"}\n')
+        shard.paths.trace.write_bytes(b'{"evil": "\x1b[31m"}\n')
+    paths = RunPaths.beside(data, tmp_path / "o.jsonl")
+    with pytest.raises(OutputError, match="not a coevol trace record"):
+        merge_shards(plan.shards, paths, parquet_input=None)
+    assert not paths.output.exists() and not paths.trace.exists()
+
+
+def test_an_actors_share_of_every_limit() -> None:
+    config = load_config(
+        None,
+        {
+            "base_url": ["http://a/v1", {"base_url": "http://b/v1", "concurrency": 10, "rpm": 600}],
+            "concurrency": 100,
+            "rpm": 1000,
+        },
+    )
+    shared = share_config(config, 4)
+    assert shared.concurrency == 25 and shared.rpm == 250
+    assert [(e.concurrency, e.rpm) for e in shared.endpoints] == [(None, None), (3, 150)]
+    assert shared.role_endpoints("judge")[1] == "pool"
+
+
+def test_summary_crosses_processes_as_json() -> None:
+    s = RunSummary(rows=3, refined=2, kept=1, judged=4)
+    s.rounds.update({0: 1, 2: 2})
+    s.stop_reasons["rejected"] += 3
+    back = summary_from_json(orjson.loads(orjson.dumps(summary_to_json(s))))
+    assert back == s
