@@ -93,3 +93,18 @@ def test_summary_crosses_processes_as_json() -> None:
     s.stop_reasons["rejected"] += 3
     back = summary_from_json(orjson.loads(orjson.dumps(summary_to_json(s))))
     assert back == s
+
+
+def test_cli_executor_ray_without_ray_gives_the_install_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from coevol.cli.main import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    data = write_jsonl(tmp_path / "in.jsonl", alpaca_rows(1))
+    argv = ["refine", str(data), "-o", str(tmp_path / "o.jsonl"), "--base-url", "http://127.0.0.1:9/v1"]
+    assert main([*argv, "--executor", "ray", "-q"]) == 1
+    assert "pip install 'coevol[ray]'" in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()
