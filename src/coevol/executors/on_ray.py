@@ -361,11 +361,17 @@ async def arefine_file_ray(
             if progress is not None:
                 progress(summary, stats)
 
-            def on_done(shard: Shard, s: RunSummary, st: RunStats) -> None:
+            loop = asyncio.get_running_loop()
+
+            def counted(s: RunSummary, st: RunStats) -> None:
                 add_summary(summary, s)
                 add_stats(stats, st)
                 if progress is not None:
                     progress(summary, stats)
+
+            def on_done(shard: Shard, s: RunSummary, st: RunStats) -> None:
+                # Called on the driver's thread: count on the event loop, where the display lives.
+                loop.call_soon_threadsafe(counted, s, st)
 
             if pending:
                 base = {
