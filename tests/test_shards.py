@@ -108,3 +108,52 @@ def test_cli_executor_ray_without_ray_gives_the_install_line(
     assert main([*argv, "--executor", "ray", "-q"]) == 1
     assert "pip install 'coevol[ray]'" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_endpoint_group_names_are_plain() -> None:
+    from coevol.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="endpoint_group"):
+        load_config(None, {"base_url": "http://a/v1", "endpoint_group": "x\x1b[2J"})
+    assert load_config(None, {"base_url": "http://a/v1", "endpoint_group": "qwen-7b:v2"}).endpoint_group
+
+
+async def test_refine_batches_keeps_columns_and_rejects_a_bad_row_in_place(tmp_path: Path) -> None:
+    import numpy as np
+
+    from coevol.executors.ray_data import RefineBatches, plain
+    from coevol.testing.responders import CoEvolResponder
+
+    from .engine_support import ThreadedServer
+
+    assert plain({"a": np.array([np.int64(1), np.str_("x")], dtype=object)}) == {"a": [1, "x"]}
+    rows = alpaca_rows(3)
+    batch = {
+        "instruction": np.array([r["instruction"] for r in rows] + [""], dtype=object),
+        "input": np.array([r["input"] for r in rows] + [""], dtype=object),
+        "output": np.array([r["output"] for r in rows] + [""], dtype=object),
+        "source": np.array(["a", "b", "c", "d"], dtype=object),
+    }
+    with ThreadedServer(responder=CoEvolResponder()) as server:
+        refine = RefineBatches({"base_url": server.base_url, "model": "fake"}, store_dir=tmp_path / "calls")
+        second = RefineBatches({"base_url": server.base_url, "model": "fake"}, store_dir=tmp_path / "calls")
+        out = await refine(batch)
+        sent = server.count()
+        again = await second(batch)
+        assert server.count() > sent  # the first actor still holds actor-0000: the second has its own store
+        await refine.aclose()
+        await second.aclose()
+        third = RefineBatches({"base_url": server.base_url, "model": "fake"}, store_dir=tmp_path / "calls")
+        before = server.count()
+        await third(batch)
+        await third.aclose()
+        assert server.count() == before  # a later actor takes a free store and replays its calls
+    assert list(out) == ["instruction", "input", "output", "source", "coevol_status"]
+    assert out["source"] == ["a", "b", "c", "d"]
+    assert out["coevol_status"][3] == "rejected" and out["instruction"][3] == ""
+    assert set(out["coevol_status"][:3]) <= {"refined", "kept"}
+    assert again["output"] == out["output"]
+    assert sorted(p.name for p in (tmp_path / "calls").glob("*.db")) == [
+        "actor-0000.coevol.db",
+        "actor-0001.coevol.db",
+    ]

@@ -138,7 +138,7 @@ class RoleConfig(_Strict):
     merge_system: bool | None = None
     price: Price | None = None
     endpoints: list[EndpointConfig] = Field(default_factory=list)
-    endpoint_group: str | None = Field(default=None, min_length=1, max_length=100)
+    endpoint_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
 
     _split = model_validator(mode="before")(_split_endpoint_list)
 
@@ -176,7 +176,7 @@ class Config(_Strict):
     # in cache keys (default "pool"), so a rerun on other servers replays what was paid for.
     base_url: str | None = None
     endpoints: list[EndpointConfig] = Field(default_factory=list)
-    endpoint_group: str | None = Field(default=None, min_length=1, max_length=100)
+    endpoint_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
     model: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     model_path: Path | None = None

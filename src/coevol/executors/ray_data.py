@@ -155,6 +155,20 @@ class RefineBatches:
         done = await asyncio.gather(*(self._one(i, row) for i, row in enumerate(rows)))
         return rows_batch(list(done), kind)
 
+    async def aclose(self) -> None:
+        """Close the sessions and the store and free the store for another actor (Ray ends an
+        actor's process anyway; call this when using the class yourself)."""
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await engine.dispatcher.drain()
+            await engine.aclose()
+        store, self._store = self._store, None
+        if store is not None:
+            store.close()
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
+
     def __del__(self) -> None:
         fd = getattr(self, "_lock_fd", None)  # absent when __init__ refused the config
         if fd is not None:
