@@ -13,7 +13,14 @@ from coevol.config import Config, load_config
 from coevol.engine.build import build_engine
 from coevol.engine.dispatch import Dispatcher, RetryPolicy, Route
 from coevol.engine.endpoints import EndpointPool, EndpointState, HealthPolicy, describe_pool
-from coevol.errors import APIConnectionError, AuthenticationError, ConfigError, ServerError
+from coevol.errors import (
+    APIConnectionError,
+    APITimeoutError,
+    AuthenticationError,
+    ConfigError,
+    RateLimitError,
+    ServerError,
+)
 from coevol.llm.types import ChatRequest, Completion
 from coevol.store.sqlite import Store
 from coevol.testing.responders import CoEvolResponder
@@ -74,12 +81,13 @@ async def test_requests_spread_by_load_relative_to_each_limit() -> None:
     assert a.calls > b.calls > 0
 
 
-async def test_a_failing_server_leaves_rotation_its_requests_go_elsewhere_and_a_probe_brings_it_back() -> (
-    None
-):
+@pytest.mark.parametrize("error", [APIConnectionError, APITimeoutError])
+async def test_a_failing_server_leaves_rotation_its_requests_go_elsewhere_and_a_probe_brings_it_back(
+    error: type[Exception],
+) -> None:
     a, b = Fake("a", delay=0.005), Fake("b", delay=0.005)
     pool = EndpointPool([a, b], limits=[4, 4], health=FAST)
-    b.fail = APIConnectionError
+    b.fail = error
     answers = await asyncio.gather(*(pool.complete(request(str(i))) for i in range(20)))
     assert all(c.text.startswith("a:") for c in answers)  # every request answered, by a
     state = {s.name: s.state for s in pool.states()}
@@ -117,6 +125,29 @@ async def test_when_every_server_is_down_the_caller_gets_a_retryable_error() -> 
         await pool.complete(request())
     with pytest.raises(APIConnectionError, match="no server of endpoint group 'pool' is in rotation"):
         await pool.complete(request())
+
+
+class Limited(Fake):
+    """Answers 429 with a Retry-After to every request."""
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        self.calls += 1
+        raise RateLimitError("slow down", retry_after=30.0)
+
+
+async def test_a_server_answering_429_backs_off_and_pauses_alone() -> None:
+    a, b = Limited("a"), Fake("b")
+    pool = EndpointPool([a, b], limits=[8, 8], health=FAST)
+    pool.members[1].sent = 1000  # a looks least used: it is tried first while it may be
+    answers = await asyncio.gather(*(pool.complete(request(str(i))) for i in range(40)))
+    assert all(c.text.startswith("b:") for c in answers)  # each 429 retried at once on b
+    member = pool.members[0]
+    assert member.limit.limit < 8  # its own limit shrank, b's did not
+    assert pool.members[1].limit.limit == 8
+    assert member.paused_until > 0  # 429s dominate its window and it said how long: it pauses
+    calls = a.calls
+    await asyncio.gather(*(pool.complete(request(f"x{i}")) for i in range(10)))
+    assert a.calls == calls  # paused: nothing more is sent to it
 
 
 async def test_a_refused_key_is_not_failover_material() -> None:

@@ -7,6 +7,10 @@ to the store before it is returned (and before its in-flight slot is freed), so 
 a paid-for call and a rerun re-sends at most what was in flight. An identical request already on the
 wire is awaited rather than sent again, and once a server refuses the key (or a model) nothing more
 is sent to it: the run is misconfigured, not unlucky.
+
+A route served by several servers has an ``EndpointPool`` (``coevol.engine.endpoints``) as its
+backend: the pool chooses the server, keeps each server's own limits and takes failing ones out of
+rotation; here it is one endpoint, named after its group, so cache keys never name a server.
 """
 
 from __future__ import annotations
