@@ -25,5 +25,7 @@ step "ruff format --check"
 .venv/bin/ruff format --check src tests benchmarks
 step "mypy (strict)"
 .venv/bin/mypy
+step "browser for the report's page tests (Debian's chromium and chromium-driver)"
+bash scripts/setup_browser.sh
 step "pytest (every test, including one real run of the embedded model: a few minutes)"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -320,3 +320,16 @@ def test_a_corrupt_store_is_named_not_fatal(tmp_path: Path) -> None:
     doc = json.loads(Path(f"{out}.report.json").read_text())
     assert doc["usage"]["cached"] is None and doc["wall_time_s"] is None
     assert "could not be read" in Path(f"{out}.report.html").read_text()
+
+
+async def test_the_coevol_report_command(tmp_path: Path) -> None:
+    out = _hostile_run(tmp_path)
+    code, _, stderr = await coevol_cli("report", str(out), "-o", str(tmp_path / "r" / "page.html"))
+    assert code == 1 and "cannot write" in stderr  # the folder does not exist: a clear error, no traceback
+    (tmp_path / "r").mkdir()
+    code, _, stderr = await coevol_cli("report", str(out), "-o", str(tmp_path / "r" / "page.html"))
+    assert code == 0, stderr
+    assert "report: " in stderr and "page.html" in stderr and "Traceback" not in stderr
+    assert json.loads((tmp_path / "r" / "page.json").read_text())["schema"] == "coevol.report/1"
+    code, _, stderr = await coevol_cli("report", str(tmp_path / "missing.json"))
+    assert code == 1 and "no trace beside" in stderr

@@ -208,9 +208,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("trace", type=Path)
     s.add_argument("--index", type=int, action="append", help="only these sample indices (repeatable)")
     s.add_argument("--limit", type=int, default=5, help="at most N samples (default 5)")
-    from coevol.cli import compare
+    from coevol.cli import compare, report
 
     compare.add_parser(sub)
+    report.add_parser(sub)
     return p
 
 
@@ -224,6 +225,10 @@ def _run(ns: argparse.Namespace, err: Any) -> int:
         from coevol.cli.compare import run as compare_run
 
         return compare_run(ns)
+    if ns.command == "report":
+        from coevol.cli.report import run as report_run
+
+        return report_run(ns)
     config = load_config(ns.config, _overrides(ns))
     if ns.command == "config":
         sys.stdout.write(_masked_yaml(config))
