@@ -8,7 +8,7 @@ above this module only sees those classes.
 The API key travels only in the ``Authorization`` header. It is kept out of ``repr()``, exception
 messages and ``endpoint`` (which enters cache keys). A key in the base URL's query string
 (``?api-key=...``) is sent as given but masked (``***``) in ``endpoint``, ``base_url`` and every
-message; user info (``user:pass@``) is refused. Answer bodies are read incrementally up to
+message; user info (``user:pass@``) is refused. Answer bodies are read up to
 ``max_answer_bytes``: a server that ignores ``max_tokens`` cannot fill memory, the store or the trace.
 """
 
@@ -319,9 +319,11 @@ class OpenAIHTTPBackend:
         return f"base_url {self.base_url} is missing /v1: the server answers at {self.base_url}/v1"
 
     async def _send(self, method: str, url: URL, data: bytes | None, *, within: float | None = None) -> bytes:
-        """One HTTP exchange (``within`` seconds if given); returns the 2xx body or raises."""
+        """One HTTP exchange (``within`` seconds if given); returns the 2xx body or raises.
+
+        The masked URL for messages is only built on an error path: a success costs no string work.
+        """
         session = self._session or self._open()
-        shown = self._shown(url)
         kwargs = {"timeout": aiohttp.ClientTimeout(total=within)} if within is not None else {}
         try:
             # Redirects are not followed: the Authorization header (and a key in the query string)
@@ -329,36 +331,52 @@ class OpenAIHTTPBackend:
             async with session.request(method, url, data=data, allow_redirects=False, **kwargs) as resp:  # type: ignore[arg-type]
                 status = resp.status
                 if status < 300:
-                    return await self._read_capped(resp, shown)
+                    return await self._read_capped(resp, url)
                 raw = await resp.content.read(_MAX_ERROR_BODY)
                 # Retry-After of a 429, or where a 3xx points (reported, never followed)
                 header = resp.headers.get("Retry-After" if status == 429 else "Location")
         except TimeoutError:  # before OSError: TimeoutError is one; aiohttp's timeouts subclass it
             limit = self.request_timeout if within is None else within
+            shown = self._shown(url)
             raise APITimeoutError(f"no answer from {shown} within {limit:g}s; request cancelled") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise APIConnectionError(
-                self._scrub(f"{method} {shown} failed: {type(exc).__name__}: {exc}")
+                self._scrub(f"{method} {self._shown(url)} failed: {type(exc).__name__}: {exc}")
             ) from None
-        raise self._http_error(status, raw, shown, header)
+        raise self._http_error(status, raw, self._shown(url), header)
 
-    async def _read_capped(self, resp: aiohttp.ClientResponse, shown: str) -> bytes:
-        """The body, read in chunks and abandoned as soon as it passes ``max_answer_bytes``."""
+    async def _read_capped(self, resp: aiohttp.ClientResponse, url: URL) -> bytes:
+        """The body, never more than ``max_answer_bytes`` of it.
+
+        A body with a ``Content-Length`` at most the cap and no ``Content-Encoding`` is exactly
+        that long on the wire and after decoding, so it is read in one go (the common case, and
+        the cheapest). Anything else (chunked, compressed: a small body may inflate) is read in
+        chunks and abandoned as soon as it passes the cap.
+        """
         cap = self._max_answer_bytes
-        too_large = ResponseTooLarge(
-            f"the answer from {shown} is larger than {cap:,} bytes (max_answer_bytes); a server that "
-            "ignores max_tokens? nothing of it was kept"
-        )
-        if resp.content_length is not None and resp.content_length > cap:
-            raise too_large
+        length = resp.content_length
+        if length is not None:
+            if length > cap:
+                raise self._too_large(url)
+            if "Content-Encoding" not in resp.headers:
+                body = await resp.read()
+                if len(body) <= cap:
+                    return body
+                raise self._too_large(url)
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(_CHUNK):
             size += len(chunk)
             if size > cap:
-                raise too_large
+                raise self._too_large(url)
             chunks.append(chunk)
         return b"".join(chunks)
+
+    def _too_large(self, url: URL) -> ResponseTooLarge:
+        return ResponseTooLarge(
+            f"the answer from {self._shown(url)} is larger than {self._max_answer_bytes:,} bytes "
+            "(max_answer_bytes); a server that ignores max_tokens? nothing of it was kept"
+        )
 
     def _http_error(self, status: int, raw: bytes, shown: str, header: str | None) -> LLMError:
         """The error for a non-2xx answer; ``header`` is its Retry-After (429) or Location (3xx)."""
