@@ -111,7 +111,7 @@ def start_cli(*args: str | Path, env: dict[str, str] | None = None) -> subproces
 
 
 def kill_when(
-    proc: subprocess.Popen[str], server: ThreadedServer, requests: int, sig: int = signal.SIGKILL
+    proc: subprocess.Popen[str], server: SharedThreadedServer, requests: int, sig: int = signal.SIGKILL
 ) -> bool:
     """Send ``sig`` once the server has seen ``requests`` requests; False if the run ended first."""
     while server.count() < requests:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from coevol.audit import JudgeAudit
 from coevol.cli.compare import format_table
 from coevol.compare.decide import Outcome, Rule, Tally, finding, outcome, wilson_interval
 from coevol.compare.result import COMPARE_SCHEMA, compare_document, unit_record
@@ -18,7 +19,6 @@ from coevol.errors import DataError
 from coevol.io.formats import parse_example
 from coevol.prompts.templates import load_prompts
 from coevol.report.compare_page import render_compare_page, select_units
-from coevol.report.stats import JudgeAudit
 
 PROMPTS = load_prompts(None)
 

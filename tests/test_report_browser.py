@@ -12,7 +12,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -23,7 +23,7 @@ from tests.test_report_support import failed, record, write_trace
 _SETUP = "bash scripts/setup_browser.sh"
 
 
-def _need(what: str) -> None:
+def _need(what: str) -> NoReturn:
     message = f"{what}; install it with {_SETUP} (and pip install -e '.[dev]')"
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(message)

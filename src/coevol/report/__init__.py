@@ -7,6 +7,7 @@ verb-object extraction (``directions``), the SVG figures and the page (``figures
 
 from __future__ import annotations
 
-from coevol.report.stats import REPORT_SCHEMA, JudgeAudit, ReportBuilder, judge_finding
+from coevol.audit import JudgeAudit, judge_finding
+from coevol.report.stats import REPORT_SCHEMA, ReportBuilder
 
 __all__ = ["REPORT_SCHEMA", "JudgeAudit", "ReportBuilder", "judge_finding"]

@@ -18,10 +18,10 @@ from typing import Any
 
 import orjson
 
+from coevol.audit import judge_finding
 from coevol.domain import Answer, IterationTrace, JudgeTrace, TraceRecord, TurnTrace
 from coevol.report._assets import CSS, JS
 from coevol.report.figures import fig_lengths, fig_rounds, fig_sunburst
-from coevol.report.stats import judge_finding
 from coevol.textdiff import word_diff
 
 __all__ = ["INSTALL_LINE", "MAX_TEXT", "embed_json", "render_page", "sample_view"]
