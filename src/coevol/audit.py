@@ -8,7 +8,7 @@ and the same plain-language finding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from coevol.domain import JudgeOrderTrace, JudgeTrace, TraceRecord
@@ -104,6 +104,11 @@ class JudgeAudit:
             for it in turn.iterations:
                 if it.judge is not None:
                     self.add(it.judge)
+
+    def merge(self, other: JudgeAudit) -> None:
+        """Add another audit's counts (shards of one run, each audited apart)."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     def add_accepted(self, longer: bool | None) -> None:
         self.accepted += 1

@@ -14,10 +14,18 @@ from types import TracebackType
 
 from rich.console import Console, Group
 from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
+from coevol.audit import judge_finding
 from coevol.engine.dispatch import RunStats
 from coevol.engine.endpoints import describe_pool
 from coevol.engine.runner import RunPaths, RunSummary
@@ -80,15 +88,20 @@ class RunDisplay:
             BarColumn(bar_width=30),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[rate]}", markup=False),
             TextColumn("{task.fields[counts]}", markup=False),
             console=console,
         )
-        self._task = self._progress.add_task("refine", total=total, counts="")
+        self._task = self._progress.add_task("refine", total=total, counts="", rate="")
+        self._started = time.monotonic()
         self._detail = Text("", style="dim", no_wrap=True, overflow="ellipsis")
         self._waits = Text("", style="yellow", no_wrap=True, overflow="ellipsis")
         self._endpoints = Text("", style="dim", no_wrap=True, overflow="ellipsis")
+        self._finding = Text("", style="bold yellow")
         self._live = Live(
-            Group(self._progress, self._detail, self._waits, self._endpoints),
+            Group(self._progress, self._detail, self._waits, self._endpoints, self._finding),
             console=console,
             refresh_per_second=10,
         )
@@ -113,7 +126,9 @@ class RunDisplay:
             f"{summary.refined} refined, {summary.kept} kept, {summary.failed} failed, "
             f"{summary.rejected} rejected"
         )
-        self._progress.update(self._task, completed=summary.rows, counts=counts)
+        elapsed = max(now - self._started, 1e-9)
+        rate = f"{summary.rows / elapsed:.1f} rows/s, {stats.sent / elapsed:.0f} calls/s"
+        self._progress.update(self._task, completed=summary.rows, counts=counts, rate=rate)
         roles = "  ".join(
             f"{_ROLE_ABBREV.get(role, role)} {_tokens(u.prompt_tokens + u.completion_tokens)}"
             for role, u in stats.usage.items()
@@ -127,10 +142,15 @@ class RunDisplay:
         self._waits.plain = f"  {waits}" if waits else ""
         pools = [describe_pool(pool.states(now)) for pool in stats.pools]
         self._endpoints.plain = "\n".join(f"  {line}" for line in pools if line)
+        finding = judge_finding(summary.audit.to_dict())  # None until enough comparisons are in
+        self._finding.plain = f"  warning: {finding}" if finding else ""
 
     def summary(self, summary: RunSummary, stats: RunStats, paths: RunPaths) -> None:
         c = self.console
         c.print(summary_table(summary, stats))
+        finding = judge_finding(summary.audit.to_dict())
+        if finding:
+            c.print(Text(f"warning: {finding}", style="bold yellow"), highlight=False, soft_wrap=True)
         if summary.complete:
             lines = [f"output: {paths.output}", f"trace:  {paths.trace}"]
             if summary.rejected:

@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from coevol.audit import JudgeAudit
 from coevol.config import Config
 from coevol.domain import SCHEMA, BadRow, Example, RoleRoute, Status, StopReason
 from coevol.engine.dispatch import Dispatcher, RunStats
@@ -109,6 +110,7 @@ class RunSummary:
     stop_reasons: Counter[str] = field(default_factory=Counter)
     failure_causes: Counter[str] = field(default_factory=Counter)
     judged: int = 0  # iterations that reached the judge
+    audit: JudgeAudit = field(default_factory=JudgeAudit)  # position bias, for the judge finding
     unparseable: int = 0  # of those, the ones whose verdict stayed unparseable after every re-ask
     elapsed: float = 0.0
     stopped: str | None = None  # why the run ended early, if it did
@@ -135,6 +137,7 @@ class RunSummary:
         if record.failure is not None and record.status is not Status.REFINED:
             self.failure_causes[record.failure.type] += 1
         self.accepted_edits += record.accepted_rounds
+        self.audit.add_record(record)
         for turn in record.turns:
             self.rounds[turn.accepted_rounds] += 1
             self.stop_reasons[turn.stop_reason.value] += 1

@@ -21,13 +21,14 @@ import os
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from coevol import errors
+from coevol.audit import JudgeAudit
 from coevol.config import ROLES, Config
 from coevol.engine.dispatch import RunStats
 from coevol.engine.runner import ProgressFn, RunPaths, RunSummary
@@ -116,17 +117,19 @@ def summary_to_json(s: RunSummary) -> dict[str, Any]:
     out["rounds"] = sorted(s.rounds.items())
     out["stop_reasons"] = dict(s.stop_reasons)
     out["failure_causes"] = dict(s.failure_causes)
+    out["audit"] = asdict(s.audit)
     return out
 
 
 def summary_from_json(d: Mapping[str, Any]) -> RunSummary:
     s = RunSummary()
     for f in fields(s):
-        if f.name in d and f.name not in ("rounds", "stop_reasons", "failure_causes"):
+        if f.name in d and f.name not in ("rounds", "stop_reasons", "failure_causes", "audit"):
             setattr(s, f.name, d[f.name])
     s.rounds = Counter({int(k): int(v) for k, v in d.get("rounds", [])})
     s.stop_reasons = Counter(d.get("stop_reasons", {}))
     s.failure_causes = Counter(d.get("failure_causes", {}))
+    s.audit = JudgeAudit(**d.get("audit", {}))
     return s
 
 
@@ -138,6 +141,7 @@ def add_summary(total: RunSummary, s: RunSummary) -> None:
     total.rounds.update(s.rounds)
     total.stop_reasons.update(s.stop_reasons)
     total.failure_causes.update(s.failure_causes)
+    total.audit.merge(s.audit)
 
 
 def add_stats(total: RunStats, s: RunStats) -> None:
