@@ -1,0 +1,80 @@
+"""Where ``coevol refine``'s CPU goes against an instant server: py-spy over the CLI process.
+
+    python benchmarks/profile.py [ROWS]     # needs py-spy (pip install py-spy); ROWS defaults to 800
+
+Starts the simulated server (``python -m coevol.testing``) in its own process, runs
+``coevol refine`` under ``py-spy record --gil`` (only samples holding the GIL: CPU, not waits), and
+prints the share of samples by layer, then the top functions by own time.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import server, write_rows
+
+LAYERS = [  # (layer, substrings of the sampled frame's file), first match wins
+    ("aiohttp request path (aiohttp, multidict, yarl)", ("aiohttp/", "multidict", "yarl")),
+    ("asyncio event loop, tasks, futures", ("asyncio/",)),
+    ("coevol store (SQLite)", ("coevol/store",)),
+    ("coevol prompts (render, guard)", ("coevol/prompts",)),
+    ("coevol HTTP backend, request hash", ("coevol/llm",)),
+    ("coevol dispatcher, limits", ("coevol/engine/dispatch", "coevol/engine/limits")),
+    ("coevol agents, loop", ("coevol/roles", "coevol/loop", "coevol/multiturn", "coevol/conversation")),
+    ("coevol runner, trace, writers", ("coevol/engine/runner", "coevol/io", "coevol/domain")),
+    ("progress display", ("rich/", "coevol/cli")),
+    ("coevol, other", ("coevol/",)),
+]
+
+
+def layer(stack: list[str]) -> str:
+    if any("importlib._bootstrap" in f or "build_engine" in f for f in stack):
+        return "start-up (imports, engine build)"
+    match = re.search(r"\((.*?)(:\d+)?\)", stack[-1])
+    path = match.group(1) if match else stack[-1]
+    return next((name for name, parts in LAYERS if any(p in path for p in parts)), "other")
+
+
+def main() -> None:
+    rows = int(sys.argv[1]) if len(sys.argv) > 1 else 800
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    folder = Path(tempfile.mkdtemp(prefix="coevol-profile-"))
+    try:
+        data = write_rows(folder / "rows.jsonl", rows, seed=1, words=60)
+        raw = folder / "samples.txt"
+        with server() as srv:
+            cmd = [
+                spy, "record", "--gil", "-r", "250", "-f", "raw", "-o", str(raw), "--",
+                sys.executable, "-m", "coevol.cli.main", "refine", str(data), "-o", str(folder / "out.jsonl"),
+                "--base-url", srv.url, "--model", "fake", "--concurrency", "256",
+            ]  # fmt: skip
+            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        layers: Counter[str] = Counter()
+        own: Counter[str] = Counter()
+        for line in raw.read_text().splitlines():
+            if not line.strip():
+                continue
+            stack_text, count = line.rsplit(" ", 1)
+            stack = stack_text.split(";")
+            layers[layer(stack)] += int(count)
+            own[stack[-1]] += int(count)
+        total = sum(layers.values())
+        print(f"py-spy --gil, coevol refine of {rows} rows, instant server: {total} samples")
+        for name, n in layers.most_common():
+            print(f"{n / total:6.1%}  {name}")
+        print("top functions by own time:")
+        for name, n in own.most_common(15):
+            print(f"{n / total:6.1%}  {name}")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
