@@ -77,6 +77,9 @@ def same_files(a: Path, b: Path) -> None:
     """Byte for byte; the trace record by record (the key order of a record's per-role usage follows
     which of two concurrent calls finished first, in a local run as well)."""
     for name in FILES:
+        if not (a / name).exists():
+            assert not (b / name).exists(), name
+            continue
         left, right = (a / name).read_bytes(), (b / name).read_bytes()
         if name.endswith(".trace.jsonl"):
             assert [orjson.loads(x) for x in left.splitlines()] == [
@@ -225,3 +228,31 @@ def test_without_ray_the_flag_gives_the_install_line(monkeypatch: pytest.MonkeyP
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(MissingExtra, match=r"pip install 'coevol\[ray\]'"):
         import_ray()
+
+
+def test_offset_and_limit_give_the_local_runs_rows_and_trace_positions(
+    cluster: Any, server: ThreadedServer, data: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "local").mkdir()
+    (tmp_path / "ray").mkdir()
+    asyncio.run(
+        arefine_file(
+            data,
+            tmp_path / "local/out.jsonl",
+            config(server),
+            pairs=tmp_path / "local/pairs.jsonl",
+            offset=3,
+            limit=20,
+        )
+    )
+    asyncio.run(
+        arefine_file_ray(
+            data, tmp_path / "ray/out.jsonl", config(server), pairs=tmp_path / "ray/pairs.jsonl",
+            offset=3, limit=20, options=RayOptions(shard_rows=6, workers=2),
+        )
+    )  # fmt: skip
+    same_files(tmp_path / "local", tmp_path / "ray")
+    indices = [
+        orjson.loads(x)["index"] for x in (tmp_path / "ray/out.jsonl.trace.jsonl").read_bytes().splitlines()
+    ]
+    assert indices == list(range(20))
