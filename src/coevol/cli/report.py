@@ -15,6 +15,7 @@ import orjson
 
 from coevol.cli.exit_codes import EXIT_OK
 from coevol.errors import ConfigError, DataError
+from coevol.report.stats import DEFAULT_DIRECTION_LINES
 from coevol.textsafe import inert_line
 
 __all__ = ["add_parser", "report_paths", "run"]
@@ -51,7 +52,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--directions-lines",
         type=int,
-        default=5_000,
+        default=DEFAULT_DIRECTION_LINES,
         metavar="N",
         help="parse at most N suggestion lines for Fig. 3, a uniform sample of a larger run (0: all)",
     )
