@@ -9,6 +9,8 @@
 - ``baseline``: the reference implementation's structure: each sample's calls strictly one after
   another (debaters and judge orders too), ``--workers`` samples at a time like its threads, the
   same aiohttp client, no store, no retries.
+- ``aiohttp``: the transport's floor: the same number of POSTs of a typical debater request
+  (``--limit`` times 18) through one pooled ``aiohttp`` session, 256 at a time, nothing else.
 - ``dryrun``: ``coevol.cli.dryrun.estimate`` over the input, to show that streaming keeps memory flat.
 """
 
@@ -125,6 +127,39 @@ async def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": len(rows), "calls": counter[0], "retries": 0, "failed": 0, "wall_s": wall, "cpu_s": cpu}
 
 
+async def run_aiohttp(args: argparse.Namespace) -> dict[str, Any]:
+    import aiohttp
+
+    calls = (args.limit or 100) * 18
+    body = orjson.dumps(
+        {
+            "model": "fake",
+            "messages": [
+                {"role": "system", "content": "You are a debater. " * 20},
+                {"role": "user", "content": "Question: explain why. " * 60},
+            ],
+            "max_tokens": 1000,
+            "temperature": 0.0,
+            "top_p": 1.0,
+        }
+    )
+    url = args.base_url.rstrip("/") + "/chat/completions"
+    connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0)
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        left = iter(range(calls))
+
+        async def worker() -> None:
+            for _ in left:
+                async with session.post(url, data=body, allow_redirects=False) as resp:
+                    await resp.read()
+
+        cpu, wall = _cpu(), time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(256)))
+        wall, cpu = time.perf_counter() - wall, _cpu() - cpu
+    return {"rows": 0, "calls": calls, "retries": 0, "failed": 0, "wall_s": wall, "cpu_s": cpu}
+
+
 def run_dryrun(args: argparse.Namespace) -> dict[str, Any]:
     from coevol.cli.dryrun import estimate
 
@@ -143,7 +178,7 @@ def run_dryrun(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("engine", choices=["coevol", "baseline", "dryrun"])
+    p.add_argument("engine", choices=["coevol", "baseline", "aiohttp", "dryrun"])
     p.add_argument("--base-url")
     p.add_argument("--input", type=Path, required=True)
     p.add_argument("--output", type=Path)
@@ -157,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.engine == "dryrun":
         result = run_dryrun(args)
     else:
-        result = asyncio.run(run_coevol(args) if args.engine == "coevol" else run_baseline(args))
+        runs = {"coevol": run_coevol, "baseline": run_baseline, "aiohttp": run_aiohttp}
+        result = asyncio.run(runs[args.engine](args))
     result["peak_rss_mb"] = _peak_rss_mb()
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
 

@@ -253,6 +253,11 @@ def run(sizes: Sizes, folder: Path) -> list[str]:
         results += [
             baseline("instant server", srv, "base-instant", sizes.baseline_instant, n) for n in (1, 16)
         ]
+        floor = measure(
+            "instant server", "plain aiohttp POSTs (floor)", "aiohttp", srv, data, folder / "floor.jsonl",
+            "--limit", str(sizes.instant),
+        )  # fmt: skip
+        results.append(floor)
 
     print("GPU-like server (64 slots, 100 ms per request)")
     with server(latency=0.1, slots=64) as srv:
@@ -306,6 +311,12 @@ def run(sizes: Sizes, folder: Path) -> list[str]:
         f"Store: {instant.figures['store_commits']:,} SQLite commits for {instant.figures['calls']:,} "
         f"calls (group commit); peak requests in flight {instant.figures['peak_in_flight']}."
     )
+    notes.append(
+        f"Transport floor: plain aiohttp POSTs (no coevol at all, 256 at a time) cost "
+        f"{floor.cpu_per_call_us:.0f} us of client CPU per call ({floor.calls_per_s:,.0f} calls/s); "
+        f"the fake server {server_cpu:.0f} us per request on the other core. 3,500 calls/s through one "
+        f"client process needs at most {1e6 / 3500:.0f} us of client CPU per call."
+    )
     notes.append(f"Whole benchmark: {time.monotonic() - started:.0f} s.")
     peak = max(r.figures["peak_rss_mb"] for r in results + memory if r.client.startswith("coevol"))
     util = cli_slots.server["utilization"]
@@ -354,15 +365,24 @@ def table(results: list[Result]) -> list[str]:
 LOAD_AT_START = " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def cpu_profile(rows: int) -> list[str]:
+    from cpu_profile import profile  # beside this file; it imports this module's server()
+
+    print(f"profiling coevol refine of {rows} rows with py-spy", flush=True)
+    return profile(rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller inputs (about 1.5 minutes)")
     p.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="where to write the report")
+    p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile at the end")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder with inputs and outputs")
     args = p.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="coevol-bench-"))
     try:
         body = run(QUICK if args.quick else FULL, folder)
+        profile_lines = [] if args.no_profile else cpu_profile(800)
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
@@ -382,11 +402,16 @@ def main() -> None:
         "slots x (last answer - first request). The baseline runs each sample's calls strictly one",
         "after another (the reference implementation's structure) with the same aiohttp client and",
         "no store, 1 or 16 samples at a time like its threads. The machine is shared, so calls/s",
-        "move with its load; client CPU per call is the steadier figure. Where the client CPU goes",
-        "(py-spy, instant server): aiohttp's request path about 45%, asyncio's loop and tasks about",
-        "25%, the rest coevol (store ~7%, prompts, agents, dispatcher, runner).",
+        "move with its load; client CPU per call is the steadier figure. The targets (issue 8) are",
+        "read from the `coevol refine (CLI, whole process)` rows.",
         "",
         *body,
+        "",
+        "## Where the client's CPU goes",
+        "",
+        "Command: `python benchmarks/cpu_profile.py` (run by this benchmark after the scenarios).",
+        "",
+        *profile_lines,
         "",
     ]
     args.out.write_text("\n".join(report))

@@ -1,6 +1,6 @@
 """Where ``coevol refine``'s CPU goes against an instant server: py-spy over the CLI process.
 
-    python benchmarks/profile.py [ROWS]     # needs py-spy (pip install py-spy); ROWS defaults to 800
+    python benchmarks/cpu_profile.py [ROWS]     # needs py-spy (pip install py-spy); ROWS defaults to 800
 
 Starts the simulated server (``python -m coevol.testing``) in its own process, runs
 ``coevol refine`` under ``py-spy record --gil`` (only samples holding the GIL: CPU, not waits), and
@@ -42,9 +42,17 @@ def layer(stack: list[str]) -> str:
     return next((name for name, parts in LAYERS if any(p in path for p in parts)), "other")
 
 
-def main() -> None:
-    rows = int(sys.argv[1]) if len(sys.argv) > 1 else 800
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+def spy_path() -> str | None:
+    """py-spy's executable, or ``None`` when it is not installed."""
+    found = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return found if Path(found).exists() else None
+
+
+def profile(rows: int = 800) -> list[str]:
+    """The profile as text lines: the share of CPU samples by layer, then the top functions."""
+    spy = spy_path()
+    if spy is None:
+        return ["py-spy is not installed (pip install py-spy): no profile taken"]
     folder = Path(tempfile.mkdtemp(prefix="coevol-profile-"))
     try:
         data = write_rows(folder / "rows.jsonl", rows, seed=1, words=60)
@@ -65,15 +73,19 @@ def main() -> None:
             stack = stack_text.split(";")
             layers[layer(stack)] += int(count)
             own[stack[-1]] += int(count)
-        total = sum(layers.values())
-        print(f"py-spy --gil, coevol refine of {rows} rows, instant server: {total} samples")
-        for name, n in layers.most_common():
-            print(f"{n / total:6.1%}  {name}")
-        print("top functions by own time:")
-        for name, n in own.most_common(15):
-            print(f"{n / total:6.1%}  {name}")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    total = max(sum(layers.values()), 1)
+    lines = [f"py-spy --gil, `coevol refine` of {rows} rows, instant server, {total:,} CPU samples:", ""]
+    lines += ["| share | layer |", "|---:|---|"]
+    lines += [f"| {n / total:.1%} | {name} |" for name, n in layers.most_common()]
+    lines += ["", "| share | function (own time) |", "|---:|---|"]
+    lines += [f"| {n / total:.1%} | `{name}` |" for name, n in own.most_common(15)]
+    return lines
+
+
+def main() -> None:
+    print("\n".join(profile(int(sys.argv[1]) if len(sys.argv) > 1 else 800)))
 
 
 if __name__ == "__main__":
