@@ -48,11 +48,12 @@ def spy_path() -> str | None:
     return found if Path(found).exists() else None
 
 
-def profile(rows: int = 800) -> list[str]:
-    """The profile as text lines: the share of CPU samples by layer, then the top functions."""
+def profile(rows: int = 800) -> tuple[list[str], dict[str, float]]:
+    """The profile as text lines (share of CPU samples by layer, then the top functions) and the
+    share of each layer."""
     spy = spy_path()
     if spy is None:
-        return ["py-spy is not installed (pip install py-spy): no profile taken"]
+        return ["py-spy is not installed (pip install py-spy): no profile taken"], {}
     folder = Path(tempfile.mkdtemp(prefix="coevol-profile-"))
     try:
         data = write_rows(folder / "rows.jsonl", rows, seed=1, words=60)
@@ -81,11 +82,11 @@ def profile(rows: int = 800) -> list[str]:
     lines += [f"| {n / total:.1%} | {name} |" for name, n in layers.most_common()]
     lines += ["", "| share | function (own time) |", "|---:|---|"]
     lines += [f"| {n / total:.1%} | `{name}` |" for name, n in own.most_common(15)]
-    return lines
+    return lines, {name: n / total for name, n in layers.items()}
 
 
 def main() -> None:
-    print("\n".join(profile(int(sys.argv[1]) if len(sys.argv) > 1 else 800)))
+    print("\n".join(profile(int(sys.argv[1]) if len(sys.argv) > 1 else 800)[0]))
 
 
 if __name__ == "__main__":
