@@ -312,7 +312,8 @@ class JudgeTrace:
 
 
 def _usage_to_dict(usage: dict[str, Usage]) -> dict[str, Any]:
-    return {role: u.to_dict() for role, u in usage.items()}
+    """Sorted by role, so a trace does not depend on which of two concurrent calls finished first."""
+    return {role: usage[role].to_dict() for role in sorted(usage)}
 
 
 def _usage_from_dict(d: dict[str, Any] | None) -> dict[str, Usage]:
