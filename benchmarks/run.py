@@ -457,6 +457,9 @@ def main() -> None:
         "",
         f"Command: `{command}` ({time.strftime('%Y-%m-%d %H:%M')}, {machine}).",
         "",
+        "Many servers and Ray: `python benchmarks/endpoints.py`, figures in"
+        " [RESULTS-endpoints.md](RESULTS-endpoints.md).",
+        "",
         "The simulated server runs in its own process; every client run in another one. Client CPU",
         "is `getrusage` of the client process over the run (all threads; start-up excluded, except",
         "in the CLI rows, which are the whole process from start to exit); peak RSS is the whole client",
