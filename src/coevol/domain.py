@@ -146,7 +146,7 @@ class Status(StrEnum):
 class StopReason(StrEnum):
     """Why the loop stopped for one assistant turn."""
 
-    REJECTED = "rejected"  # the judge preferred the previous response (Eq. 4)
+    REJECTED = "rejected"  # the edit did not score higher than the previous response (Eq. 4)
     MAX_ROUNDS = "max_rounds"  # K edits accepted
     JUDGE_UNPARSEABLE = "judge_unparseable"  # no usable verdict after every re-ask
     EDIT_UNUSABLE = "edit_unusable"  # the editor's answer was empty or cut off: never judged

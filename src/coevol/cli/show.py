@@ -42,7 +42,7 @@ __all__ = ["read_trace", "render_record", "show_trace"]
 CUT_OFF = " (cut off: max_tokens reached)"
 
 STOP_REASONS: dict[StopReason, str] = {
-    StopReason.REJECTED: "the judge preferred the previous response (Eq. 4)",
+    StopReason.REJECTED: "the edit did not score higher than the previous response (Eq. 4)",
     StopReason.MAX_ROUNDS: "the most accepted edits (K) reached",
     StopReason.JUDGE_UNPARSEABLE: "no usable judge verdict after every re-ask",
     StopReason.EDIT_UNUSABLE: "the editor's answer was empty or cut off, never judged",
