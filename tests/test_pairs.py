@@ -23,7 +23,10 @@ FORWARD_WINS_EDIT = {
     "verdict": "assistant 2",
     "scores": {"previous": 0.0, "edited": 1.0},
     "attempts": [
-        {"text": "<assistant 2>\nAlthough <assistant 1> is longer, Assistant 2 is more accurate.", "finish_reason": "stop"}
+        {
+            "text": "<assistant 2>\nAlthough <assistant 1> is longer, Assistant 2 is more accurate.",
+            "finish_reason": "stop",
+        }
     ],
     "error": None,
 }
@@ -32,7 +35,10 @@ REVERSE_WINS_EDIT = {
     "verdict": "assistant 1",
     "scores": {"previous": 0.0, "edited": 1.0},
     "attempts": [
-        {"text": "<assistant 1>\nAlthough <assistant 2> is longer, Assistant 1 is more accurate.", "finish_reason": "stop"}
+        {
+            "text": "<assistant 1>\nAlthough <assistant 2> is longer, Assistant 1 is more accurate.",
+            "finish_reason": "stop",
+        }
     ],
     "error": None,
 }

@@ -37,7 +37,7 @@ from coevol.loop import LoopSettings, Refinement, coevolve
 from coevol.prompts.render import Sample
 from coevol.prompts.templates import PromptSet, load_prompts
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "APIConnectionError",
