@@ -4,25 +4,20 @@ read with JavaScript off. Without a browser the tests skip and say why (fail und
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.browser_support import chrome, load_and_open_all, session
 from tests.compare_support import plus_judge, write_rows
-from tests.test_report_browser import _chrome
 from tests.test_report_page import HOSTILE
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    b = _chrome(javascript=True)
-    try:
-        yield b
-    finally:
-        b.quit()
+    yield from session()
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +48,8 @@ def _count(browser: Any) -> str:
 
 
 def test_loads_with_no_console_error_and_no_network(browser: Any, page: Path) -> None:
-    browser.get_log("performance")
-    browser.get(page.resolve().as_uri())
-    for el in browser.find_elements("css selector", "details.unit"):
-        el.click()
-    assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")] == []
-    urls = []
-    for entry in browser.get_log("performance"):
-        msg = json.loads(entry["message"])["message"]
-        if msg["method"] == "Network.requestWillBeSent":
-            urls.append(msg["params"]["request"]["url"])
+    errors, urls = load_and_open_all(browser, page.resolve().as_uri(), "details.unit")
+    assert errors == []
     assert urls and all(u.startswith("file://") for u in urls), urls
 
 
@@ -95,7 +82,7 @@ def test_a_hostile_row_shows_as_text_and_never_runs(browser: Any, page: Path) ->
 
 
 def test_totals_read_with_javascript_off(page: Path) -> None:
-    b = _chrome(javascript=False)
+    b = chrome(javascript=False)
     try:
         b.get(page.resolve().as_uri())
         body = b.find_element("tag name", "body").text

@@ -7,62 +7,21 @@ Without a browser the tests skip and say why; under CI=true a missing browser is
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 
 from coevol.domain import Answer
+from tests.browser_support import chrome, load_and_open_all, session
 from tests.test_report_page import HOSTILE, _cli
 from tests.test_report_support import failed, record, write_trace
-
-_SETUP = "bash scripts/setup_browser.sh"
-
-
-def _need(what: str) -> NoReturn:
-    message = f"{what}; install it with {_SETUP} (and pip install -e '.[dev]')"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def _chrome(javascript: bool) -> Any:
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.options import Options
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        _need("selenium is not installed")
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if chromium is None or driver is None:
-        _need("the chromium browser or chromedriver is not on PATH")
-    options = Options()
-    options.binary_location = chromium
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1800",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    if not javascript:
-        options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
-    return webdriver.Chrome(service=Service(executable_path=driver), options=options)
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    b = _chrome(javascript=True)
-    try:
-        yield b
-    finally:
-        b.quit()
+    yield from session()
 
 
 @pytest.fixture(scope="module")
@@ -99,17 +58,8 @@ def _count(browser: Any) -> str:
 
 
 def test_loads_with_no_console_error_and_no_network(browser: Any, page: Path) -> None:
-    browser.get_log("performance")
-    browser.get(page.resolve().as_uri())
-    for el in browser.find_elements("css selector", "details.sample"):
-        el.click()  # render every sample body
-    errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+    errors, urls = load_and_open_all(browser, page.resolve().as_uri(), "details.sample")
     assert errors == []
-    urls = []
-    for entry in browser.get_log("performance"):
-        msg = json.loads(entry["message"])["message"]
-        if msg["method"] == "Network.requestWillBeSent":
-            urls.append(msg["params"]["request"]["url"])
     assert urls and all(u.startswith("file://") for u in urls), urls
 
 
@@ -164,7 +114,7 @@ def test_a_hostile_row_shows_as_text_and_never_runs(browser: Any, page: Path) ->
 
 
 def test_figures_and_tables_read_with_javascript_off(page: Path) -> None:
-    b = _chrome(javascript=False)
+    b = chrome(javascript=False)
     try:
         b.get(page.resolve().as_uri())
         figures = b.find_elements("css selector", "svg[role=img]")
