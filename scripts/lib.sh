@@ -23,3 +23,20 @@ with_heartbeat() {
     wait "$beat" 2>/dev/null || true
     return "$rc"
 }
+
+# install_coevol EXTRAS: the venv in .venv, then coevol in editable mode with those extras.
+install_coevol() {
+    local extras=$1
+    if [ ! -x .venv/bin/python ]; then
+        step "creating the virtual environment in .venv"
+        python3 -m venv .venv
+    fi
+    step "updating pip"
+    with_heartbeat .venv/bin/python -m pip install --quiet --upgrade pip
+    if .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
+        step "installing coevol[$extras] (llama.cpp is already compiled: about a minute)"
+    else
+        step "installing coevol[$extras] and compiling llama.cpp (about 6 minutes on 2 cores, once)"
+    fi
+    with_heartbeat .venv/bin/python -m pip install --quiet -e ".[$extras]"
+}

@@ -7,18 +7,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
-if [ ! -x .venv/bin/python ]; then
-    step "creating the virtual environment in .venv"
-    python3 -m venv .venv
-fi
-step "updating pip"
-with_heartbeat .venv/bin/python -m pip install --quiet --upgrade pip
-if .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
-    step "installing coevol with the dev tools (llama.cpp is already compiled: under a minute)"
-else
-    step "installing coevol with the dev tools and compiling llama.cpp (about 6 minutes on 2 cores, once)"
-fi
-with_heartbeat .venv/bin/python -m pip install --quiet -e '.[local,dev]'
+install_coevol local,dev
 step "ruff check"
 .venv/bin/ruff check src tests benchmarks
 step "ruff format --check"
