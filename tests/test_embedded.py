@@ -38,10 +38,17 @@ def test_embedded_model_refines_one_sample_end_to_end(tmp_path: Path) -> None:
     assert all(it["debate"][k]["text"].strip() for k in it["debate"])
     assert it["edited"] is not None
     calls = {role: u["calls"] for role, u in it["usage"].items()}
-    # A judge answer that never parses is re-asked (up to 2 more times per order).
     assert calls["positive"] == calls["critical"] == 2 and calls["advisor"] == calls["editor"] == 1
-    assert 2 <= calls["judge"] <= 6
     assert all(u["completion_tokens"] <= 16 * u["calls"] for u in it["usage"].values())
+    if turn["stop_reason"] in ("edit_unusable", "unchanged"):
+        # At 16 tokens the editor is often cut off: such an edit is never judged nor written.
+        assert "judge" not in calls and it["judge"] is None
+        if turn["stop_reason"] == "edit_unusable":
+            assert it["edit"]["finish_reason"] == "length" or not it["edit"]["text"].strip()
+        assert refined["output"] == row["output"] and trace["status"] == "kept"
+        return
+    # A judge answer that never parses is re-asked (up to 2 more times per order).
+    assert 2 <= calls["judge"] <= 6
     orders = it["judge"]["orders"]
     assert [o["order"] for o in orders] == ["forward", "reverse"]
     if turn["stop_reason"] != "judge_unparseable":
