@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 from pathlib import Path
 
@@ -239,3 +240,17 @@ def test_a_stopped_run_resumes_without_resending_a_stored_call(tmp_path: Path, s
         assert main(args) == 0
         assert len(judge_requests(s.requests)) - before == 2 * n - stored
     assert json.loads(out.read_text())["win"] == n
+
+
+def test_compare_offers_only_the_flags_it_reads(capsys: pytest.CaptureFixture[str]) -> None:
+    from coevol.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    text = capsys.readouterr().out
+    assert "--judge-reasks" in text and "--base-url" in text and "--rule" in text
+    for loop_only in ("--mode", "--max-rounds", "--judge-early-exit", "--window-rounds", "--max-turns"):
+        assert re.search(rf"{loop_only}(?![\w-])", text) is None, loop_only
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "a.jsonl", "b.jsonl", "-o", "r.json", "--mode", "edit"])
+    assert exc.value.code == 2

@@ -67,7 +67,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--dry-run", action="store_true", help="print the judge calls needed; send nothing")
-    _add_config_flags(p)
+    _add_config_flags(p, loop=False)
     return p
 
 

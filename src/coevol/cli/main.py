@@ -28,7 +28,9 @@ from coevol.errors import CoevolError
 __all__ = ["main"]
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
+def _add_config_flags(p: argparse.ArgumentParser, *, loop: bool = True) -> None:
+    """The connection, sampling and throughput flags; ``loop=False`` leaves out the flags only the
+    refinement loop reads (``coevol compare`` runs the judge alone)."""
     g = p.add_argument_group("models")
     g.add_argument("--config", type=Path, help="YAML config file (flags override it)")
     g.add_argument(
@@ -56,27 +58,12 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     s.add_argument("--temperature", type=float)
     s.add_argument("--top-p", type=float)
     s.add_argument("--seed", type=int)
-    a = p.add_argument_group("algorithm")
-    a.add_argument(
-        "--max-rounds", "-k", type=int, help="K, the maximum accepted edits per sample (default 3)"
-    )
-    a.add_argument(
-        "--mode",
-        choices=["full", "debate", "advise", "advise-noresp", "edit"],
-        help="full CoEvol loop (default) or one of the paper's ablations",
-    )
+    a = p.add_argument_group("algorithm" if loop else "judge")
     a.add_argument("--judge", choices=["verdict", "score"], help="judge by verdict (paper) or 1-10 scores")
     a.add_argument("--judge-reasks", type=int, help="re-asks for an unparseable verdict (default 2)")
-    a.add_argument(
-        "--judge-early-exit",
-        action="store_true",
-        default=None,
-        help="skip the second judge order when the first already rejects the edit",
-    )
     a.add_argument("--prompts", dest="prompts_dir", type=Path, help="folder of template overrides")
-    a.add_argument("--window-rounds", type=int, help="conversation rounds shown to agents (default 3)")
-    a.add_argument("--max-turns", type=int, help="refine at most N assistant turns per conversation")
-    a.add_argument("--max-conv-tokens", type=int, help="stop refining once a conversation passes N tokens")
+    if loop:
+        _add_loop_flags(a)
     t = p.add_argument_group("throughput and faults")
     t.add_argument("--concurrency", type=int, help="requests in flight (default 256)")
     t.add_argument("--samples-in-flight", type=int, help="samples in flight (default: concurrency)")
@@ -116,6 +103,26 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_loop_flags(a: argparse._ArgumentGroup) -> None:
+    a.add_argument(
+        "--max-rounds", "-k", type=int, help="K, the maximum accepted edits per sample (default 3)"
+    )
+    a.add_argument(
+        "--mode",
+        choices=["full", "debate", "advise", "advise-noresp", "edit"],
+        help="full CoEvol loop (default) or one of the paper's ablations",
+    )
+    a.add_argument(
+        "--judge-early-exit",
+        action="store_true",
+        default=None,
+        help="skip the second judge order when the first already rejects the edit",
+    )
+    a.add_argument("--window-rounds", type=int, help="conversation rounds shown to agents (default 3)")
+    a.add_argument("--max-turns", type=int, help="refine at most N assistant turns per conversation")
+    a.add_argument("--max-conv-tokens", type=int, help="stop refining once a conversation passes N tokens")
+
+
 def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
     keys = [
         "base_url", "model", "api_key_env", "model_path", "n_ctx", "merge_system", "max_tokens",
@@ -132,9 +139,9 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
     if price:
         out["price"] = price
     conv = {
-        "window_rounds": ns.window_rounds,
-        "max_turns": ns.max_turns,
-        "max_tokens": ns.max_conv_tokens,
+        "window_rounds": getattr(ns, "window_rounds", None),
+        "max_turns": getattr(ns, "max_turns", None),
+        "max_tokens": getattr(ns, "max_conv_tokens", None),
     }
     conv = {k: v for k, v in conv.items() if v is not None}
     if conv:
