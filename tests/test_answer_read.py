@@ -8,8 +8,6 @@ cap is read, and one that stops short of its declared length is a connection err
 from __future__ import annotations
 
 import gzip
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 
 import orjson
 import pytest
@@ -18,26 +16,13 @@ from aiohttp import web
 from coevol.errors import APIConnectionError, ResponseTooLarge
 from coevol.llm.openai_http import OpenAIHTTPBackend
 from coevol.llm.types import ChatRequest, GenParams
+from tests.test_openai_http import canned
 
 MSGS = ({"role": "user", "content": "hi"},)
 
 
 def body(text: str) -> bytes:
     return orjson.dumps({"choices": [{"message": {"content": text}, "finish_reason": "stop"}]})
-
-
-@asynccontextmanager
-async def serving(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-    finally:
-        await runner.cleanup()
 
 
 async def ask(base_url: str, cap: int) -> str:
@@ -55,7 +40,7 @@ async def test_a_gzip_body_that_inflates_past_the_cap_is_refused() -> None:
             body=packed, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
         )
 
-    async with serving(chat) as url:
+    async with canned(chat) as url:
         with pytest.raises(ResponseTooLarge):
             await ask(url, 1_000_000)
 
@@ -68,7 +53,7 @@ async def test_a_gzip_body_under_the_cap_is_read_inflated() -> None:
             body=packed, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
         )
 
-    async with serving(chat) as url:
+    async with canned(chat) as url:
         assert await ask(url, 1_000_000) == "y" * 50_000
 
 
@@ -78,7 +63,7 @@ async def test_a_body_exactly_at_the_cap_is_read_and_one_byte_more_is_not() -> N
     async def chat(req: web.Request) -> web.Response:
         return web.Response(body=raw, content_type="application/json")
 
-    async with serving(chat) as url:
+    async with canned(chat) as url:
         assert await ask(url, len(raw)) == "z" * 1000
         with pytest.raises(ResponseTooLarge):
             await ask(url, len(raw) - 1)
@@ -95,6 +80,6 @@ async def test_a_body_shorter_than_its_declared_length_is_a_connection_error() -
         req.transport.close()
         return resp
 
-    async with serving(chat) as url:
+    async with canned(chat) as url:
         with pytest.raises(APIConnectionError):
             await ask(url, 1_000_000)
