@@ -82,10 +82,6 @@ class CandidatePlan:
     matched_by: str
     units: list[Unit]
 
-    @property
-    def differing(self) -> int:
-        return sum(not u.identical for u in self.units)
-
 
 @dataclass(slots=True)
 class Plan:
