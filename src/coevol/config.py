@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from coevol.conversation import ConversationSettings
 from coevol.errors import ConfigError
 from coevol.llm.urls import has_userinfo, masked_url
-from coevol.loop import LoopSettings
+from coevol.loop import LoopSettings, Mode
+from coevol.roles.agents import JudgeKind
 
 __all__ = ["ROLES", "Config", "ConversationConfig", "EndpointConfig", "Price", "RoleConfig", "load_config"]
 
@@ -192,9 +193,9 @@ class Config(_Strict):
     roles: dict[RoleName, RoleConfig] = Field(default_factory=dict)
 
     # The algorithm.
-    mode: Literal["full", "debate", "advise", "advise-noresp", "edit"] = "full"
+    mode: Mode = "full"
     max_rounds: int = Field(default=3, ge=1)
-    judge: Literal["verdict", "score"] = "verdict"
+    judge: JudgeKind = "verdict"
     judge_reasks: int = Field(default=2, ge=0)
     judge_early_exit: bool = False
     prompts_dir: Path | None = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from coevol.domain import Answer, Failure, IterationTrace, JudgeTrace, StopReason, TurnTrace
 from coevol.errors import AuthenticationError, ContextLengthError, LLMError, NotFoundError
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 Mode = Literal["full", "debate", "advise", "advise-noresp", "edit"]
-MODES: tuple[Mode, ...] = ("full", "debate", "advise", "advise-noresp", "edit")
+MODES: tuple[Mode, ...] = get_args(Mode)
 
 
 @dataclass(frozen=True, slots=True)

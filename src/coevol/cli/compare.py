@@ -26,6 +26,7 @@ from coevol.cli.exit_codes import EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_OK, EXIT_P
 from coevol.config import Config
 from coevol.engine.dispatch import RunStats
 from coevol.errors import BudgetExceeded, DataError, OutputError
+from coevol.io.formats import FORMATS
 from coevol.textsafe import inert, inert_line
 
 __all__ = ["add_parser", "format_table", "is_compare_result", "report_compare", "run"]
@@ -62,7 +63,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--format",
         dest="input_format",
-        choices=["alpaca", "sharegpt", "messages"],
+        choices=FORMATS,
         help="force the data format (default: detected)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

@@ -24,6 +24,9 @@ from coevol.cli.console import (
 from coevol.cli.exit_codes import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
 from coevol.config import Config, load_config
 from coevol.errors import CoevolError
+from coevol.io.formats import FORMATS
+from coevol.loop import MODES
+from coevol.roles.agents import JUDGE_KINDS
 
 __all__ = ["main"]
 
@@ -59,7 +62,7 @@ def _add_config_flags(p: argparse.ArgumentParser, *, loop: bool = True) -> None:
     s.add_argument("--top-p", type=float)
     s.add_argument("--seed", type=int)
     a = p.add_argument_group("algorithm" if loop else "judge")
-    a.add_argument("--judge", choices=["verdict", "score"], help="judge by verdict (paper) or 1-10 scores")
+    a.add_argument("--judge", choices=JUDGE_KINDS, help="judge by verdict (paper) or 1-10 scores")
     a.add_argument("--judge-reasks", type=int, help="re-asks for an unparseable verdict (default 2)")
     a.add_argument("--prompts", dest="prompts_dir", type=Path, help="folder of template overrides")
     if loop:
@@ -109,7 +112,7 @@ def _add_loop_flags(a: argparse._ArgumentGroup) -> None:
     )
     a.add_argument(
         "--mode",
-        choices=["full", "debate", "advise", "advise-noresp", "edit"],
+        choices=MODES,
         help="full CoEvol loop (default) or one of the paper's ablations",
     )
     a.add_argument(
@@ -165,12 +168,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--format",
         dest="input_format",
-        choices=["alpaca", "sharegpt", "messages"],
+        choices=FORMATS,
         help="force the input format (default: detected)",
     )
     r.add_argument(
         "--output-format",
-        choices=["alpaca", "sharegpt", "messages"],
+        choices=FORMATS,
         help="convert on the way out (default: same as input)",
     )
     r.add_argument("--pairs", type=Path, help="also write preference pairs (TRL DPO format) here")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, get_args
 
 from coevol.domain import Answer, DebateTrace, JudgeOrderTrace, JudgeTrace
 from coevol.errors import ParseError
@@ -29,6 +29,7 @@ from coevol.roles.verdict import (
 )
 
 __all__ = [
+    "JUDGE_KINDS",
     "JudgeKind",
     "advise",
     "advise_from_request",
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 JudgeKind = Literal["verdict", "score"]
+JUDGE_KINDS: tuple[JudgeKind, ...] = get_args(JudgeKind)
 
 _A = TypeVar("_A")
 _B = TypeVar("_B")
