@@ -333,3 +333,15 @@ async def test_the_coevol_report_command(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "r" / "page.json").read_text())["schema"] == "coevol.report/1"
     code, _, stderr = await coevol_cli("report", str(tmp_path / "missing.json"))
     assert code == 1 and "no trace beside" in stderr
+
+
+def test_planted_links_at_the_report_files_never_redirect_a_write(tmp_path: Path) -> None:
+    out = _hostile_run(tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    for name in (".report.html.partial", ".report.json.partial"):
+        Path(f"{out}{name}").symlink_to(victim)
+    assert run(_cli(str(out), "--tokenizer", "words", "--no-directions")) == 0
+    assert victim.read_text() == "keep me"
+    assert "<html" in Path(f"{out}.report.html").read_text()
+    assert not Path(f"{out}.report.html.partial").exists()

@@ -253,7 +253,7 @@ def load_result(path: Path) -> dict[str, Any]:
 def report_compare(ns: argparse.Namespace) -> int:
     """``coevol report RESULT`` for a compare result: the page beside it (or at ``-o``)."""
     from coevol.cli.report import report_paths
-    from coevol.compare.run import write_bytes
+    from coevol.io.writers import write_whole
     from coevol.report.compare_page import render_compare_page
 
     doc = load_result(ns.output)
@@ -266,7 +266,7 @@ def report_compare(ns: argparse.Namespace) -> int:
     out, _ = report_paths(ns.output, ns.out)
     if out.resolve() == ns.output.resolve():
         raise OutputError(f"refusing to write the page over the result {ns.output}; give -o PAGE.html")
-    write_bytes(out, page.encode())
+    write_whole(out, page.encode())
     Console(stderr=True, highlight=False).print(
         f"report: {inert_line(str(out))}\n"
         f"open it with: xdg-open {inert_line(str(out))}  (it needs no network)",

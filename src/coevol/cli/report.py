@@ -7,7 +7,6 @@ Reads the run's files beside OUTPUT (trace, rejects, store) and writes ``OUTPUT.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import orjson
 
 from coevol.cli.exit_codes import EXIT_OK
 from coevol.errors import ConfigError, DataError
+from coevol.io.writers import write_whole
 from coevol.report.stats import DEFAULT_DIRECTION_LINES
 from coevol.textsafe import inert_line
 
@@ -83,16 +83,6 @@ def _prices(path: Path | None) -> dict[str, tuple[float, float]] | None:
     return out or None
 
 
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise DataError(f"cannot write {path}: {exc.strerror}") from None
-
-
 def run(ns: argparse.Namespace) -> int:
     """Build and write the report; print where it is and the judge finding, if any."""
     from rich.console import Console
@@ -119,8 +109,8 @@ def run(ns: argparse.Namespace) -> int:
     )
     built = build_report(files, options)
     page, doc = report_paths(files.output, ns.out)
-    _write(doc, orjson.dumps(built.document, option=orjson.OPT_INDENT_2) + b"\n")
-    _write(page, built.page.encode())
+    write_whole(doc, orjson.dumps(built.document, option=orjson.OPT_INDENT_2) + b"\n")
+    write_whole(page, built.page.encode())
     out = Console(stderr=True, highlight=False)
     for note in built.notes:
         out.print(f"note: {inert_line(note)}", markup=False)

@@ -29,8 +29,9 @@ from coevol.domain import Example, JudgeTrace
 from coevol.engine.build import Engine, build_engine
 from coevol.engine.dispatch import RunStats
 from coevol.errors import BudgetExceeded, ConfigError, LLMError, OutputError
-from coevol.io.guard import RunLock, check_not_links, check_outputs, fsync_dir, open_exclusive, os_error
+from coevol.io.guard import RunLock, check_not_links, check_outputs
 from coevol.io.readers import read_examples
+from coevol.io.writers import write_whole
 from coevol.llm.types import Backend, Generate
 from coevol.prompts.templates import PromptSet, load_prompts
 from coevol.roles.agents import judge
@@ -44,7 +45,6 @@ __all__ = [
     "compare_files",
     "judge_config",
     "plan_comparison",
-    "write_bytes",
 ]
 
 PathArg = str | os.PathLike[str]
@@ -238,26 +238,8 @@ def _summaries(
     return out
 
 
-def write_bytes(path: Path, data: bytes, partial: Path | None = None) -> None:
-    """Write ``path`` whole or not at all: ``partial`` (default ``path.partial``) is written,
-    synced and renamed into place; neither is ever written through a link."""
-    partial = partial if partial is not None else path.with_name(path.name + ".partial")
-    fd = open_exclusive(partial)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        raise os_error(path, exc) from None
-    fsync_dir(path.parent if str(path.parent) else Path("."))
-
-
 def write_result(paths: ComparePaths, document: dict[str, Any]) -> None:
-    write_bytes(paths.result, orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n", paths.partial)
+    write_whole(paths.result, orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n", paths.partial)
 
 
 async def acompare_files(

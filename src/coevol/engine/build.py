@@ -13,14 +13,13 @@ from coevol.config import ROLES, Config, EndpointConfig
 from coevol.engine.dispatch import Dispatcher, RetryPolicy, Route
 from coevol.engine.endpoints import EndpointPool
 from coevol.errors import ConfigError
+from coevol.llm.model_asset import EMBEDDED_MODEL_NAME
 from coevol.llm.types import Backend, GenParams
 from coevol.multiturn import fingerprint
 from coevol.prompts.templates import PromptSet, load_prompts
 from coevol.store.sqlite import Store
 
 __all__ = ["EMBEDDED_MODEL_NAME", "Engine", "build_engine", "key_hint"]
-
-EMBEDDED_MODEL_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m"
 
 
 @dataclass(slots=True)

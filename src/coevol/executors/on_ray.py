@@ -35,6 +35,7 @@ from coevol.engine.dispatch import RunStats
 from coevol.engine.runner import ProgressFn, RunPaths, RunSummary
 from coevol.errors import CoevolError, ConfigError, MissingExtra, OutputError
 from coevol.executors.shards import Shard, done_marker, merge_shards, plan_shards
+from coevol.io.writers import write_whole
 
 __all__ = ["RayOptions", "ShardWorker", "arefine_file_ray", "import_ray", "share_config"]
 
@@ -204,7 +205,7 @@ class ShardWorker:
         result["summary"] = summary_to_json(run.summary)
         result["stats"] = run.stats
         marker = {"fingerprint": spec["fingerprint"], "summary": result["summary"]}
-        done_marker(shard).write_bytes(orjson.dumps(marker))
+        write_whole(done_marker(shard), orjson.dumps(marker))
         return result
 
 

@@ -27,7 +27,7 @@ from coevol.engine.runner import RunPaths
 from coevol.errors import OutputError
 from coevol.io.formats import dataset_info_entry
 from coevol.io.readers import count_rows, parquet_schema, read_examples
-from coevol.io.writers import AtomicFile, RowWriter, commit, output_kind
+from coevol.io.writers import AtomicFile, RowWriter, commit, output_kind, write_whole
 
 __all__ = ["Shard", "ShardPlan", "done_marker", "merge_shards", "plan_shards", "shard_sizes"]
 
@@ -108,8 +108,8 @@ def plan_shards(
     else:
         rows = _count(input, input_format, offset, limit)
         size = shard_rows or max(1, math.ceil(rows / max(1, 4 * workers)))
-        plan_file.write_bytes(
-            orjson.dumps({"schema": PLAN_SCHEMA, "run": what, "rows": rows, "shard_rows": size})
+        write_whole(
+            plan_file, orjson.dumps({"schema": PLAN_SCHEMA, "run": what, "rows": rows, "shard_rows": size})
         )
     suffix = "".join(output.suffixes[-1:]) or ".jsonl"
     shards = tuple(

@@ -30,7 +30,16 @@ from coevol.io import jsonrow
 from coevol.io.guard import fsync_dir, open_exclusive, os_error
 from coevol.io.parquet import PARQUET_BATCH, ParquetSink, import_pyarrow
 
-__all__ = ["OUTPUT_KINDS", "AtomicFile", "RowWriter", "commit", "output_kind", "partial_path", "recover"]
+__all__ = [
+    "OUTPUT_KINDS",
+    "AtomicFile",
+    "RowWriter",
+    "commit",
+    "output_kind",
+    "partial_path",
+    "recover",
+    "write_whole",
+]
 
 OUTPUT_KINDS: tuple[str, ...] = ("jsonl", "json", "parquet")
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
@@ -50,6 +59,24 @@ def output_kind(path: Path, file_format: str | None = None) -> str:
     if kind is None or kind not in OUTPUT_KINDS:
         raise ConfigError(f"cannot write {os.fspath(path)!r}: output must be .jsonl, .json or .parquet")
     return kind
+
+
+def write_whole(path: Path, data: bytes, partial: Path | None = None) -> None:
+    """Write ``path`` whole or not at all: ``partial`` (default ``path.partial``) is written,
+    synced and renamed into place; neither is ever written through a link."""
+    partial = partial if partial is not None else partial_path(path)
+    fd = open_exclusive(partial)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise os_error(path, exc) from None
+    fsync_dir(path.parent if str(path.parent) else Path("."))
 
 
 class AtomicFile:

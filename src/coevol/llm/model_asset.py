@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from coevol.errors import MissingExtra, ModelAssetError
+from coevol.io.guard import fsync_dir
 
 __all__ = [
     "CHUNK_SIZE",
@@ -170,20 +171,6 @@ def _is_valid(path: Path, size: int, sha256: str) -> bool:
     return found_size == size and found_hash == sha256.lower()
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable; best effort (not every platform can open a directory)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _assemble(part_paths: Sequence[Path], target: Path, size: int, sha256: str) -> None:
     """Concatenate the parts into ``target`` via a verified temp file and an atomic rename."""
     directory = target.parent
@@ -238,7 +225,7 @@ def _assemble(part_paths: Sequence[Path], target: Path, size: int, sha256: str) 
             os.replace(tmp, target)
         except OSError as exc:
             raise ModelAssetError(f"cannot move the assembled model into place at {target}: {exc}") from exc
-        _fsync_dir(directory)
+        fsync_dir(directory)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
