@@ -167,7 +167,7 @@ class ShardWorker:
 
     def run(self, spec: dict[str, Any]) -> dict[str, Any]:
         shard: Shard = spec["shard"]
-        shard.output.with_name(shard.output.name + ".pid").write_text(str(os.getpid()))
+        write_whole(shard.output.with_name(shard.output.name + ".pid"), str(os.getpid()).encode())
         deadline = time.monotonic() + _LOCK_WAIT
         while True:
             try:
