@@ -132,3 +132,23 @@ def test_duplicate_rows_and_an_edited_input_keep_trace_positions_of_this_run(
     shown = run_cli("show", tmp_path / "out.jsonl.trace.jsonl", "--index", "4")
     assert shown.returncode == 0, shown.stderr
     assert a["instruction"] in shown.stdout
+
+
+async def test_a_stored_outcome_that_no_longer_parses_is_recomputed_from_the_stored_calls(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    data = write_jsonl(tmp_path / "in.jsonl", alpaca_rows(6, seed=31))
+    out = tmp_path / "out.jsonl"
+    async with FakeOpenAIServer(CoEvolResponder(accept_up_to(1))) as fake:
+        cfg = Config(base_url=fake.base_url, model="m")
+        first = await arefine_file(data, out, cfg)
+        expected = out.read_bytes()
+        with sqlite3.connect(f"{out}.coevol.db") as db:  # a hand-edited or damaged sample table
+            db.execute("UPDATE samples SET payload = ?", (b'{"record": {"schema": "other"}}',))
+        sent = fake.stats()["requests"]
+        again = await arefine_file(data, out, cfg)
+        assert fake.stats()["requests"] == sent  # every call replayed from the store
+    assert first.summary.complete and again.summary.complete
+    assert again.summary.resumed == 0 and out.read_bytes() == expected

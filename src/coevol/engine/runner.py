@@ -35,7 +35,7 @@ from coevol.audit import JudgeAudit
 from coevol.config import Config
 from coevol.domain import SCHEMA, BadRow, Example, RoleRoute, Status, StopReason
 from coevol.engine.dispatch import Dispatcher, RunStats
-from coevol.errors import BudgetExceeded, ConfigError, DataError, NoSpace, RetryableError
+from coevol.errors import BudgetExceeded, ConfigError, DataError, NoSpace, RetryableError, TraceSchemaError
 from coevol.io import jsonrow
 from coevol.io.formats import dataset_info_entry, render_example
 from coevol.io.readers import parquet_schema, read_examples
@@ -389,7 +389,10 @@ class Runner:
         cached = store.get_sample(key)
         if cached is None or (self.retry_failed and cached[0] == Status.FAILED.value):
             return None
-        outcome = ExampleOutcome.from_payload(cached[1])
+        try:
+            outcome = ExampleOutcome.from_payload(cached[1])
+        except TraceSchemaError:
+            return None  # damaged or of another version: refine again, replaying the stored calls
         # The stored record describes where the row was when it was refined; a duplicate row or an
         # input edited since must still point at this run's row.
         outcome.record.index = example.index
