@@ -479,7 +479,9 @@ def test_missing_extras(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     (tmp_path / "d.parquet").write_bytes(b"")
-    with pytest.raises(MissingExtra, match=r"Parquet files needs .* pip install 'coevol\[parquet\]'"):
+    with pytest.raises(
+        MissingExtra, match=r"dependency for Parquet files is not installed: pip install 'coevol\[parquet\]'"
+    ):
         read_examples(tmp_path / "d.parquet")
     with pytest.raises(MissingExtra, match="parquet"):
         RowWriter(tmp_path / "out.parquet")

@@ -29,11 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coevol.config import Config
+from coevol.config import Config, uses_embedded
 from coevol.engine.build import build_engine
 from coevol.engine.dispatch import RunStats
 from coevol.engine.runner import ProgressFn, Runner, RunPaths, RunSummary, role_routes
 from coevol.errors import DataError, OutputError
+from coevol.extras import check_extras
 from coevol.io.formats import parse_example, render_example
 from coevol.io.guard import RunLock, check_not_links, check_outputs
 from coevol.io.readers import hub_id
@@ -194,6 +195,7 @@ async def arefine_file(
     cfg = _config(config, overrides)
     paths = RunPaths.beside(Path(input), Path(output), Path(pairs) if pairs is not None else None)
     cache_path = Path(cache) if cache is not None else cfg.cache
+    check_extras([paths.input, paths.output, paths.pairs], embedded=uses_embedded(cfg))
     prepare(paths, cache_path)
     with RunLock(paths.lock, f"coevol refine {paths.input} -o {paths.output}"):
         recovered = recover(paths.journal, paths.finals())

@@ -21,7 +21,16 @@ from coevol.llm.urls import has_userinfo, masked_url
 from coevol.loop import LoopSettings, Mode
 from coevol.roles.agents import JudgeKind
 
-__all__ = ["ROLES", "Config", "ConversationConfig", "EndpointConfig", "Price", "RoleConfig", "load_config"]
+__all__ = [
+    "ROLES",
+    "Config",
+    "ConversationConfig",
+    "EndpointConfig",
+    "Price",
+    "RoleConfig",
+    "load_config",
+    "uses_embedded",
+]
 
 ROLES: tuple[str, ...] = ("positive", "critical", "advisor", "editor", "judge")
 RoleName = Literal["positive", "critical", "advisor", "editor", "judge"]
@@ -343,6 +352,11 @@ class Config(_Strict):
         """Read the role's key from its environment variable; never stored in the config."""
         env = self.role(role).api_key_env
         return os.environ.get(env) if env else None
+
+
+def uses_embedded(config: Config) -> bool:
+    """Whether some role has no server and so runs on the embedded model."""
+    return any(not config.role_endpoints(role)[0] for role in ROLES)
 
 
 def _explain(exc: ValidationError, source: str) -> str:

@@ -89,7 +89,9 @@ class MissingExtra(CoevolError):
     """An optional dependency is missing; the message carries the exact install command."""
 
     def __init__(self, feature: str, extra: str) -> None:
-        super().__init__(f"{feature} needs an optional dependency: pip install 'coevol[{extra}]'")
+        super().__init__(
+            f"the optional dependency for {feature} is not installed: pip install 'coevol[{extra}]'"
+        )
         self.extra = extra
 
 

@@ -24,11 +24,12 @@ from coevol.audit import JudgeAudit
 from coevol.compare.decide import Outcome, Rule, Tally, finding, outcome
 from coevol.compare.result import candidate_document, compare_document, unit_record
 from coevol.compare.units import Side, Unit, match_rows, units_of
-from coevol.config import ROLES, Config, RoleConfig
+from coevol.config import ROLES, Config, RoleConfig, uses_embedded
 from coevol.domain import Example, JudgeTrace
 from coevol.engine.build import Engine, build_engine
 from coevol.engine.dispatch import RunStats
 from coevol.errors import BudgetExceeded, ConfigError, LLMError, OutputError
+from coevol.extras import check_extras
 from coevol.io.guard import RunLock, check_not_links, check_outputs
 from coevol.io.readers import read_examples
 from coevol.io.writers import write_whole
@@ -270,6 +271,7 @@ async def acompare_files(
     base, cands = Path(baseline), [Path(c) for c in candidates]
     paths = ComparePaths.beside(Path(result))
     cache_path = Path(cache) if cache is not None else cfg.cache
+    check_extras([base, *cands], embedded=uses_embedded(cfg))
     _prepare(base, cands, paths, cache_path)
     plan = plan_comparison(
         base,

@@ -3,7 +3,7 @@
 A benchmark measures the client's CPU, so the server must not share its process::
 
     python -m coevol.testing --port 0 --latency 0.1 --slots 64 --no-record \
-        --responder coevol.testing.responders:responder
+        --responder coevol
 
 It prints ``READY http://127.0.0.1:PORT/v1`` once listening and runs until SIGTERM or SIGINT.
 ``serve_in_subprocess`` wraps that; ``fetch_stats`` and ``reset_stats`` reach its counters.
@@ -28,12 +28,19 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from coevol.testing.faults import Fault, FaultKind, FaultPolicy, first_attempt_faults
-from coevol.testing.server import FakeOpenAIServer, Responder, echo_responder
+from coevol.testing.server import FakeOpenAIServer, Responder
 
 __all__ = ["fetch_stats", "main", "reset_stats", "serve_in_subprocess"]
 
 
+_NAMED: dict[str, str] = {
+    "coevol": "coevol.testing.responders:responder",
+    "echo": "coevol.testing.server:echo_responder",
+}
+
+
 def _load_responder(path: str) -> Responder:
+    path = _NAMED.get(path, path)
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
         raise SystemExit(f"--responder must look like module:attr, got {path!r}")
@@ -63,7 +70,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed in the READY line)")
     p.add_argument("--latency", type=float, default=0.0, help="seconds each answer holds a slot")
     p.add_argument("--slots", type=int, default=None, help="concurrent answers (default unlimited)")
-    p.add_argument("--responder", default=None, help="import path module:attr of a Responder")
+    p.add_argument(
+        "--responder",
+        default="coevol",
+        help="who answers: 'coevol' (default: a deterministic CoEvol, every agent answers in its role "
+        "and the judge accepts 0-3 edits per instruction), 'echo' (always 'ok'), or the import path "
+        "module:attr of a Responder",
+    )
     p.add_argument("--model", default="fake-model")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (a test key)")
     p.add_argument("--fault-rate", type=float, default=0.0, help="fraction of distinct bodies to fail once")
@@ -99,7 +112,7 @@ def _policy(args: argparse.Namespace) -> FaultPolicy | None:
 
 def _server_from_args(args: argparse.Namespace) -> FakeOpenAIServer:
     return FakeOpenAIServer(
-        _load_responder(args.responder) if args.responder else echo_responder,
+        _load_responder(args.responder),
         latency=args.latency,
         slots=args.slots,
         faults=_policy(args),

