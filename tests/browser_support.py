@@ -70,3 +70,27 @@ def load_and_open_all(browser: Any, uri: str, details: str) -> tuple[list[Any], 
         if msg["method"] == "Network.requestWillBeSent":
             urls.append(msg["params"]["request"]["url"])
     return errors, urls
+
+
+_PHONE_CHECK = """
+const texts = Array.from(document.querySelectorAll('svg[role=img] text'))
+  .map(t => t.getBoundingClientRect().height).filter(h => h > 0);
+const cells = Array.from(document.querySelectorAll('main table td, main table th'))
+  .map(c => parseFloat(getComputedStyle(c).fontSize));
+return {overflow: document.documentElement.scrollWidth - window.innerWidth,
+        smallest_label: Math.min(...texts), smallest_cell: Math.min(...cells), labels: texts.length};
+"""
+
+
+def phone_layout(browser: Any, uri: str, details: str) -> dict[str, float]:
+    """Load ``uri`` at 390 px wide with every ``details`` open: how far the page overflows sideways,
+    the smallest rendered figure label and table font (px), and how many labels were measured."""
+    browser.set_window_size(390, 1800)
+    try:
+        browser.get(uri)
+        for el in browser.find_elements("css selector", details):
+            el.click()
+        found: dict[str, float] = browser.execute_script(_PHONE_CHECK)
+    finally:
+        browser.set_window_size(1400, 1800)
+    return found

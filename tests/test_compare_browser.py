@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser_support import chrome, load_and_open_all, session
+from tests.browser_support import chrome, load_and_open_all, phone_layout, session
 from tests.compare_support import plus_judge, write_rows
 from tests.test_report_page import HOSTILE
 
@@ -92,3 +92,11 @@ def test_totals_read_with_javascript_off(page: Path) -> None:
         assert len(b.find_elements("css selector", "details.unit")) == 4
     finally:
         b.quit()
+
+
+def test_readable_on_a_phone(browser: Any, page: Path) -> None:
+    found = phone_layout(browser, page.resolve().as_uri(), "details.unit")
+    assert found["labels"] >= 3
+    assert found["overflow"] <= 0, found
+    assert found["smallest_label"] >= 8, found
+    assert found["smallest_cell"] >= 12, found

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from coevol.domain import Answer
-from tests.browser_support import chrome, load_and_open_all, session
+from tests.browser_support import chrome, load_and_open_all, phone_layout, session
 from tests.test_report_page import HOSTILE, _cli
 from tests.test_report_support import failed, record, write_trace
 
@@ -125,3 +125,13 @@ def test_figures_and_tables_read_with_javascript_off(page: Path) -> None:
         assert not b.find_element("id", "browser").is_displayed()
     finally:
         b.quit()
+
+
+def test_readable_on_a_phone(browser: Any, page: Path) -> None:
+    """At 390 px (a phone) the page never scrolls sideways (wide tables and figures scroll inside
+    their own boxes) and figure labels stay at least 8 px tall instead of shrinking to about 5."""
+    found = phone_layout(browser, page.resolve().as_uri(), "details.sample")
+    assert found["labels"] > 10
+    assert found["overflow"] <= 0, found
+    assert found["smallest_label"] >= 8, found
+    assert found["smallest_cell"] >= 12, found

@@ -57,6 +57,10 @@ pre.text{white-space:pre-wrap;word-break:break-word;background:var(--panel);bord
 .lbl{font-size:13px;color:var(--muted);margin-top:6px}
 button{font:inherit;padding:4px 12px;border:1px solid var(--line);border-radius:6px;background:var(--panel);cursor:pointer}
 @media (max-width:800px){.figs,.cols{grid-template-columns:1fr}}
+table{display:block;max-width:100%;overflow-x:auto}
+.figs>*,.cols>*{min-width:0}
+figure{overflow-x:auto}
+@media (max-width:600px){main{padding:16px 12px 48px}svg.fig-2a{min-width:440px}svg.fig-2b{min-width:780px}svg.fig-3{min-width:520px}svg.fig-wtl{min-width:760px}.controls input{min-width:0;flex:1 1 160px}}
 """
 
 JS = r"""

@@ -109,7 +109,7 @@ def fig_outcomes(candidates: list[dict[str, Any]]) -> str:
                     body.append(_text(x + bw / 2, y + 17, f"{share:.0%}", size=11, fill="#ffffff"))
             x += bw
     body.append(_text(x0 + bar_w / 2, h - 6, "win / tie / loss of the candidate, share of decided pairs"))
-    return _svg(w, h, "win, tie and loss per candidate", body)
+    return _svg(w, h, "win, tie and loss per candidate", body, "fig-wtl")
 
 
 def _pre(label: str, text: str | None) -> str:

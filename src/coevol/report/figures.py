@@ -29,10 +29,12 @@ def _e(text: object) -> str:
     return escape(str(text), quote=True)
 
 
-def _svg(width: int, height: int, label: str, body: list[str]) -> str:
+def _svg(width: int, height: int, label: str, body: list[str], name: str) -> str:
+    """``name`` is the figure's class: on a narrow screen it keeps a minimum width (and its figure
+    scrolls sideways) so its labels stay readable instead of shrinking with the viewBox."""
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" '
-        f'role="img" aria-label="{_e(label)}"><title>{_e(label)}</title>{"".join(body)}</svg>'
+        f'class="{name}" role="img" aria-label="{_e(label)}"><title>{_e(label)}</title>{"".join(body)}</svg>'
     )
 
 
@@ -89,7 +91,7 @@ def fig_rounds(rounds: dict[str, int]) -> str:
         body.append(_text(x + bw / 2, y0 + ph - bh - 6, f"{share:.1%}", size=11))
         body.append(_text(x + bw / 2, y0 + ph + 16, k))
     body.append(_text(x0 + pw / 2, h - 10, "rounds of evolution (accepted edits)", fill=_MUTED))
-    return _svg(w, h, "Figure 2a: share of units by rounds of evolution", body)
+    return _svg(w, h, "Figure 2a: share of units by rounds of evolution", body, "fig-2a")
 
 
 def histogram_bins(
@@ -157,7 +159,7 @@ def fig_lengths(length: dict[str, Any], original: Counter[int], final: Counter[i
     body.append(_text(x0 + pw / 2, h - 10, "mean tokens (dashed: median)", fill=_MUTED))
     body += _distribution(original, final, 330, y0, 500, ph)
     body += _legend(700, 14)
-    return _svg(w, h, "Figure 2b: response length in tokens before and after refinement", body)
+    return _svg(w, h, "Figure 2b: response length in tokens before and after refinement", body, "fig-2b")
 
 
 def _distribution(
@@ -222,7 +224,7 @@ def fig_sunburst(verbs: list[tuple[str, int]], top: list[dict[str, Any]]) -> str
     total = sum(n for _, n in verbs)
     if total == 0:
         body.append(_text(cx, cy, "no suggestions with a root verb", fill=_MUTED))
-        return _svg(w, h, "Figure 3: evolving directions", body)
+        return _svg(w, h, "Figure 3: evolving directions", body, "fig-3")
     objects: dict[str, list[tuple[str, int]]] = {}
     for item in top:
         objects.setdefault(item["verb"], []).append((item["object"], item["count"]))
@@ -249,4 +251,4 @@ def fig_sunburst(verbs: list[tuple[str, int]], top: list[dict[str, Any]]) -> str
         a += span
     body.append(_text(cx, cy - 4, f"{len(verbs)} verbs", size=13))
     body.append(_text(cx, cy + 14, f"{total:,} suggestions", size=11, fill=_MUTED))
-    return _svg(w, h, "Figure 3: evolving directions (root verbs and their direct objects)", body)
+    return _svg(w, h, "Figure 3: evolving directions (root verbs and their direct objects)", body, "fig-3")
