@@ -120,7 +120,7 @@ def test_a_mismatch_is_one_error_line_naming_the_row(
     )
     err = capsys.readouterr().err
     assert code == 1
-    assert "error: row 1 (" in err and "is not the same request: the instruction of turn 1 differs" in err
+    assert "error: row 0 (" in err and "is not the same request: the instruction of turn 1 differs" in err
     assert "Traceback" not in err and server.count() == 0
 
 

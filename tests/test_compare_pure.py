@@ -48,7 +48,7 @@ def test_position_mismatch_names_the_first_differing_row() -> None:
     with pytest.raises(DataError) as err:
         match_rows(base, cand)
     assert str(err.value) == (
-        "row 3 (base.jsonl line 3, cand.jsonl line 3) is not the same request: "
+        "row 2 (base.jsonl line 3, cand.jsonl line 3) is not the same request: "
         "the instruction of turn 1 differs: 'C' vs 'Z'"
     )
 

@@ -157,7 +157,7 @@ async def test_a_mismatch_is_refused_before_any_call(tmp_path: Path) -> None:
     cand = write_rows(tmp_path / "c.jsonl", rows)
     async with FakeOpenAIServer(plus_judge) as server:
         with pytest.raises(
-            DataError, match=r"^row 4 \(.*b.jsonl line 4, .*c.jsonl line 4\) is not the same request"
+            DataError, match=r"^row 3 \(.*b.jsonl line 4, .*c.jsonl line 4\) is not the same request"
         ):
             await acompare_files(base, [cand], tmp_path / "r.json", _config(server))
         assert server.requests == []

@@ -96,7 +96,7 @@ async def test_hostile_text_is_shown_inert_on_a_tty_and_a_pipe(tmp_path: Path, t
 async def test_show_prints_the_sample_before_the_iterations(tmp_path: Path) -> None:
     out = render(await write_trace(tmp_path / "t.jsonl"), terminal=False)
     order = [
-        "sample 0 (line 1)",
+        "row 0 (line 1)",
         "judge: judge",
         "assistant turn 1",
         "instruction",
@@ -127,9 +127,9 @@ async def test_show_prints_the_sample_before_the_iterations(tmp_path: Path) -> N
 async def test_index_finds_the_sample_by_this_runs_index(tmp_path: Path) -> None:
     path = await write_trace(tmp_path / "t.jsonl", count=3)
     out = render(path, terminal=False, indices=[1])
-    assert "sample 1 (line 2)" in out and "sample 0 " not in out and "sample 2 " not in out
+    assert "row 1 (line 2)" in out and "row 0 " not in out and "row 2 " not in out
     assert render(path, terminal=False, limit=2).count("assistant turn 1") == 2
-    with pytest.raises(TraceError, match=r"no sample with index 7 in "):
+    with pytest.raises(TraceError, match=r"no row with index 7 in "):
         render(path, terminal=False, indices=[7, 1])
 
 
@@ -177,4 +177,4 @@ async def test_the_cli_prints_one_line_and_no_traceback(tmp_path: Path) -> None:
     path = await write_trace(tmp_path / "t.jsonl", count=2)
     code, out, err = await coevol_cli("show", str(path), "--index", "1")
     assert code == 0, err
-    assert "sample 1 (line 2)" in out and "sample 0 " not in out and "\x1b]" not in out
+    assert "row 1 (line 2)" in out and "row 0 " not in out and "\x1b]" not in out

@@ -172,7 +172,7 @@ def _stopped(turn: TurnTrace) -> Text:
 
 def render_record(record: TraceRecord) -> Iterable[Any]:
     """Renderables for one trace record, in reading order."""
-    head = f"sample {record.index} (line {record.line})"
+    head = f"row {record.index} (line {record.line})"
     if record.id is not None:
         head += f" id={inert_line(str(record.id))}"
     yield Text(f"{head}: {record.status.value}, {record.accepted_rounds} accepted edit(s)", style="bold")
@@ -244,5 +244,5 @@ def show_trace(
             break
     missing = sorted((wanted or set()) - found)
     if missing and shown < limit:
-        raise TraceError(f"no sample with index {', '.join(map(str, missing))} in {_where(path)}")
+        raise TraceError(f"no row with index {', '.join(map(str, missing))} in {_where(path)}")
     return shown

@@ -138,7 +138,7 @@ def match_rows(baseline: Side, candidate: Side) -> tuple[str, list[tuple[Example
 
 
 def _where(position: int, b: Example, c: Example, bname: str, cname: str) -> str:
-    return f"row {position + 1} ({bname} line {b.line}, {cname} line {c.line})"
+    return f"row {position} ({bname} line {b.line}, {cname} line {c.line})"
 
 
 def check_same_request(position: int, b: Example, c: Example, bname: str, cname: str) -> None:

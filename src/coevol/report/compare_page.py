@@ -148,7 +148,9 @@ def _unit(unit: dict[str, Any]) -> str:
     snippet = " ".join(str(unit["instruction"]).split())[:140]
     ident = "" if unit["id"] is None else f" · id {str(unit['id'])[:80]}"
     summary = (
-        f'<summary><span class="idx">row {int(unit["row"]):,}, turn {int(unit["turn"])}{_e(ident)}</span>'
+        # "#N" is the row's 0-based index, as in `coevol show --index N` and the refine report
+        # (the document's ``row`` is 1-based for compatibility with coevol.compare/1).
+        f'<summary><span class="idx">#{int(unit["row"]) - 1}, turn {int(unit["turn"])}{_e(ident)}</span>'
         f'<span class="badge b-{_e(outcome)}">{_e(outcome)}</span><span class="snip">{_e(snippet)}</span>'
         "</summary>"
     )
