@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import subprocess
 import sys
 import threading
 import types
@@ -251,3 +252,17 @@ async def test_embedded_model_context_limits() -> None:
         assert done.completion_tokens > 0
     finally:
         await backend.aclose()
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_a_process_that_loaded_llama_cpp_exits_without_resource_warnings(quiet: bool) -> None:
+    """llama-cpp-python leaves two /dev/null files open at exit; coevol swaps them for files that
+    never warn (the control run shows the warning the swap removes)."""
+    pytest.importorskip("llama_cpp")
+    code = "import llama_cpp\nfrom coevol.llm.local import _quiet_devnull_files\n"
+    code += "_quiet_devnull_files()\n_quiet_devnull_files()\n" if quiet else ""
+    proc = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert ("ResourceWarning" in proc.stderr) is not quiet, proc.stderr

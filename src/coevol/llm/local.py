@@ -91,6 +91,23 @@ def _llama_cpp_available() -> bool:
         return False
 
 
+def _quiet_devnull_files() -> None:
+    """llama-cpp-python opens two ``/dev/null`` files at import and never closes them, so every
+    process that loaded the model ended with "ResourceWarning: unclosed file". Swap them for files
+    on a descriptor the process keeps until it exits (``closefd=False`` never warns); the library
+    uses them exactly as before."""
+    utils = sys.modules.get("llama_cpp._utils")
+    if utils is None:
+        return
+    for name in ("outnull_file", "errnull_file"):
+        current = getattr(utils, name, None)
+        raw = getattr(getattr(current, "buffer", None), "raw", None)
+        if current is None or raw is None or not raw.closefd:
+            continue
+        setattr(utils, name, open(os.open(os.devnull, os.O_WRONLY), "w", closefd=False))  # noqa: SIM115
+        current.close()
+
+
 def _is_context_error(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "context window" in text or ("exceed" in text and "context" in text)
@@ -163,6 +180,7 @@ class LlamaCppBackend:
             import llama_cpp
         except ImportError as exc:
             raise MissingExtra(_FEATURE, _EXTRA) from exc
+        _quiet_devnull_files()
         if self.model_path is None:
             path = ensure_embedded_model()
         else:
