@@ -177,6 +177,9 @@ def test_a_deep_row_from_a_dataset_is_a_bad_row(monkeypatch: pytest.MonkeyPatch)
         [{"instruction": "a", "output": "b", "m": deep}, {"instruction": "c", "output": "d"}]
     )
     monkeypatch.setitem(sys.modules, "datasets", fake)
+    hub = types.ModuleType("huggingface_hub")
+    hub.snapshot_download = lambda repo, **_: "/snapshot"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
     bad, good = list(read_examples("hf://owner/name"))
     assert isinstance(bad, BadRow) and bad.error == "nested deeper than 64 levels" and bad.line == 1
     assert bad.raw == "<a dict that cannot be written as JSON>"

@@ -519,6 +519,14 @@ def test_datasets_folders_and_hub_ids_are_wired(tmp_path: Path, monkeypatch: pyt
         calls.append((name, split, streaming))
         return iter(MESSAGES)
 
+    def snapshot_download(repo: str, *, repo_type: str, revision: str | None, allow_patterns: Any) -> str:
+        assert repo_type == "dataset"
+        return f"/snapshots/{repo}@{revision}"
+
+    hub = types.ModuleType("huggingface_hub")
+    hub.snapshot_download = snapshot_download  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
+
     fake = types.ModuleType("datasets")
     fake.DatasetDict = DatasetDict  # type: ignore[attr-defined]
     fake.load_from_disk = lambda path: DatasetDict(train=ALPACA, test=[])  # type: ignore[attr-defined]
@@ -531,5 +539,8 @@ def test_datasets_folders_and_hub_ids_are_wired(tmp_path: Path, monkeypatch: pyt
     assert [(e.index, e.line, e.raw) for e in items] == [(0, 2, ALPACA[1]), (1, 3, ALPACA[2])]
     assert count_rows(folder) == 3
     assert [e.fmt for e in examples(list(read_examples("hf://owner/name:validation")))] == ["messages"] * 2
-    list(read_examples("hf://owner/name"))
-    assert calls == [("owner/name", "validation", True), ("owner/name", "train", True)]
+    list(read_examples("hf://datasets/owner/name@v1.0"))
+    assert calls == [
+        ("/snapshots/owner/name@None", "validation", True),
+        ("/snapshots/owner/name@v1.0", "train", True),
+    ]

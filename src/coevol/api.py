@@ -37,7 +37,7 @@ from coevol.errors import DataError, OutputError
 from coevol.extras import check_extras
 from coevol.io.formats import parse_example, render_example
 from coevol.io.guard import RunLock, check_not_links, check_outputs
-from coevol.io.readers import hub_id
+from coevol.io.readers import hub_id, read_examples
 from coevol.io.writers import output_kind, recover
 from coevol.llm.types import Backend
 from coevol.multiturn import refine_example
@@ -152,6 +152,8 @@ def prepare(paths: RunPaths, cache: Path | None) -> None:
     """Every refusal, before anything is created or sent: a lost input, a clobbered file, a link."""
     hub = hub_id(paths.input) is not None
     _check_input(paths.input)
+    if hub:  # a missing dataset, revision or split is refused here, before the store is created
+        read_examples(paths.input, limit=0)
     check_outputs(None if hub else paths.input, paths.output, paths.working(), paths.pairs)
     if cache is not None:
         check_outputs(None if hub else paths.input, cache, {}, None)

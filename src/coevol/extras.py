@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,10 +20,13 @@ __all__ = ["check_extras", "require"]
 
 def require(module: str, feature: str, extra: str) -> None:
     """Raise ``MissingExtra`` naming ``pip install 'coevol[EXTRA]'`` when ``module`` cannot be imported."""
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a parent package missing, or a module stubbed out
-        found = False
+    if module in sys.modules:  # imported already (or stubbed out with None)
+        found = sys.modules[module] is not None
+    else:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a parent package missing
+            found = False
     if not found:
         raise MissingExtra(feature, extra)
 

@@ -20,6 +20,7 @@ from coevol.errors import ConfigError, DataError, MissingExtra
 from coevol.io import jsonrow
 from coevol.io.formats import FORMATS, parse_example
 from coevol.io.guard import file_error
+from coevol.io.hub import open_hub_rows, parse_hub
 from coevol.io.jsonarray import BOM, WHITESPACE, scan_array
 from coevol.io.parquet import PARQUET_BATCH, import_pyarrow
 
@@ -47,15 +48,9 @@ class _Raw(NamedTuple):
 
 
 def hub_id(path: PathLike) -> str | None:
-    """``owner/name[:split]`` for a Hub input ``hf://owner/name``, else ``None``.
-
-    A ``Path`` folds ``hf://`` into ``hf:/``, so both spellings name the Hub.
-    """
-    text = os.fspath(path)
-    for prefix in ("hf://", "hf:/"):
-        if text.startswith(prefix):
-            return text.removeprefix(prefix)
-    return None
+    """The Hub dataset ``path`` names (``hf://datasets/OWNER/NAME@REV:SPLIT``), else ``None``."""
+    spec = parse_hub(path)
+    return None if spec is None else str(spec)
 
 
 def _input_kind(path: PathLike, file_format: str | None) -> str:
@@ -76,7 +71,7 @@ def _input_kind(path: PathLike, file_format: str | None) -> str:
         raise file_error(
             path,
             f"cannot tell the file format from the suffix {p.suffix!r}; use .jsonl, .json or .parquet, "
-            "a datasets folder or hf://owner/name",
+            "a datasets folder or hf://datasets/OWNER/NAME",
         )
     return suffix_kind
 
@@ -125,7 +120,9 @@ def read_examples(
     kind = _input_kind(path, file_format)
     rows: Iterator[_Raw]
     if kind == "hf":
-        rows = _object_rows(_open_hub(hub_id(path) or ""))
+        spec = parse_hub(path)
+        assert spec is not None
+        rows = _object_rows(open_hub_rows(spec))
     elif kind == "hf-disk":
         rows = _object_rows(_open_disk(Path(path)))
     else:
@@ -264,13 +261,6 @@ def _open_disk(path: Path) -> Any:
             raise file_error(path, f"the saved dataset has several splits and none is 'train': {splits}")
         return ds[splits[0]]
     return ds
-
-
-def _open_hub(spec: str) -> Any:
-    """``owner/name[:split]`` from the Hugging Face Hub, streamed so nothing is downloaded up front."""
-    name, _, split = spec.partition(":")
-    datasets = _import_datasets()
-    return datasets.load_dataset(name, split=split or "train", streaming=True)
 
 
 def _object_rows(rows: Iterable[Any]) -> Iterator[_Raw]:
