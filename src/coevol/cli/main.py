@@ -177,6 +177,15 @@ def _parser() -> argparse.ArgumentParser:
         help="convert on the way out (default: same as input)",
     )
     r.add_argument("--pairs", type=Path, help="also write preference pairs (TRL DPO format) here")
+    r.add_argument(
+        "--push-to-hub",
+        metavar="OWNER/NAME",
+        help="when the run completes, upload the refined split and a dataset card to this Hub dataset "
+        "(token from HF_TOKEN or huggingface-cli login; pip install 'coevol[datasets]')",
+    )
+    r.add_argument(
+        "--hub-private", action="store_true", help="with --push-to-hub: create the dataset private"
+    )
     r.add_argument("--offset", type=int, default=0, help="skip the first N rows")
     r.add_argument("--limit", type=int, help="refine at most N rows")
     r.add_argument("--retry-failed", action="store_true", help="run the samples that failed last time again")

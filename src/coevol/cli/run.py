@@ -88,6 +88,10 @@ class _Live:
 def refine_command(ns: argparse.Namespace, config: Config, err: Any) -> int:
     if ns.dry_run:
         return _dry_run(ns, config)
+    if ns.push_to_hub:
+        from coevol.cli.hub import check_push
+
+        check_push(ns.push_to_hub)
     terminated: list[int] = []
 
     async def run() -> int:
@@ -140,6 +144,12 @@ def refine_command(ns: argparse.Namespace, config: Config, err: Any) -> int:
         display.summary(live.summary, live.stats, paths)
         if result is not None:
             code = _finished(ns, err, result.summary, result.dataset_info, result.recovered)
+            if ns.push_to_hub:
+                from coevol.cli.hub import push_run
+
+                push_run(
+                    ns.output, ns.push_to_hub, config, source=str(ns.input), private=ns.hub_private, err=err
+                )
         return code
 
     try:
