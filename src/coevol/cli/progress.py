@@ -20,7 +20,6 @@ from rich.progress import (
     Progress,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
 from rich.text import Text
@@ -31,7 +30,7 @@ from coevol.engine.endpoints import describe_pool
 from coevol.engine.runner import RunPaths, RunSummary
 from coevol.textsafe import inert_line
 
-__all__ = ["STALL_AFTER", "RunDisplay", "describe_waits"]
+__all__ = ["STALL_AFTER", "RunDisplay", "describe_spend", "describe_waits", "eta_seconds", "spent"]
 
 STALL_AFTER = 30.0
 """Seconds without an answer after which a request in flight is reported as waiting."""
@@ -76,25 +75,87 @@ def describe_waits(
     return inert_line("waiting: " + "; ".join(parts)) if parts else ""
 
 
-class RunDisplay:
-    """A live bar with sample counts, a line of calls and tokens per role, and a line of waits."""
+Prices = dict[str, tuple[float, float]]
+"""Dollars per million (prompt, completion) tokens, by role."""
 
-    def __init__(self, console: Console, *, total: int | None, quiet: bool) -> None:
+
+def spent(stats: RunStats, prices: Prices | None) -> float | None:
+    """Dollars spent on calls actually sent (replayed calls cost nothing); None without prices. Pure."""
+    if not prices:
+        return None
+    total = 0.0
+    for role, u in stats.usage.items():
+        p, c = prices.get(role, (0.0, 0.0))
+        total += (u.prompt_tokens * p + u.completion_tokens * c) / 1e6
+    return total
+
+
+def eta_seconds(
+    elapsed: float, rows: int, total: int | None, calls: int, calls_per_row: float | None
+) -> float | None:
+    """Seconds left: from finished rows once there are some, else from answered calls and the
+    expected calls per row (a run of slow calls has no finished row for a long time). Pure."""
+    if total is None or elapsed <= 0:
+        return None
+    if rows > 0:
+        return max(0.0, (total - rows) * elapsed / rows)
+    if calls > 0 and calls_per_row:
+        return max(0.0, (total * calls_per_row - calls) * elapsed / calls)
+    return None
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "eta -"
+    s = int(seconds)
+    return f"eta {s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def describe_spend(stats: RunStats, prices: Prices | None, rows: int, total: int | None) -> str:
+    """``$0.0123 so far, ~$0.51 for the run`` ("" without prices). Pure."""
+    cost = spent(stats, prices)
+    if cost is None:
+        return ""
+    text = f"${cost:.4f} so far"
+    if total and rows:
+        text += f", ~${cost * total / rows:.4f} for the run"
+    return text
+
+
+class RunDisplay:
+    """A live bar with sample counts, a line of calls and tokens per role, and a line of waits.
+
+    ``refresh()`` redraws from the counters it was last given; the CLI calls it twice a second, so
+    calls answered, in flight and waiting move while a slow sample is still running.
+    """
+
+    def __init__(
+        self,
+        console: Console,
+        *,
+        total: int | None,
+        quiet: bool,
+        prices: Prices | None = None,
+        calls_per_row: float | None = None,
+    ) -> None:
         self.console = console
         self.quiet = quiet
+        self.total = total
+        self.prices = prices
+        self.calls_per_row = calls_per_row
+        self._state: tuple[RunSummary, RunStats] | None = None
         self._last = 0.0
         self._progress = Progress(
             TextColumn("[bold]refining"),
             BarColumn(bar_width=30),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
+            TextColumn("{task.fields[eta]}", markup=False),
             TextColumn("{task.fields[rate]}", markup=False),
             TextColumn("{task.fields[counts]}", markup=False),
             console=console,
         )
-        self._task = self._progress.add_task("refine", total=total, counts="", rate="")
+        self._task = self._progress.add_task("refine", total=total, counts="", rate="", eta="eta -")
         self._started = time.monotonic()
         self._detail = Text("", style="dim", no_wrap=True, overflow="ellipsis")
         self._waits = Text("", style="yellow", no_wrap=True, overflow="ellipsis")
@@ -118,6 +179,7 @@ class RunDisplay:
             self._live.stop()
 
     def update(self, summary: RunSummary, stats: RunStats, *, force: bool = False) -> None:
+        self._state = (summary, stats)
         now = time.monotonic()
         if now - self._last < 0.1 and not force:
             return
@@ -127,16 +189,20 @@ class RunDisplay:
             f"{summary.rejected} rejected"
         )
         elapsed = max(now - self._started, 1e-9)
-        rate = f"{summary.rows / elapsed:.1f} rows/s, {stats.sent / elapsed:.0f} calls/s"
-        self._progress.update(self._task, completed=summary.rows, counts=counts, rate=rate)
+        rate = f"{summary.rows / elapsed:.1f} rows/s, {stats.sent / elapsed:.1f} calls/s"
+        eta = eta_seconds(elapsed, summary.rows, self.total, stats.sent, self.calls_per_row)
+        eta_text = _duration(eta) if summary.rows or eta is None else "~" + _duration(eta)
+        self._progress.update(self._task, completed=summary.rows, counts=counts, rate=rate, eta=eta_text)
         roles = "  ".join(
             f"{_ROLE_ABBREV.get(role, role)} {_tokens(u.prompt_tokens + u.completion_tokens)}"
             for role, u in stats.usage.items()
         )
         retries = f", {stats.retries} retries" if stats.retries else ""
         limited = f" ({stats.rate_limited} answered 429)" if stats.rate_limited else ""
+        spend = describe_spend(stats, self.prices, summary.rows, self.total)
         self._detail.plain = inert_line(
-            f"  calls {stats.sent} sent, {stats.cached} replayed{retries}{limited} | tokens {roles or '-'}"
+            f"  calls {stats.sent} answered, {len(stats.sending)} in flight, {stats.cached} replayed"
+            f"{retries}{limited} | tokens {roles or '-'}" + (f" | {spend}" if spend else "")
         )
         waits = describe_waits(stats, time.time(), now)
         self._waits.plain = f"  {waits}" if waits else ""
@@ -145,9 +211,14 @@ class RunDisplay:
         finding = judge_finding(summary.audit.to_dict())  # None until enough comparisons are in
         self._finding.plain = f"  warning: {finding}" if finding else ""
 
+    def refresh(self) -> None:
+        """Redraw with the counters last given (they are live objects the run keeps updating)."""
+        if self._state is not None:
+            self.update(*self._state)
+
     def summary(self, summary: RunSummary, stats: RunStats, paths: RunPaths) -> None:
         c = self.console
-        c.print(summary_table(summary, stats))
+        c.print(summary_table(summary, stats, self.prices))
         finding = judge_finding(summary.audit.to_dict())
         if finding:
             c.print(Text(f"warning: {finding}", style="bold yellow"), highlight=False, soft_wrap=True)
@@ -169,7 +240,7 @@ class RunDisplay:
         c.print(Text(text, style="yellow"), highlight=False, soft_wrap=True)
 
 
-def summary_table(summary: RunSummary, stats: RunStats) -> Table:
+def summary_table(summary: RunSummary, stats: RunStats, prices: Prices | None = None) -> Table:
     """The end-of-run table; every cell is ``Text`` made inert (causes and reasons may quote data)."""
     table = Table(title="coevol run", show_header=False, box=None)
 
@@ -199,5 +270,8 @@ def summary_table(summary: RunSummary, stats: RunStats) -> Table:
         row("answered 429", stats.rate_limited)
     for role, u in stats.usage.items():
         row(f"tokens {role}", f"{_tokens(u.prompt_tokens)} in, {_tokens(u.completion_tokens)} out")
+    cost = spent(stats, prices)
+    if cost is not None:
+        row("cost (calls sent)", f"${cost:.4f}")
     row("elapsed", f"{summary.elapsed:.1f}s")
     return table

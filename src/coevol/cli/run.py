@@ -19,7 +19,7 @@ from coevol.cli.exit_codes import (
     EXIT_PARTIAL,
     EXIT_TERMINATED,
 )
-from coevol.config import Config
+from coevol.config import ROLES, Config
 from coevol.engine.dispatch import RunStats
 from coevol.engine.runner import RunPaths, RunSummary
 from coevol.errors import BudgetExceeded, CoevolError
@@ -59,6 +59,32 @@ def _dry_run(ns: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+def _prices(config: Config) -> dict[str, tuple[float, float]] | None:
+    """Each priced role's dollars per million (prompt, completion) tokens, for the live cost."""
+    prices = {}
+    for role in ROLES:
+        price = config.role(role).price
+        if price is not None:
+            prices[role] = (price.prompt, price.completion)
+    return prices or None
+
+
+def _calls_per_row(config: Config) -> float:
+    """The calls one row is expected to take (midway between its fewest and most), for an ETA
+    before the first row finishes."""
+    from coevol.plan import calls_per_turn
+
+    fewest, most = calls_per_turn(config.mode, config.max_rounds, early_exit=config.judge_early_exit)
+    return (fewest + most) / 2
+
+
+async def _tick(live: _Live, every: float = 0.5) -> None:
+    """Redraw the display twice a second, so it moves as calls finish, not only as rows do."""
+    while True:
+        await asyncio.sleep(every)
+        live.refresh()
+
+
 class _Live:
     """The run's live counters as ``arefine_file`` hands them over, kept for the summary.
 
@@ -78,6 +104,10 @@ class _Live:
             self.started = True
             self.display.__enter__()
         self.display.update(summary, stats)
+
+    def refresh(self) -> None:
+        if self.started:
+            self.display.refresh()
 
     def stop(self) -> None:
         if self.started:
@@ -100,8 +130,15 @@ def refine_command(ns: argparse.Namespace, config: Config, err: Any) -> int:
 
         arefine_file = file_runner(ns)  # --executor: this process, or shards on Ray
 
-        display = RunDisplay(err, total=_total(ns), quiet=ns.quiet)
+        display = RunDisplay(
+            err,
+            total=_total(ns),
+            quiet=ns.quiet,
+            prices=_prices(config),
+            calls_per_row=_calls_per_row(config),
+        )
         live = _Live(display)
+        ticker = asyncio.create_task(_tick(live))
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
 
@@ -128,6 +165,7 @@ def refine_command(ns: argparse.Namespace, config: Config, err: Any) -> int:
                     progress=live,
                 )
             finally:
+                ticker.cancel()
                 live.stop()
         except BudgetExceeded:
             code = EXIT_BUDGET
