@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -108,3 +109,46 @@ async def test_a_budget_without_prices_names_the_flags_not_placeholders(tmp_path
     config.write_text("max_budget: 1\n")
     code, _, err = await coevol_cli("config", "--config", str(config), "--max-tokens", "9")
     assert code == 1 and err.startswith(f"error: {config} with the command-line flags: invalid configuration")
+
+
+def test_expected_figure_golden(tmp_path: Path) -> None:
+    from coevol.cli.dryrun import Measured, format_expected
+
+    m = Measured(
+        tmp_path / "out.jsonl.coevol.db", 5, 12.0, {"judge": (1000.0, 100.0), "editor": (500.0, 50.0)}
+    )
+    assert format_expected(m, 105, {"judge": (0.15, 0.60)}) == (
+        "expected ~1.2k calls, ~$0.02 for the 100 rows left (at the 12.0 calls per row of the 5 rows "
+        "already refined in out.jsonl.coevol.db, which replay for nothing)"
+    )
+    assert format_expected(m, 3, {}).startswith("expected ~0 calls for the 0 rows left")
+
+
+async def test_a_preview_then_a_dry_run_gives_an_expected_figure(tmp_path: Path) -> None:
+    """``--limit 2`` refines two rows; ``--dry-run`` of the whole input then adds the figure those
+    rows measured to its bounds, and neither leaves a -wal or -shm file beside the store."""
+    data = tmp_path / "in.jsonl"
+    data.write_text(
+        "".join(json.dumps({**r, "id": f"{r['id']}-{i}"}) + "\n" for i in range(4) for r in ALPACA_ROWS)
+    )
+    out = tmp_path / "out.jsonl"
+    with serve_in_subprocess() as url:
+        args = ["refine", str(data), "-o", str(out), "--base-url", url, "--model", "m", "-q"]
+        code, _, err = await coevol_cli(
+            *args, "--limit", "2", "--price-prompt", "1", "--price-completion", "2"
+        )
+        assert code == 0, err
+        code, stdout, err = await coevol_cli(
+            *args, "--dry-run", "--price-prompt", "1", "--price-completion", "2"
+        )
+        assert code == 0, err
+        code, _, err = await coevol_cli("report", str(out), "--no-directions", "--tokenizer", "words")
+        assert code == 0, err
+    expected = [line for line in stdout.splitlines() if line.startswith("expected ~")]
+    assert (
+        len(expected) == 1
+        and "for the 10 rows left" in expected[0]
+        and "of the 2 rows already refined" in expected[0]
+    )
+    assert re.search(r"~\$\d+\.\d\d for", expected[0]), expected
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(("-wal", "-shm"))]

@@ -7,14 +7,72 @@ formats the result.
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
+
+import orjson
 
 from coevol.config import Config
 from coevol.io.readers import read_examples
 from coevol.plan import DryRunEstimate, RoleEstimate, calls_per_turn, estimate_examples
 from coevol.prompts.templates import PromptSet
+from coevol.store.sqlite import connect_read_only
 
-__all__ = ["DryRunEstimate", "RoleEstimate", "calls_per_turn", "estimate", "format_estimate"]
+__all__ = [
+    "DryRunEstimate",
+    "Measured",
+    "RoleEstimate",
+    "calls_per_turn",
+    "estimate",
+    "format_estimate",
+    "format_expected",
+    "measured_rows",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """What the rows already refined in a store cost, per row: the basis of an expected figure."""
+
+    store: Path
+    rows: int
+    calls_per_row: float
+    tokens_per_row: dict[str, tuple[float, float]]  # role -> (prompt, completion)
+
+    def cost_per_row(self, prices: dict[str, tuple[float, float]]) -> float | None:
+        if not prices:
+            return None
+        return sum(
+            (p * prices[role][0] + c * prices[role][1]) / 1e6
+            for role, (p, c) in self.tokens_per_row.items()
+            if role in prices
+        )
+
+
+def measured_rows(store: Path, *, limit: int = 10_000) -> Measured | None:
+    """The mean calls and tokens per row over (up to ``limit``) rows the store has finished, e.g.
+    a ``--limit 5`` preview; None without a store or a finished row. Opened read-only."""
+    if not store.is_file():
+        return None
+    calls, rows = 0, 0
+    tokens: dict[str, tuple[int, int]] = {}
+    try:
+        with contextlib.closing(connect_read_only(store)) as db:
+            for (payload,) in db.execute("SELECT payload FROM samples LIMIT ?", (limit,)):
+                usage = orjson.loads(payload)["record"]["usage"]
+                rows += 1
+                for role, u in usage.items():
+                    calls += int(u["calls"])
+                    p, c = tokens.get(role, (0, 0))
+                    tokens[role] = (p + int(u["prompt_tokens"]), c + int(u["completion_tokens"]))
+    except (sqlite3.Error, ValueError, KeyError, TypeError):
+        return None  # not a store this coevol reads: no expected figure, the bounds still stand
+    if not rows:
+        return None
+    per_row = {role: (p / rows, c / rows) for role, (p, c) in sorted(tokens.items())}
+    return Measured(store, rows, calls / rows, per_row)
 
 
 def estimate(
@@ -49,6 +107,21 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f}min"
     return f"{seconds / 3600:.1f}h"
+
+
+def format_expected(measured: Measured, examples: int, prices: dict[str, tuple[float, float]]) -> str:
+    """``expected ~N calls, ~$X`` for the rows of ``examples`` the store has not finished, at the
+    rate it measured (finished rows replay for nothing). Pure."""
+    rows = max(0, examples - measured.rows)
+    text = f"expected ~{_n(measured.calls_per_row * rows)} calls"
+    cost = measured.cost_per_row(prices)
+    if cost is not None:
+        text += f", ~${cost * rows:.2f}"
+    noun = "row" if measured.rows == 1 else "rows"
+    return (
+        f"{text} for the {rows} rows left (at the {measured.calls_per_row:.1f} calls per row of the "
+        f"{measured.rows} {noun} already refined in {measured.store.name}, which replay for nothing)"
+    )
 
 
 def format_estimate(est: DryRunEstimate) -> str:

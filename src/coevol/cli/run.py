@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from rich.text import Text
@@ -43,7 +44,7 @@ def _total(ns: argparse.Namespace) -> int | None:
 
 
 def _dry_run(ns: argparse.Namespace, config: Config) -> int:
-    from coevol.cli.dryrun import estimate, format_estimate
+    from coevol.cli.dryrun import estimate, format_estimate, format_expected, measured_rows
     from coevol.prompts.templates import load_prompts
 
     est = estimate(
@@ -56,6 +57,10 @@ def _dry_run(ns: argparse.Namespace, config: Config) -> int:
         calls_per_second=ns.rate,
     )
     sys.stdout.write(format_estimate(est))
+    store = config.cache or RunPaths.beside(ns.input, ns.output).store
+    measured = measured_rows(Path(store))
+    if measured is not None and est.examples:
+        sys.stdout.write(format_expected(measured, est.examples, _prices(config) or {}) + "\n")
     return EXIT_OK
 
 

@@ -18,6 +18,7 @@ import orjson
 from coevol.domain import SCHEMA, Answer, IterationTrace, TraceRecord, TurnTrace
 from coevol.errors import DataError, TraceSchemaError
 from coevol.llm.types import Usage
+from coevol.store.sqlite import connect_read_only
 
 __all__ = [
     "MAX_ROUNDS",
@@ -201,7 +202,7 @@ def read_store(path: Path) -> tuple[StoreFacts | None, str | None]:
     if not path.exists():
         return None, None
     try:
-        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+        conn = connect_read_only(path)
         try:
             n, first, last = conn.execute("SELECT COUNT(*), MIN(created), MAX(created) FROM calls").fetchone()
         finally:

@@ -38,7 +38,7 @@ from coevol.io import jsonrow
 from coevol.io.guard import check_not_links
 from coevol.llm.types import Completion
 
-__all__ = ["Store"]
+__all__ = ["Store", "connect_read_only"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
@@ -92,6 +92,18 @@ def store_error(path: Path, exc: sqlite3.Error) -> StoreError | NoSpace:
 
 def _companions(path: Path) -> list[Path]:
     return [path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))]
+
+
+def connect_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection that leaves no ``-wal``/``-shm`` file behind (issue 16).
+
+    A store that a run closed cleanly has no WAL: it is opened ``immutable``, which never creates
+    the shared-memory file SQLite would otherwise leave beside it. A store with a WAL (a run in
+    progress, or one that was killed) is opened plainly read-only, so its latest commits are seen.
+    """
+    uri = path.resolve().as_uri()
+    wal = path.with_name(path.name + "-wal")
+    return sqlite3.connect(uri + ("?mode=ro" if wal.exists() else "?mode=ro&immutable=1"), uri=True)
 
 
 class Store:
