@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -240,3 +241,35 @@ def test_all_lines_are_parsed_below_the_cap() -> None:
         b.add(record(i, [("assistant 1", "assistant 2")]))
     d = b.result()["directions"]
     assert (d["suggestions"], d["sampled"], d["parsed"], d["verbs"], d["pairs"]) == (6, 6, 6, 1, 0)
+
+
+def test_wall_time_leaves_out_the_pause_before_a_rerun() -> None:
+    from coevol.report.stats import active_seconds
+
+    assert active_seconds([]) is None
+    assert active_seconds([5.0]) == 0.0
+    assert active_seconds([0.0, 10.0, 30.0]) == 30.0
+    # a failed run at t=0..20, then the real run a day later taking 100 s
+    assert active_seconds([0.0, 20.0, 86_400.0, 86_450.0, 86_500.0]) == 120.0
+    assert active_seconds([0.0, 700.0], gap=600.0) == 0.0
+    assert active_seconds([0.0, 500.0], gap=600.0) == 500.0
+
+
+def test_the_reports_wall_time_ignores_an_earlier_failed_run(tmp_path: Path) -> None:
+    import sqlite3
+
+    from coevol.report.reader import read_store
+    from coevol.store.sqlite import Store
+
+    path = tmp_path / "out.jsonl.coevol.db"
+    Store(path).close()
+    with sqlite3.connect(path) as db:
+        rows = [
+            (f"k{i}", "judge", "m", "x", 1, 1, "stop", t)
+            for i, t in enumerate([1000.0, 1010.0, 90_000.0, 90_060.0])
+        ]
+        db.executemany("INSERT INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    db.close()
+    facts, note = read_store(path)
+    assert note is None and facts is not None
+    assert (facts.calls, facts.wall_time_s) == (4, 70.0)

@@ -18,6 +18,7 @@ import orjson
 from coevol.domain import SCHEMA, Answer, IterationTrace, TraceRecord, TurnTrace
 from coevol.errors import DataError, TraceSchemaError
 from coevol.llm.types import Usage
+from coevol.report.stats import active_seconds
 from coevol.store.sqlite import connect_read_only
 
 __all__ = [
@@ -201,19 +202,24 @@ def read_store(path: Path) -> tuple[StoreFacts | None, str | None]:
     """The store's facts, read-only; (None, why) when there is no readable store."""
     if not path.exists():
         return None, None
+    counted = [0]
+
+    def times(rows: Iterator[tuple[object]]) -> Iterator[float]:
+        for (created,) in rows:
+            counted[0] += 1
+            yield float(created)  # type: ignore[arg-type]  # a hostile value raises, caught below
+
     try:
         conn = connect_read_only(path)
         try:
-            n, first, last = conn.execute("SELECT COUNT(*), MIN(created), MAX(created) FROM calls").fetchone()
+            wall = active_seconds(times(conn.execute("SELECT created FROM calls ORDER BY created")))
         finally:
             conn.close()
     except sqlite3.Error as exc:
         return None, f"the store {path.name} could not be read ({exc}); cache hits and wall time are unknown"
-    try:
-        wall = None if first is None else max(0.0, float(last) - float(first))
-        return StoreFacts(int(n), wall), None
     except (TypeError, ValueError):
-        return StoreFacts(int(n), None), None
+        return StoreFacts(counted[0], None), None
+    return StoreFacts(counted[0], wall), None
 
 
 @dataclass(slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,9 +20,11 @@ from coevol.report.directions import DirectionCounter, Extract, suggestion_lines
 
 __all__ = [
     "DEFAULT_DIRECTION_LINES",
+    "IDLE_GAP",
     "REPORT_SCHEMA",
     "LineSample",
     "ReportBuilder",
+    "active_seconds",
     "histogram_median",
 ]
 
@@ -30,6 +32,30 @@ REPORT_SCHEMA = "coevol.report/1"
 DEFAULT_DIRECTION_LINES = 5_000
 """Suggestion lines parsed for Fig. 3 at most; a larger run parses a uniform random sample of this
 many (every line is still counted). spaCy parses about a thousand lines a second per core."""
+
+
+IDLE_GAP = 600.0
+"""Seconds between two answered calls past which the run is taken to have stopped (a failed or
+interrupted run, then a rerun later): the gap is not counted as wall time."""
+
+
+def active_seconds(times: Iterable[float], gap: float = IDLE_GAP) -> float | None:
+    """The time calls were being answered: from first to last call, less every pause longer than
+    ``gap`` (so an earlier, failed run in the same store does not add the hours until the rerun).
+    ``times`` must be sorted; None when there is none. Pure."""
+    total, first, last = 0.0, None, None
+    for t in times:
+        if first is None:
+            first = last = t
+            continue
+        assert last is not None
+        if t - last > gap:
+            total += last - first
+            first = t
+        last = t
+    if first is None or last is None:
+        return None
+    return total + (last - first)
 
 
 def histogram_median(hist: Counter[int]) -> float | None:
