@@ -1,0 +1,62 @@
+"""The README's Python snippets run as written (issue 16): each ```python block is executed as a
+script in a fresh folder holding the files it names, with the fake server standing in for the
+server the README points at (the only substitution)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from coevol.testing import serve_in_subprocess
+
+from .conftest import ALPACA_ROWS
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+SERVERS = ("http://localhost:8000/v1", "http://vllm-svc:8000/v1")
+
+
+def python_blocks() -> list[tuple[int, str]]:
+    """(line, code) of every ```python block."""
+    out, lines = [], README.read_text(encoding="utf-8").splitlines()
+    start = None
+    for number, line in enumerate(lines, 1):
+        if start is None and line.strip() == "```python":
+            start = number
+        elif start is not None and line.strip() == "```":
+            out.append((start, "\n".join(lines[start : number - 1]) + "\n"))
+            start = None
+    return out
+
+
+def _needs_ray(code: str) -> bool:
+    return re.search(r"^import ray$", code, re.M) is not None
+
+
+BLOCKS = [(line, code) for line, code in python_blocks() if not _needs_ray(code)]
+
+
+def test_the_readme_has_the_snippets_we_run() -> None:
+    assert len(BLOCKS) >= 3
+
+
+@pytest.mark.parametrize(("line", "code"), BLOCKS, ids=[f"README.md:{line}" for line, _ in BLOCKS])
+def test_a_readme_snippet_runs_as_written(line: int, code: str, tmp_path: Path) -> None:
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ALPACA_ROWS))
+    with serve_in_subprocess() as url:
+        for server in SERVERS:
+            code = code.replace(server, url)
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env={**os.environ},
+        )
+    assert proc.returncode == 0, f"README.md line {line}:\n{proc.stderr[-3000:]}"
