@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from coevol.engine.dispatch import Dispatcher, RetryPolicy, Route
+from coevol.engine.endpoints import EndpointGroup
 from coevol.engine.limits import AdaptiveLimit, TokenBucket
 from coevol.errors import (
     AuthenticationError,
@@ -43,6 +44,12 @@ def dispatcher(backend: ScriptedBackend, store: Store | None = None, **kwargs: o
     routes = {"judge": Route(backend, "m1", GenParams(max_tokens=50)), "editor": Route(backend, "m2")}
     kwargs.setdefault("retry", FAST)
     return Dispatcher(routes, store=store, **kwargs)  # type: ignore[arg-type]
+
+
+def server_limit(d: Dispatcher) -> AdaptiveLimit:
+    """The in-flight limit of the one server both roles share."""
+    (server,) = d.groups["judge"].servers
+    return server.limit
 
 
 @pytest.fixture
@@ -205,7 +212,7 @@ async def test_in_flight_limit_is_respected() -> None:
     d = dispatcher(backend, max_in_flight=5)
     await asyncio.gather(*(d("judge", [{"role": "user", "content": str(i)}]) for i in range(40)))
     assert backend.peak == 5
-    assert d.limit.in_flight == 0
+    assert server_limit(d).in_flight == 0
 
 
 async def test_identical_requests_in_flight_are_sent_once(store: Store) -> None:
@@ -238,10 +245,10 @@ async def test_rate_limits_shrink_the_limit_once_per_burst_and_it_recovers() -> 
     d = dispatcher(backend, max_in_flight=8)
     await asyncio.gather(*(d("judge", [{"role": "user", "content": str(i)}]) for i in range(8)))
     # Eight simultaneous 429s are one overload signal: halved once, not eight times.
-    assert d.limit.backoffs == 1
-    assert d.limit.limit < 8
+    assert server_limit(d).backoffs == 1
+    assert server_limit(d).limit < 8
     await asyncio.gather(*(d("judge", [{"role": "user", "content": f"more {i}"}]) for i in range(200)))
-    assert d.limit.limit == 8
+    assert server_limit(d).limit == 8
 
 
 def test_adaptive_limit_halves_and_grows_back() -> None:
@@ -263,25 +270,27 @@ def test_adaptive_limit_halves_and_grows_back() -> None:
         AdaptiveLimit(0)
 
 
-async def test_adaptive_limit_queues_fifo_and_passes_slots_on_cancel() -> None:
-    limit = AdaptiveLimit(1)
-    await limit.acquire()
+async def test_waiting_requests_get_slots_fifo_and_a_cancelled_one_passes_its_slot_on() -> None:
+    group = EndpointGroup([ScriptedBackend()], limits=[1], backpressure=None)
+    first = await group.acquire(set())
+    assert first is not None
     order: list[str] = []
 
     async def take(name: str) -> None:
-        await limit.acquire()
+        server = await group.acquire(set())
+        assert server is not None
         order.append(name)
-        limit.release()
+        group.released(server)
 
     a = asyncio.create_task(take("a"))
     b = asyncio.create_task(take("b"))
     c = asyncio.create_task(take("c"))
     await asyncio.sleep(0)
     b.cancel()
-    limit.release()
+    group.released(first)
     await asyncio.gather(a, c, return_exceptions=True)
     assert order == ["a", "c"]
-    assert limit.in_flight == 0
+    assert first.limit.in_flight == 0
 
 
 async def test_token_bucket_bursts_then_paces() -> None:

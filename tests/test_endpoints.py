@@ -1,4 +1,4 @@
-"""Several servers for one role: the pool's choice, failover, probes, key scoping, cache identity."""
+"""Several servers for one role: the group's choice, failover, probes, key scoping, cache identity."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from coevol.api import arefine_file
 from coevol.config import Config, load_config
 from coevol.engine.build import build_engine
 from coevol.engine.dispatch import Dispatcher, RetryPolicy, Route
-from coevol.engine.endpoints import EndpointPool, EndpointState, HealthPolicy, describe_pool
+from coevol.engine.endpoints import EndpointGroup, EndpointState, HealthPolicy, describe_pool
 from coevol.errors import (
     APIConnectionError,
     APITimeoutError,
@@ -65,8 +65,17 @@ class Fake:
         pass
 
 
-def request(text: str = "hello") -> ChatRequest:
-    return ChatRequest("pool:pool", "m", ({"role": "user", "content": text},))
+class Asker:
+    """Requests for one role through a dispatcher over ``group``, the way a run sends them."""
+
+    def __init__(self, group: EndpointGroup, *, max_retries: int = 6) -> None:
+        self.dispatcher = Dispatcher(
+            {"judge": Route(group, "m")},
+            retry=RetryPolicy(max_retries=max_retries, base_delay=0.001, max_delay=0.01),
+        )
+
+    async def __call__(self, text: str = "hello") -> Completion:
+        return await self.dispatcher("judge", [{"role": "user", "content": text}])
 
 
 FAST = HealthPolicy(failures=2, base_backoff=0.02, max_backoff=0.05, probe_timeout=1.0)
@@ -74,8 +83,9 @@ FAST = HealthPolicy(failures=2, base_backoff=0.02, max_backoff=0.05, probe_timeo
 
 async def test_requests_spread_by_load_relative_to_each_limit() -> None:
     a, b = Fake("a", delay=0.02), Fake("b", delay=0.02)
-    pool = EndpointPool([a, b], limits=[6, 2], health=FAST)
-    await asyncio.gather(*(pool.complete(request(str(i))) for i in range(32)))
+    pool = EndpointGroup([a, b], limits=[6, 2], health=FAST)
+    ask = Asker(pool)
+    await asyncio.gather(*(ask(str(i)) for i in range(32)))
     assert a.calls + b.calls == 32
     assert a.peak == 6 and b.peak == 2  # each server's own limit, both full
     assert a.calls > b.calls > 0
@@ -86,45 +96,53 @@ async def test_a_failing_server_leaves_rotation_its_requests_go_elsewhere_and_a_
     error: type[Exception],
 ) -> None:
     a, b = Fake("a", delay=0.005), Fake("b", delay=0.005)
-    pool = EndpointPool([a, b], limits=[4, 4], health=FAST)
+    pool = EndpointGroup([a, b], limits=[4, 4], health=FAST)
+    ask = Asker(pool)
     b.fail = error
-    answers = await asyncio.gather(*(pool.complete(request(str(i))) for i in range(20)))
+    answers = await asyncio.gather(*(ask(str(i)) for i in range(20)))
     assert all(c.text.startswith("a:") for c in answers)  # every request answered, by a
     state = {s.name: s.state for s in pool.states()}
     assert state["b"] in ("down", "probing")
     b.fail = None
     await asyncio.sleep(0.1)  # past the backoff: the next choice starts a probe
-    await pool.complete(request("x"))
+    await ask("x")
     await asyncio.sleep(0.01)
     assert b.probes >= 1
     before = b.calls
-    await asyncio.gather(*(pool.complete(request(str(i))) for i in range(20)))
+    await asyncio.gather(*(ask(str(i)) for i in range(20)))
     assert b.calls > before
     assert {s.name: s.state for s in pool.states()} == {"a": "up", "b": "up"}
 
 
 async def test_repeated_5xx_takes_a_server_out_but_one_5xx_does_not() -> None:
     a, b = Fake("a"), Fake("b")
-    pool = EndpointPool([a, b], health=HealthPolicy(failures=3, base_backoff=30))
+    pool = EndpointGroup([a, b], health=HealthPolicy(failures=3, base_backoff=30))
+    ask = Asker(pool)
     b.fail = ServerError
-    pool.members[1].sent = -100  # b looks least used: it is chosen first whenever it is up
-    await pool.complete(request())
+    pool.servers[1].sent = -100  # b looks least used: it is chosen first whenever it is up
+    await ask()
     assert pool.states()[1].state == "up" and b.calls == 1
-    await pool.complete(request())
-    await pool.complete(request())
+    await ask()
+    await ask()
     assert pool.states()[1].state == "down" and b.calls == 3 and a.calls == 3
-    await pool.complete(request())
+    await ask()
     assert b.calls == 3  # out of rotation
 
 
 async def test_when_every_server_is_down_the_caller_gets_a_retryable_error() -> None:
     a, b = Fake("a"), Fake("b")
     a.fail = b.fail = APIConnectionError
-    pool = EndpointPool([a, b], health=HealthPolicy(base_backoff=60, probe_timeout=1))
+    pool = EndpointGroup([a, b], health=HealthPolicy(base_backoff=60, probe_timeout=1))
+    ask = Asker(pool, max_retries=0)
     with pytest.raises(APIConnectionError, match=r"(a|b) failed"):
-        await pool.complete(request())
-    with pytest.raises(APIConnectionError, match="no server of endpoint group 'pool' is in rotation"):
-        await pool.complete(request())
+        await ask()
+    assert (a.calls, b.calls) == (1, 1)  # failed over once, then out of tries
+    # The last server in rotation stays in it (there is nowhere else to send): the next request
+    # tries it again, and its caller gets the retryable error.
+    with pytest.raises(APIConnectionError, match=r"(a|b) failed"):
+        await ask("again")
+    assert a.calls + b.calls == 3
+    assert sorted(s.state for s in pool.states()) == ["down", "up"]
 
 
 class Limited(Fake):
@@ -137,39 +155,42 @@ class Limited(Fake):
 
 async def test_a_server_answering_429_backs_off_and_pauses_alone() -> None:
     a, b = Limited("a"), Fake("b")
-    pool = EndpointPool([a, b], limits=[8, 8], health=FAST)
-    pool.members[1].sent = 1000  # a looks least used: it is tried first while it may be
-    answers = await asyncio.gather(*(pool.complete(request(str(i))) for i in range(40)))
+    pool = EndpointGroup([a, b], limits=[8, 8], health=FAST)
+    ask = Asker(pool)
+    pool.servers[1].sent = 1000  # a looks least used: it is tried first while it may be
+    answers = await asyncio.gather(*(ask(str(i)) for i in range(40)))
     assert all(c.text.startswith("b:") for c in answers)  # each 429 retried at once on b
-    member = pool.members[0]
+    member = pool.servers[0]
     assert member.limit.limit < 8  # its own limit shrank, b's did not
-    assert pool.members[1].limit.limit == 8
+    assert pool.servers[1].limit.limit == 8
     assert member.paused_until > 0  # 429s dominate its window and it said how long: it pauses
     calls = a.calls
-    await asyncio.gather(*(pool.complete(request(f"x{i}")) for i in range(10)))
+    await asyncio.gather(*(ask(f"x{i}") for i in range(10)))
     assert a.calls == calls  # paused: nothing more is sent to it
+    (pause,) = ask.dispatcher.stats.pauses.values()  # the display names the paused server
+    assert (pause.roles, pause.reason, pause.server_wide) == ("judge", "429", True)
 
 
 async def test_a_refused_key_is_not_failover_material() -> None:
     a = Fake("a")
     a.fail = AuthenticationError
-    pool = EndpointPool([a, Fake("b")])
-    pool.members[1].sent = 10  # a first
+    pool = EndpointGroup([a, Fake("b")])
+    pool.servers[1].sent = 10  # a first
     with pytest.raises(AuthenticationError):
-        await pool.complete(request())
+        await Asker(pool)()
 
 
 async def test_servers_that_serve_different_models_are_never_mixed() -> None:
-    pool = EndpointPool([Fake("a", models=("m1",)), Fake("b", models=("m2",))])
+    pool = EndpointGroup([Fake("a", models=("m1",)), Fake("b", models=("m2",))])
     with pytest.raises(ConfigError, match="serve different models"):
         await pool.list_models()
-    same = EndpointPool([Fake("a", models=("m1",)), Fake("b", models=("m1",))])
+    same = EndpointGroup([Fake("a", models=("m1",)), Fake("b", models=("m1",))])
     assert await same.list_models() == ["m1"]
 
 
 async def test_the_run_goes_on_through_the_dispatcher_while_one_server_works(tmp_path: Path) -> None:
     a, b = Fake("a", delay=0.001), Fake("b", delay=0.001)
-    pool = EndpointPool([a, b], health=FAST)
+    pool = EndpointGroup([a, b], health=FAST)
     store = Store(tmp_path / "s.db")
     d = Dispatcher({"judge": Route(pool, "m")}, store=store, retry=RetryPolicy(base_delay=0.001))
     first = await asyncio.gather(*(d("judge", [{"role": "user", "content": str(i)}]) for i in range(10)))
@@ -178,7 +199,7 @@ async def test_the_run_goes_on_through_the_dispatcher_while_one_server_works(tmp
     assert len(first) == len(second) == 10 and all(c.text.startswith("b:") for c in second)
     # A rerun through other servers of the group replays from the store: nothing is sent.
     c = Fake("c")
-    again = Dispatcher({"judge": Route(EndpointPool([c]), "m")}, store=store)
+    again = Dispatcher({"judge": Route(EndpointGroup([c], name="pool"), "m")}, store=store)
     await asyncio.gather(*(again("judge", [{"role": "user", "content": str(i)}]) for i in range(10)))
     assert c.calls == 0 and again.stats.cached == 10
     store.close()

@@ -233,7 +233,7 @@ async def arefine_file(
         runner.dataset_info,
         recovered,
         store.commits,
-        engine.dispatcher.limit.peak,
+        engine.dispatcher.peak,
     )
 
 

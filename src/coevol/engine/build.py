@@ -11,7 +11,7 @@ from typing import Any
 
 from coevol.config import ROLES, Config, EndpointConfig
 from coevol.engine.dispatch import Dispatcher, RetryPolicy, Route
-from coevol.engine.endpoints import EndpointPool
+from coevol.engine.endpoints import EndpointGroup
 from coevol.errors import ConfigError
 from coevol.llm.model_asset import EMBEDDED_MODEL_NAME
 from coevol.llm.types import Backend, GenParams
@@ -29,7 +29,7 @@ class Engine:
     config: Config
     prompts: PromptSet
     dispatcher: Dispatcher
-    backends: list[Backend]
+    backends: list[Backend | EndpointGroup]
     fingerprint: str
     local: bool
 
@@ -82,7 +82,7 @@ def _http_backend(
     )
 
 
-async def _resolve_model(backend: Backend) -> str:
+async def _resolve_model(backend: Backend | EndpointGroup) -> str:
     """No ``--model``: use the server's only model (the usual vLLM / llama.cpp server case)."""
     list_models = getattr(backend, "list_models", None)
     where = backend.endpoint
@@ -107,7 +107,7 @@ GroupKey = tuple[str | None, tuple[tuple[str, str | None], ...]]
 
 
 async def _member(
-    config: Config, e: EndpointConfig, given: dict[str, Backend], own: list[Backend]
+    config: Config, e: EndpointConfig, given: dict[str, Backend], own: list[Backend | EndpointGroup]
 ) -> Backend:
     backend = given.get(e.base_url)
     if backend is None:
@@ -122,15 +122,15 @@ async def _build_group(
     endpoints: list[EndpointConfig],
     group: str | None,
     given: dict[str, Backend],
-    own: list[Backend],
-) -> Backend:
+    own: list[Backend | EndpointGroup],
+) -> Backend | EndpointGroup:
     """One server: its backend (cache keys name its masked URL, as always). A group: a pool of
     members whose requests are cached under the group's name."""
     if group is None:
         return await _member(config, endpoints[0], given, own)
     members = [await _member(config, e, given, own) for e in endpoints]
     share = -(-config.concurrency // len(endpoints))  # --concurrency is the whole group's
-    pool = EndpointPool(
+    pool = EndpointGroup(
         members,
         name=group,
         limits=[e.concurrency or share for e in endpoints],
@@ -143,7 +143,10 @@ async def _build_group(
 
 
 async def _routes(
-    config: Config, made: dict[GroupKey, Backend], given: dict[str, Backend], own: list[Backend]
+    config: Config,
+    made: dict[GroupKey, Backend | EndpointGroup],
+    given: dict[str, Backend],
+    own: list[Backend | EndpointGroup],
 ) -> dict[str, Route]:
     """A route per role; backends are created into ``made`` (those created here also into ``own``)."""
     routes: dict[str, Route] = {}
@@ -175,8 +178,8 @@ async def build_engine(
     closed before the error propagates: no pooled session is left for the garbage collector.
     """
     prompts = load_prompts(config.prompts_dir)
-    made: dict[GroupKey, Backend] = {}
-    own: list[Backend] = []
+    made: dict[GroupKey, Backend | EndpointGroup] = {}
+    own: list[Backend | EndpointGroup] = []
     try:
         routes = await _routes(config, made, backends or {}, own)
     except BaseException:
@@ -184,11 +187,11 @@ async def build_engine(
             await backend.aclose()
         raise
     local = any(not servers for _, servers in made)
-    pools = [b for b in made.values() if isinstance(b, EndpointPool)]
+    pools = [b for b in made.values() if isinstance(b, EndpointGroup)]
     dispatcher = Dispatcher(
         routes,
         store=store,
-        max_in_flight=max([config.concurrency, *(sum(m.limit.maximum for m in p.members) for p in pools)]),
+        max_in_flight=config.concurrency,
         retry=RetryPolicy(max_retries=config.max_retries, max_retry_after=config.max_retry_after),
         rpm=config.rpm,
         tpm=config.tpm,

@@ -1,16 +1,18 @@
-"""The one place where a role's request meets a model: routing, cache, retries, limits, accounting.
+"""The one place where a role's request meets a model: routing, cache, the scheduler, accounting.
 
-Agents call ``await dispatcher(role, messages)``; the dispatcher picks the role's route (backend,
-model, parameters), replays the answer from the store when it has one, and otherwise sends it under
-the concurrency and rate limits, retrying transient failures with backoff. Every answer is committed
-to the store before it is returned (and before its in-flight slot is freed), so a crash never loses
-a paid-for call and a rerun re-sends at most what was in flight. An identical request already on the
-wire is awaited rather than sent again, and once a server refuses the key (or a model) nothing more
-is sent to it: the run is misconfigured, not unlucky.
+Agents call ``await dispatcher(role, messages)``; the dispatcher picks the role's route (endpoint
+group, model, parameters), replays the answer from the store when it has one, and otherwise sends
+it. Every answer is committed to the store before it is returned (and before its in-flight slot is
+freed), so a crash never loses a paid-for call and a rerun re-sends at most what was in flight. An
+identical request already on the wire is awaited rather than sent again, and once a server refuses
+the key (or a model) nothing more is sent to it: the run is misconfigured, not unlucky.
 
-A route served by several servers has an ``EndpointPool`` (``coevol.engine.endpoints``) as its
-backend: the pool chooses the server, keeps each server's own limits and takes failing ones out of
-rotation; here it is one endpoint, named after its group, so cache keys never name a server.
+This is the one scheduler. Every route is served by an endpoint group (``coevol.engine.endpoints``;
+a single server is a group of one) that keeps each server's limit, 429 window, pause clock and
+health; one retry loop here asks the group for a server with room, sends, and reports the outcome
+back. A transient failure on one server is retried at once on another server of the group that
+this request has not tried; once every server in rotation was tried, the request backs off (a
+429's ``Retry-After``, capped, or jittered exponential delay) and starts a new round.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 from coevol.conversation import estimate_tokens
-from coevol.engine.limits import AdaptiveLimit, RateWindow, TokenBucket
+from coevol.engine.endpoints import EndpointGroup, Server, Wait
+from coevol.engine.limits import Backpressure, TokenBucket
 from coevol.errors import (
     AuthenticationError,
     ConfigError,
@@ -38,9 +40,6 @@ from coevol.llm.types import Backend, ChatRequest, Completion, GenParams, Messag
 from coevol.prompts.render import merge_system_prompt
 from coevol.store.sqlite import Store
 
-if TYPE_CHECKING:
-    from coevol.engine.endpoints import EndpointPool
-
 __all__ = ["Dispatcher", "RetryPolicy", "Route", "RunStats", "Wait"]
 
 
@@ -48,7 +47,7 @@ __all__ = ["Dispatcher", "RetryPolicy", "Route", "RunStats", "Wait"]
 class Route:
     """Where one role's requests go and how they are sampled."""
 
-    backend: Backend
+    backend: Backend | EndpointGroup  # a backend is served as a group of one
     model: str
     params: GenParams = field(default_factory=GenParams)
     merge_system: bool = False
@@ -75,16 +74,6 @@ class RetryPolicy:
         return random.uniform(0, min(self.max_delay, self.base_delay * 2**retry))
 
 
-@dataclass(frozen=True, slots=True)
-class Wait:
-    """A request (or a whole server) waiting before it may send: shown by the progress display."""
-
-    roles: str  # the roles whose requests wait, e.g. "judge" or "positive, critical"
-    reason: str  # "429", "HTTP 503", "rate limit" ...
-    until: float  # wall-clock time (``time.time()``) the wait ends
-    server_wide: bool = False
-
-
 @dataclass(slots=True)
 class RunStats:
     """Live counters for the progress display and the summary."""
@@ -98,9 +87,9 @@ class RunStats:
     usage: dict[str, Usage] = field(default_factory=dict)  # tokens of calls actually sent
     cached_usage: dict[str, Usage] = field(default_factory=dict)  # tokens replayed from the store
     waits: dict[int, Wait] = field(default_factory=dict)  # one request's backoff, by request token
-    pauses: dict[str, Wait] = field(default_factory=dict)  # server-wide pauses, by endpoint
+    pauses: dict[str, Wait] = field(default_factory=dict)  # server-wide pauses, by server
     sending: dict[int, tuple[str, float]] = field(default_factory=dict)  # token -> (role, monotonic start)
-    pools: list[EndpointPool] = field(default_factory=list)  # routes served by several servers
+    pools: list[EndpointGroup] = field(default_factory=list)  # groups of several servers (display)
 
 
 # What a request already in flight hands to identical requests that wait for it: its answer, its
@@ -112,10 +101,15 @@ class Dispatcher:
     """Implements ``coevol.llm.types.Generate`` for a set of role routes.
 
     A 429 is one request's problem first: that request backs off (``Retry-After``, capped, or a
-    jittered exponential delay) and the adaptive in-flight limit shrinks, but the other requests
-    keep going. Only when 429s make up at least half of a server's recent answers, and the server
-    said how long to wait, does every request to that server pause. Waits are published in
-    ``stats.waits`` so the progress display can say what is waiting and until when.
+    jittered exponential delay; at once onto another server of its group when there is one) and
+    that server's adaptive in-flight limit shrinks, but the other requests keep going. Only when
+    429s make up at least half of a server's recent answers, and the server said how long to wait,
+    does every request to that server pause. Waits are published in ``stats.waits`` and
+    ``stats.pauses`` so the progress display can say what is waiting and until when.
+
+    ``max_in_flight`` is the limit of each server given as a plain backend (a group of one); an
+    ``EndpointGroup`` brings its servers' own limits. ``backpressure`` (``None``: off) lets a
+    server's limit follow its queueing delay, for servers that queue rather than answer 429.
     """
 
     def __init__(
@@ -128,16 +122,17 @@ class Dispatcher:
         rpm: float | None = None,
         tpm: float | None = None,
         stats: RunStats | None = None,
+        backpressure: Backpressure | None = Backpressure(),  # noqa: B008  (frozen: shared safely)
     ) -> None:
         self.routes = dict(routes)
         self.store = store
         self.retry = retry or RetryPolicy()
         self.stats = stats or RunStats()
-        self.limit = AdaptiveLimit(max_in_flight)
+        self.groups = self._group(max_in_flight, backpressure)
+        self.peak = 0  # the most requests in flight at once, over every server
+        self._sending = 0
         self._rpm = TokenBucket(rpm) if rpm else None
         self._tpm = TokenBucket(tpm) if tpm else None
-        self._paused: dict[str, float] = {}  # endpoint -> monotonic end of a server-wide pause
-        self._windows: dict[str, RateWindow] = {}
         self._tokens = itertools.count()
         self._in_flight: dict[str, asyncio.Future[_Shared]] = {}
         # A server that rejected our key (or does not know a model) will reject every later request
@@ -148,6 +143,29 @@ class Dispatcher:
         # so a run overshoots by at most the calls in flight, not by whole samples).
         self.after_send: Callable[[], None] | None = None
 
+    def _group(self, max_in_flight: int, backpressure: Backpressure | None) -> dict[str, EndpointGroup]:
+        """Each role's endpoint group; routes sharing a backend share its group (and its limits)."""
+        made: dict[int, EndpointGroup] = {}
+        groups: dict[str, EndpointGroup] = {}
+        for role, route in self.routes.items():
+            backend = route.backend
+            group = made.get(id(backend))
+            if group is None:
+                if isinstance(backend, EndpointGroup):
+                    group = backend
+                else:
+                    group = EndpointGroup(
+                        [backend],
+                        limits=[max_in_flight],
+                        max_retry_after=self.retry.max_retry_after,
+                        backpressure=backpressure,
+                    )
+                made[id(backend)] = group
+                group.pauses = self.stats.pauses
+            group.roles = f"{group.roles}, {role}" if group.roles else role
+            groups[role] = group
+        return groups
+
     def request(self, role: str, messages: Sequence[Message], *, attempt: int = 0) -> ChatRequest:
         """The exact request a role's messages become (routing and system-prompt merging)."""
         try:
@@ -156,10 +174,6 @@ class Dispatcher:
             raise ConfigError(f"no model configured for role {role!r}") from None
         msgs = merge_system_prompt(messages) if route.merge_system else messages
         return ChatRequest(route.backend.endpoint, route.model, tuple(msgs), route.params, attempt)
-
-    def roles_of(self, endpoint: str) -> str:
-        """The roles served by ``endpoint``, for messages ("judge", "positive, critical")."""
-        return ", ".join(r for r, route in self.routes.items() if route.backend.endpoint == endpoint)
 
     async def __call__(self, role: str, messages: Sequence[Message], *, attempt: int = 0) -> Completion:
         task = asyncio.current_task()
@@ -220,7 +234,7 @@ class Dispatcher:
         outcome: _Shared = None
         try:
             try:
-                completion = await self._send(self.routes[role].backend, request, key, role)
+                completion = await self._send(self.groups[role], request, key, role)
             except (FatalError, RetryableError) as exc:
                 outcome = exc
                 self._count_failure(key, role, exc)
@@ -241,85 +255,87 @@ class Dispatcher:
         if self.store is not None:
             self.store.put_call_failure(key, role, exc)
 
-    async def _send(self, backend: Backend, request: ChatRequest, key: str, role: str) -> Completion:
-        """Send under the limits, retrying transient errors; store the answer before returning it."""
+    async def _send(self, group: EndpointGroup, request: ChatRequest, key: str, role: str) -> Completion:
+        """The one retry loop: a server with room, the call, the outcome reported to the group.
+
+        A transient failure moves the request at once to a server of the group it has not tried in
+        this round; when none is left it backs off (not at all when its server just paused: the
+        group holds it until the pause ends) and starts a new round with every server again.
+        """
         retries = 0
+        tried: set[Server] = set()
+        last: RetryableError | None = None
+        paused = False
         while True:
-            try:
-                return await self._attempt(backend, request, key, role)
-            except RetryableError as exc:
-                if retries >= self.retry.max_retries:
-                    raise
-                delay = self._after_transient(request, exc, retries)
-                reason = "429" if isinstance(exc, RateLimitError) else _short_reason(exc)
+            if self._rpm is not None or self._tpm is not None:
+                await self._admit(request)
+            server = await group.acquire(tried)
+            if server is not None:
+                outcome = await self._attempt(group, server, request, key, role)
+                if isinstance(outcome, Completion):
+                    return outcome
+                last, paused = outcome
+                tried.add(server)
+                if group.others_in_rotation(tried):
+                    self.stats.retries += 1
+                    continue
+            assert last is not None  # a request with nothing tried always finds a server
+            if retries >= self.retry.max_retries:
+                raise last
             retries += 1
             self.stats.retries += 1
-            if delay > 0:
-                await self._wait(role, reason, delay)
+            tried.clear()
+            if not paused:
+                delay = self.retry.delay(retries - 1, last)
+                if delay > 0:
+                    await self._wait(role, _reason(last), delay)
 
-    async def _attempt(self, backend: Backend, request: ChatRequest, key: str, role: str) -> Completion:
-        """One try: admission, a slot, the call, the store; the slot is released on every path."""
-        if self._paused or self._rpm is not None or self._tpm is not None:
-            await self._admit(request, role)
-        limit = self.limit
-        await limit.acquire()
-        epoch = limit.epoch
+    async def _attempt(
+        self, group: EndpointGroup, server: Server, request: ChatRequest, key: str, role: str
+    ) -> Completion | tuple[RetryableError, bool]:
+        """One try on ``server`` (its slot already taken): the call and the store, then the slot
+        goes back on every path. A transient error is returned with whether the server paused."""
+        epoch = server.limit.epoch
         token = next(self._tokens)
-        self.stats.sending[token] = (role, time.monotonic())
+        stats = self.stats
+        stats.sending[token] = (role, time.monotonic())
+        self._sending += 1
+        if self._sending > self.peak:
+            self.peak = self._sending
         try:
             if self._refused:
                 self._check_refused(request)
-            completion = await backend.complete(request)
-            self.stats.sent += 1
-            _add_usage(self.stats.usage, role, completion)
+            if server.rpm is not None:
+                await server.rpm.take(1)
+            sent_at = time.monotonic()
+            completion = await server.backend.complete(request)
+            latency = time.monotonic() - sent_at
+            stats.sent += 1
+            _add_usage(stats.usage, role, completion)
             if self.store is not None:
                 # Committed before the slot is released and before anything can depend on it,
                 # so after a kill only requests still holding a slot are paid for again.
                 self.store.put_call(key, role, request.model, completion)
                 await self.store.synced()
-        except RateLimitError:
-            limit.release(success=False)
-            limit.backoff(since=epoch)
-            raise
+        except RetryableError as exc:
+            if isinstance(exc, RateLimitError):
+                stats.rate_limited += 1
+            return exc, group.failed(server, exc, epoch) is not None
         except (AuthenticationError, NotFoundError) as exc:
-            limit.release(success=False)
+            group.released(server)
             scope = request.endpoint, None if isinstance(exc, AuthenticationError) else request.model
             self._refused.setdefault(scope, exc)
             raise
         except BaseException:
-            limit.release(success=False)
+            group.released(server)
             raise
         finally:
-            del self.stats.sending[token]
-        limit.release(success=True)
-        self._window(request.endpoint).add(False)
+            del stats.sending[token]
+            self._sending -= 1
+        group.answered(server, latency)
         if self._tpm is not None:
             self._settle_tokens(request, completion)
         return completion
-
-    def _window(self, endpoint: str) -> RateWindow:
-        window = self._windows.get(endpoint)
-        if window is None:
-            window = self._windows[endpoint] = RateWindow()
-        return window
-
-    def _after_transient(self, request: ChatRequest, exc: RetryableError, retries: int) -> float:
-        """This request's delay before its next try; a server-wide pause only when 429s dominate."""
-        delay = self.retry.delay(retries, exc)
-        if not isinstance(exc, RateLimitError):
-            return delay
-        self.stats.rate_limited += 1
-        window = self._window(request.endpoint)
-        window.add(True)
-        if exc.retry_after is not None and window.dominated():
-            until = time.monotonic() + delay
-            if until > self._paused.get(request.endpoint, 0.0):
-                self._paused[request.endpoint] = until
-                self.stats.pauses[request.endpoint] = Wait(
-                    self.roles_of(request.endpoint), "429", time.time() + delay, server_wide=True
-                )
-            return 0.0  # the pause applies to this request as to every other one
-        return delay
 
     async def _wait(self, role: str, reason: str, delay: float) -> None:
         """Sleep out one request's backoff, visible in ``stats.waits`` while it lasts."""
@@ -337,15 +353,8 @@ class Dispatcher:
         if refused is not None:
             raise type(refused)(f"{refused} (not sent: the server already refused it)", status=refused.status)
 
-    async def _admit(self, request: ChatRequest, role: str) -> None:
-        """Wait out a server-wide pause of this request's server, then take from the rate buckets."""
-        until = self._paused.get(request.endpoint)
-        if until is not None:
-            wait = until - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            elif self._paused.pop(request.endpoint, None) is not None:
-                self.stats.pauses.pop(request.endpoint, None)
+    async def _admit(self, request: ChatRequest) -> None:
+        """Take from the run's rate buckets (``--rpm``, ``--tpm``) before each try."""
         if self._rpm is not None:
             await self._rpm.take(1)
         if self._tpm is not None:
@@ -362,7 +371,10 @@ class Dispatcher:
             self._tpm.give_back(max(0.0, self._estimate_tokens(request) - used))
 
 
-def _short_reason(exc: RetryableError) -> str:
+def _reason(exc: RetryableError) -> str:
+    """Why a request waits, for the display: ``429``, ``HTTP 503``, ``timeout`` ..."""
+    if isinstance(exc, RateLimitError):
+        return "429"
     if exc.status is not None:
         return f"HTTP {exc.status}"
     return {"APITimeoutError": "timeout", "APIConnectionError": "connection error"}.get(

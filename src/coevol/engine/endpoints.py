@@ -1,17 +1,17 @@
-"""Several servers for one route: a pool that sends each request to the least loaded one.
+"""An endpoint group: the servers that answer one route, and the state the scheduler keeps per server.
 
-An ``EndpointPool`` is a ``Backend``: the dispatcher sees one endpoint (the pool's ``endpoint``, the
-group's name), so the cache key does not depend on which server answered and a rerun against another
-set of servers replays what was paid for. Inside, every member has its own adaptive in-flight
-limit, its own optional requests-per-minute bucket and its own 429 pause.
+Every route is served by a group; one server is a group of one. The group's ``endpoint`` (its name)
+is what cache keys name, so a rerun against other servers of the group replays what was paid for.
+Each server has its own adaptive in-flight limit (429s, timeouts and queueing delay shrink it; see
+``coevol.engine.limits``), its own optional requests-per-minute bucket, its own 429 window and
+pause clock, and its health: a server that fails (connection refused or dropped, a timeout, or
+``failures`` 5xx answers in a row) leaves rotation while another server of the group is in it, and
+returns only after a probe (``GET /models``, or one real request for a backend that cannot list
+models) succeeds, tried after an exponential backoff.
 
-A request goes to the member with the fewest requests in flight relative to its limit. A member that
-fails (connection refused or dropped, a timeout, or ``failures`` 5xx answers in a row) is taken out
-of rotation: it returns only after a probe (``GET /models``, or one real request for a backend that
-cannot list models) succeeds, tried after an exponential backoff. A request that fails on one member
-is retried at once on another one; only when no member is left to try does its error reach the
-dispatcher, whose own retries and backoff then apply. Refusals (401, unknown model) are not a
-member's bad luck but the run's configuration: they propagate unchanged.
+The group only keeps state and decides who may send: ``acquire`` hands a request the least loaded
+server with room (waiting in FIFO order while none has any); the dispatcher
+(``coevol.engine.dispatch``) sends, retries and reports each outcome back here.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from coevol.engine.limits import AdaptiveLimit, RateWindow, TokenBucket
+from coevol.engine.limits import AdaptiveLimit, Backpressure, RateWindow, TokenBucket
 from coevol.errors import (
     APIConnectionError,
     APITimeoutError,
@@ -33,24 +34,53 @@ from coevol.errors import (
     RetryableError,
     ServerError,
 )
-from coevol.llm.types import Backend, ChatRequest, Completion
+from coevol.llm.types import Backend
 from coevol.textsafe import inert_line
 
-__all__ = ["EndpointPool", "EndpointState", "HealthPolicy", "describe_pool", "group_endpoint"]
+__all__ = [
+    "EndpointGroup",
+    "EndpointState",
+    "HealthPolicy",
+    "Server",
+    "Wait",
+    "describe_pool",
+    "group_endpoint",
+]
 
 UP, DOWN, PROBING = "up", "down", "probing"
+_UNCAPPED = 1 << 30  # the "limit" of a backend that queues on its own side (``in_flight_cap = False``)
 
 
 def group_endpoint(name: str) -> str:
-    """The identity a pool's requests are cached under: ``pool:NAME`` (never a URL)."""
+    """The identity a group's requests are cached under: ``pool:NAME`` (never a URL)."""
     return f"pool:{name}"
+
+
+def capped(backend: Backend) -> bool:
+    """Whether the scheduler limits this backend's requests in flight.
+
+    A backend that queues work on its own side and answers much later (a batch API) says
+    ``in_flight_cap = False``: it gets no in-flight limit and no latency backpressure, and a slow
+    answer is never taken for a stalled server.
+    """
+    return getattr(backend, "in_flight_cap", True) is not False
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """A request (or a whole server) waiting before it may send: shown by the progress display."""
+
+    roles: str  # the roles whose requests wait, e.g. "judge" or "positive, critical"
+    reason: str  # "429", "HTTP 503", "rate limit" ...
+    until: float  # wall-clock time (``time.time()``) the wait ends
+    server_wide: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class HealthPolicy:
-    """When a member leaves rotation and how soon it is probed again."""
+    """When a server leaves rotation and how soon it is probed again."""
 
-    failures: int = 3  # 5xx answers in a row that take a member out
+    failures: int = 3  # 5xx answers in a row that take a server out
     base_backoff: float = 1.0  # seconds before the first probe
     max_backoff: float = 30.0
     probe_timeout: float = 10.0
@@ -61,7 +91,7 @@ class HealthPolicy:
 
 @dataclass(frozen=True, slots=True)
 class EndpointState:
-    """One member as the progress display shows it."""
+    """One server as the progress display shows it."""
 
     name: str
     state: str
@@ -69,10 +99,12 @@ class EndpointState:
     limit: int
     sent: int
     failed: int
-    retry_in: float | None = None  # seconds until the next probe of a member that is down
+    retry_in: float | None = None  # seconds until the next probe of a server that is down
 
 
-class _Member:
+class Server:
+    """One server of a group and everything the scheduler knows about it."""
+
     __slots__ = (
         "backend",
         "consecutive",
@@ -89,10 +121,15 @@ class _Member:
         "window",
     )
 
-    def __init__(self, backend: Backend, limit: int, rpm: float | None) -> None:
+    def __init__(
+        self, backend: Backend, limit: int, rpm: float | None, backpressure: Backpressure | None
+    ) -> None:
         self.backend = backend
         self.name = backend.endpoint
-        self.limit = AdaptiveLimit(limit)
+        if capped(backend):
+            self.limit = AdaptiveLimit(limit, backpressure=backpressure)
+        else:
+            self.limit = AdaptiveLimit(_UNCAPPED)
         self.rpm = TokenBucket(rpm) if rpm else None
         self.window = RateWindow()
         self.state = UP
@@ -107,77 +144,265 @@ class _Member:
     def load(self) -> float:
         return self.limit.in_flight / max(1, int(self.limit.limit))
 
-    def has_room(self) -> bool:
-        return self.limit.in_flight < int(self.limit.limit)
 
-
-class EndpointPool:
-    """Implements ``Backend`` over several servers that serve the same model."""
+class EndpointGroup:
+    """The servers that serve one model for a route; hands each request a server with room."""
 
     def __init__(
         self,
         members: Sequence[Backend],
         *,
-        name: str = "pool",
+        name: str | None = None,
         limits: Sequence[int] | None = None,
         rpms: Sequence[float | None] | None = None,
         health: HealthPolicy | None = None,
         max_retry_after: float = 90.0,
+        backpressure: Backpressure | None = Backpressure(),  # noqa: B008  (frozen: shared safely)
     ) -> None:
         if not members:
-            raise ConfigError("an endpoint pool needs at least one server")
+            raise ConfigError("an endpoint group needs at least one server")
         limits = list(limits) if limits is not None else [256] * len(members)
         rpms = list(rpms) if rpms is not None else [None] * len(members)
-        self.endpoint = group_endpoint(name)
-        self.name = name
+        if name is None and len(members) > 1:
+            name = "pool"
+        # A group of one made without a name (a backend given directly) is cached under its own
+        # endpoint; a named group under ``pool:NAME``.
+        self.endpoint = group_endpoint(name) if name is not None else members[0].endpoint
+        self.name = name or members[0].endpoint
         self.health = health or HealthPolicy()
         self.max_retry_after = max_retry_after
-        self.members = [_Member(b, n, r) for b, n, r in zip(members, limits, rpms, strict=True)]
-        self._changed: asyncio.Event | None = None
+        self.servers = [Server(b, n, r, backpressure) for b, n, r in zip(members, limits, rpms, strict=True)]
+        self.roles = ""  # the roles it serves, for the display's pauses (set by the dispatcher)
+        self.pauses: dict[str, Wait] = {}  # server-wide pauses, by server (the dispatcher's stats)
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._woken = 0  # waiters handed a wake-up that have not run yet
+        self._timer: asyncio.TimerHandle | None = None
         self._closed = False
 
-    # Backend --------------------------------------------------------------------------------------
-    async def complete(self, request: ChatRequest) -> Completion:
-        tried: set[int] = set()
-        last: RetryableError | None = None
-        while True:
-            index = await self._choose(tried)
-            if index is None:
-                raise last or self._none_up()
-            member = self.members[index]
-            try:
-                return await self._send(member, request)
-            except RateLimitError as exc:
-                self._rate_limited(member, exc)
-                last = exc
-            except (APIConnectionError, APITimeoutError, ServerError) as exc:
-                self._failed(member, exc)
-                last = exc
-            tried.add(index)
+    # choosing -------------------------------------------------------------------------------------
+    async def acquire(self, tried: set[Server]) -> Server | None:
+        """The least loaded server in rotation with room, its slot taken; waits while none has one.
 
+        ``tried``: servers this request already failed on in this round. ``None``: no server in
+        rotation is left for it (the caller backs off and starts a new round).
+        """
+        queue = bool(self._waiters or self._woken)  # first come, first served
+        while True:
+            if queue:
+                await self._queue()
+            queue = True
+            found = self._ready(tried, time.monotonic())
+            if found is None or isinstance(found, Server):
+                if found is not None:
+                    found.limit.take()
+                return found
+            self._later(found)
+
+    def _ready(self, tried: set[Server], now: float) -> Server | float | None:
+        """A server to send to now; else the seconds until a pause ends (``0.0``: until a slot frees
+        or a probe answers); ``None`` when no server in rotation is left for this request."""
+        best: Server | None = None
+        soonest = 0.0
+        candidates = 0
+        for server in self.servers:
+            if server in tried:
+                continue
+            if server.state == DOWN:
+                if now < server.retry_at:
+                    continue
+                self._start_probe(server)
+            candidates += 1
+            if server.paused_until:
+                if server.paused_until > now:
+                    left = server.paused_until - now
+                    soonest = left if not soonest else min(soonest, left)
+                    continue
+                self._unpause(server)
+            if self._has_room(server) and (best is None or _less_loaded(server, best)):
+                best = server
+        if best is not None:
+            return best
+        return soonest if candidates else None
+
+    @staticmethod
+    def _has_room(server: Server) -> bool:
+        if server.state == PROBING:  # half-open: one real request is the probe (none while a GET probes)
+            return server.probe is None and server.limit.in_flight == 0
+        return server.limit.room() > 0
+
+    async def _queue(self) -> None:
+        """Wait in line for a wake-up (a slot freed, a state changed)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self._woken -= 1
+                self.wake()  # we were handed a wake-up but are leaving: pass it on
+            elif fut in self._waiters:
+                self._waiters.remove(fut)
+            raise
+        self._woken -= 1
+
+    def wake(self) -> None:
+        """Wake as many waiters as servers have free slots now (FIFO, no thundering herd)."""
+        waiters = self._waiters
+        if not waiters:
+            return
+        now = time.monotonic()
+        free = -self._woken
+        for server in self.servers:
+            if server.paused_until <= now and server.state != DOWN:
+                free += max(0, server.limit.room()) if server.state == UP else int(self._has_room(server))
+        while waiters and free > 0:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                self._woken += 1
+                free -= 1
+
+    def _later(self, delay: float) -> None:
+        """Wake every waiter after ``delay`` (a pause ends, a probe is due): one timer per group."""
+        if delay <= 0 or self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        when = loop.time() + delay
+        timer = self._timer
+        if timer is not None and not timer.cancelled() and timer.when() <= when:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._timer = loop.call_at(when, self._wake_all)
+
+    def _wake_all(self) -> None:
+        self._timer = None
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                self._woken += 1
+
+    # outcomes -------------------------------------------------------------------------------------
+    def answered(self, server: Server, latency: float) -> None:
+        server.limit.release(success=True, latency=latency)
+        server.sent += 1
+        server.window.add(False)
+        if server.state != UP or server.consecutive:
+            self._back_up(server)
+        self.wake()
+
+    def released(self, server: Server) -> None:
+        """A request that did not get an answer (cancelled, refused) gives its slot back."""
+        server.limit.release(success=False)
+        self.wake()
+
+    def failed(self, server: Server, exc: RetryableError, epoch: int) -> float | None:
+        """Count a transient failure against ``server``; returns the seconds of a server-wide pause
+        when 429s now dominate its answers and it said how long to wait, else ``None``."""
+        server.limit.release(success=False)
+        pause = None
+        if isinstance(exc, RateLimitError):
+            server.limit.backoff(since=epoch)
+            server.window.add(True)
+            if exc.retry_after is not None and server.window.dominated():
+                pause = min(exc.retry_after, self.max_retry_after)
+                self._pause(server, pause)
+        else:
+            if isinstance(exc, APITimeoutError) and capped(server.backend):
+                server.limit.backoff(since=epoch)  # a server too slow to answer is overloaded
+            self._unhealthy(server, exc)
+        self.wake()
+        return pause
+
+    def others_in_rotation(self, tried: set[Server]) -> bool:
+        """Whether a server this request has not tried yet is in rotation (failover at once)."""
+        return any(s.state != DOWN and s not in tried for s in self.servers)
+
+    def _pause(self, server: Server, seconds: float) -> None:
+        until = time.monotonic() + seconds
+        if until > server.paused_until:
+            server.paused_until = until
+            self.pauses[server.name] = Wait(self.roles, "429", time.time() + seconds, server_wide=True)
+            self._later(seconds)
+
+    def _unpause(self, server: Server) -> None:
+        server.paused_until = 0.0
+        self.pauses.pop(server.name, None)
+
+    def _unhealthy(self, server: Server, exc: LLMError) -> None:
+        server.failed += 1
+        if isinstance(exc, ServerError):
+            server.consecutive += 1
+            if server.consecutive < self.health.failures:
+                return
+        self._take_out(server)
+
+    def _take_out(self, server: Server) -> None:
+        """Out of rotation until a probe answers; never the last server in rotation (a group of one
+        keeps sending, with the dispatcher's backoff, as a single server always did)."""
+        if server.state == DOWN or not any(s is not server and s.state != DOWN for s in self.servers):
+            return
+        server.state = DOWN
+        server.downs += 1
+        server.consecutive = 0
+        delay = self.health.backoff(server.downs)
+        server.retry_at = time.monotonic() + delay
+        self._later(delay)
+
+    def _back_up(self, server: Server) -> None:
+        server.state = UP
+        server.consecutive = 0
+        server.downs = 0
+        self.wake()
+
+    def _start_probe(self, server: Server) -> None:
+        server.state = PROBING
+        lister = getattr(server.backend, "list_models", None)
+        if lister is None or self._closed:
+            return  # half-open: the next real request is the probe
+        server.probe = asyncio.get_running_loop().create_task(self._probe(server, lister))
+
+    async def _probe(self, server: Server, lister: Any) -> None:
+        try:
+            await lister(within=self.health.probe_timeout)
+        except (APIConnectionError, APITimeoutError, ServerError):
+            server.probe = None
+            server.state = UP  # so that _take_out sees it in rotation and takes it out again
+            self._take_out(server)
+            self._wake_all()  # requests waiting for this probe look again
+            return
+        except LLMError:
+            pass  # it answered (a key without the right to list models, say): it is up
+        server.probe = None
+        self._back_up(server)
+
+    # setup and shutdown ---------------------------------------------------------------------------
     async def aclose(self) -> None:
         self._closed = True
-        probes = [m.probe for m in self.members if m.probe is not None and not m.probe.done()]
+        if self._timer is not None:
+            self._timer.cancel()
+        probes = [s.probe for s in self.servers if s.probe is not None and not s.probe.done()]
         for task in probes:
             task.cancel()
         for task in probes:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for member in self.members:
-            await member.backend.aclose()
+        for server in self.servers:
+            await server.backend.aclose()
 
     async def list_models(self, *, within: float | None = None) -> list[str]:
-        """The models every reachable member serves; members that disagree are refused (never mixed)."""
+        """The models every reachable server serves; servers that disagree are refused (never mixed)."""
         seen: dict[str, list[str]] = {}
-        for member in self.members:
-            lister = getattr(member.backend, "list_models", None)
+        for server in self.servers:
+            lister = getattr(server.backend, "list_models", None)
             if lister is None:
                 continue
             try:
                 models: list[str] = await lister(within=within) if within is not None else await lister()
             except RetryableError:
-                continue  # down now; the pool takes it out when it fails a request
-            seen[member.name] = sorted(models)
+                continue  # down now; the group takes it out when it fails a request
+            seen[server.name] = sorted(models)
         distinct = {tuple(v) for v in seen.values()}
         if len(distinct) > 1:
             listed = "; ".join(f"{name}: {', '.join(m) or 'none'}" for name, m in seen.items())
@@ -188,9 +413,9 @@ class EndpointPool:
         return list(distinct.pop()) if distinct else []
 
     async def check(self) -> None:
-        """Each member's setup check (a refused key is refused before any work)."""
-        for member in self.members:
-            check = getattr(member.backend, "check", None)
+        """Each server's setup check (a refused key is refused before any work)."""
+        for server in self.servers:
+            check = getattr(server.backend, "check", None)
             if check is not None:
                 await check()
 
@@ -199,153 +424,16 @@ class EndpointPool:
         mono = time.monotonic() if now is None else now
         return [
             EndpointState(
-                m.name,
-                m.state,
-                m.limit.in_flight,
-                int(m.limit.limit),
-                m.sent,
-                m.failed,
-                max(0.0, m.retry_at - mono) if m.state == DOWN else None,
+                s.name,
+                s.state,
+                s.limit.in_flight,
+                min(int(s.limit.limit), s.limit.maximum),
+                s.sent,
+                s.failed,
+                max(0.0, s.retry_at - mono) if s.state == DOWN else None,
             )
-            for m in self.members
+            for s in self.servers
         ]
-
-    # choosing -------------------------------------------------------------------------------------
-    def _event(self) -> asyncio.Event:
-        if self._changed is None:
-            self._changed = asyncio.Event()
-        return self._changed
-
-    def _notify(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
-
-    def _none_up(self) -> APIConnectionError:
-        waits = [m.retry_at - time.monotonic() for m in self.members if m.state != UP]
-        soon = f"; next probe in {max(0.0, min(waits)):.0f}s" if waits else ""
-        return APIConnectionError(
-            f"no server of endpoint group {self.name!r} is in rotation "
-            f"({len(self.members)} out after failures{soon})"
-        )
-
-    def _candidates(self, tried: set[int], now: float) -> list[int]:
-        """Members this request may use: in rotation (or half-open for a probe) and not yet tried."""
-        found = []
-        for i, m in enumerate(self.members):
-            if i in tried:
-                continue
-            if m.state == DOWN and now >= m.retry_at:
-                self._start_probe(m)
-            if m.state == UP or (m.state == PROBING and m.probe is None and m.limit.in_flight == 0):
-                found.append(i)
-        return found
-
-    async def _choose(self, tried: set[int]) -> int | None:
-        """The least loaded member with room; waits while every candidate is full or paused.
-
-        ``None``: no member is left for this request (the caller raises). When no member at all is
-        in rotation but one is about to be probed, it waits for the probe rather than fail.
-        """
-        while True:
-            now = time.monotonic()
-            candidates = self._candidates(tried, now)
-            if not candidates:
-                if tried or not self._recovering(now):
-                    return None
-                await self._until_change(self._next_probe(now))
-                continue
-            members = self.members
-            ready = [i for i in candidates if members[i].paused_until <= now and members[i].has_room()]
-            if ready:
-                return min(ready, key=lambda i: (members[i].load(), members[i].sent, i))
-            pauses = [members[i].paused_until - now for i in candidates if members[i].paused_until > now]
-            await self._until_change(min(pauses) if len(pauses) == len(candidates) else None)
-
-    async def _until_change(self, within: float | None) -> None:
-        """Sleep until a slot frees, a member changes state, or ``within`` seconds pass."""
-        event = self._event()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), None if within is None else max(0.01, within))
-
-    def _recovering(self, now: float) -> bool:
-        """Whether a member will be probed soon enough to wait for (asked only when none is up)."""
-        return any(m.state == PROBING or m.retry_at - now <= self.health.probe_timeout for m in self.members)
-
-    def _next_probe(self, now: float) -> float:
-        waits = [m.retry_at - now for m in self.members if m.state == DOWN and m.retry_at > now]
-        return min([*waits, self.health.probe_timeout])
-
-    # sending --------------------------------------------------------------------------------------
-    async def _send(self, member: _Member, request: ChatRequest) -> Completion:
-        limit = member.limit
-        await limit.acquire()  # never waits: chosen only with room
-        epoch = limit.epoch
-        ok = False
-        try:
-            if member.rpm is not None:
-                await member.rpm.take(1)
-            completion = await member.backend.complete(request)
-            ok = True
-        except RateLimitError:
-            limit.backoff(since=epoch)
-            raise
-        finally:
-            limit.release(success=ok)
-            self._notify()
-        member.sent += 1
-        member.window.add(False)
-        if member.state != UP or member.consecutive:
-            self._back_up(member)
-        return completion
-
-    def _back_up(self, member: _Member) -> None:
-        member.state = UP
-        member.consecutive = 0
-        member.downs = 0
-        self._notify()
-
-    def _rate_limited(self, member: _Member, exc: RateLimitError) -> None:
-        """A 429 is this member's: its limit shrank; it pauses when 429s dominate and it said how long."""
-        member.window.add(True)
-        if exc.retry_after is not None and member.window.dominated():
-            member.paused_until = time.monotonic() + min(exc.retry_after, self.max_retry_after)
-
-    def _failed(self, member: _Member, exc: LLMError) -> None:
-        member.failed += 1
-        if isinstance(exc, ServerError):
-            member.consecutive += 1
-            if member.consecutive < self.health.failures:
-                return
-        self._take_out(member)
-
-    def _take_out(self, member: _Member) -> None:
-        if member.state == DOWN:
-            return
-        member.state = DOWN
-        member.downs += 1
-        member.consecutive = 0
-        member.retry_at = time.monotonic() + self.health.backoff(member.downs)
-        self._notify()
-
-    def _start_probe(self, member: _Member) -> None:
-        member.state = PROBING
-        lister = getattr(member.backend, "list_models", None)
-        if lister is None or self._closed:
-            return  # half-open: the next real request is the probe
-        member.probe = asyncio.get_running_loop().create_task(self._probe(member, lister))
-
-    async def _probe(self, member: _Member, lister: Any) -> None:
-        try:
-            await lister(within=self.health.probe_timeout)
-        except (APIConnectionError, APITimeoutError, ServerError):
-            member.probe = None
-            self._take_out(member)
-            return
-        except LLMError:
-            pass  # it answered (a key without the right to list models, say): it is up
-        member.probe = None
-        self._back_up(member)
 
 
 def describe_pool(states: Sequence[EndpointState]) -> str:
@@ -358,3 +446,7 @@ def describe_pool(states: Sequence[EndpointState]) -> str:
         else:
             parts.append(f"{s.name} {s.state} {s.in_flight}/{s.limit} ({s.sent} sent)")
     return inert_line("endpoints: " + ", ".join(parts)) if parts else ""
+
+
+def _less_loaded(a: Server, b: Server) -> bool:
+    return (a.load(), a.sent) < (b.load(), b.sent)

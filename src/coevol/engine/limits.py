@@ -1,65 +1,126 @@
-"""Concurrency and rate control for the dispatcher: an adaptive in-flight limit and token buckets."""
+"""One server's in-flight limit (adaptive: 429s, timeouts and queueing delay), token buckets, 429 window.
+
+Pure bookkeeping, no waiting: the endpoint group (``coevol.engine.endpoints``) decides who may send,
+and asks ``AdaptiveLimit.room()`` how many more requests a server takes now.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import deque
+from dataclasses import dataclass
+from typing import Final
 
-__all__ = ["AdaptiveLimit", "RateWindow", "TokenBucket"]
+__all__ = ["AdaptiveLimit", "Backpressure", "RateWindow", "TokenBucket"]
+
+_INITIAL: Final = 16  # slow start: the first window, doubled per round trip while latency holds
+
+
+@dataclass(frozen=True, slots=True)
+class Backpressure:
+    """When a server's answers say it queues: latency past ``tolerance`` x its unqueued latency.
+
+    A gradient rule (the family of TCP Vegas and Netflix's gradient limiter), because servers such
+    as vLLM and llama.cpp's never answer 429: they queue, and the only sign is time. The unqueued
+    latency is the lowest short-term average seen (``smoothing``: LLM answers vary in length, so a
+    single fastest answer would be an outlier), forgotten slowly (``drift`` per answer) so that a
+    server that really became slower is re-learned. Latency past ``tolerance`` times that baseline,
+    and by more than ``min_delay`` seconds (so a fast server's client-side jitter is no signal),
+    shrinks the limit toward the size whose latency would be within the tolerance, at most once
+    per round trip and at most by half; otherwise a limit in use grows. With ``tolerance`` 2 a
+    server keeps about as many requests queued as it runs: its batch stays full, the queue bounded.
+    """
+
+    tolerance: float = 2.0
+    min_delay: float = 0.05
+    smoothing: float = 0.2
+    drift: float = 0.0002
 
 
 class AdaptiveLimit:
-    """A semaphore whose size shrinks on 429s and grows back slowly (AIMD).
+    """How many requests one server may have in flight now; ``in_flight`` is what it has.
 
-    Keeps a server saturated without tuning: it starts at ``maximum`` and only backs off when the
-    server says it is overloaded.
+    Starts small and doubles per round trip (slow start) up to ``maximum`` while answers come back
+    unqueued; halves on overload (a 429, a timeout) once per burst; shrinks on queueing delay
+    (``Backpressure``, unless ``None``); grows back by about one request per round trip.
     """
 
-    def __init__(self, maximum: int, minimum: int = 1) -> None:
+    __slots__ = (
+        "_base",
+        "_cut_wait",
+        "_short",
+        "_since_cut",
+        "backoffs",
+        "backpressure",
+        "epoch",
+        "in_flight",
+        "limit",
+        "maximum",
+        "minimum",
+        "peak",
+        "slow_start",
+    )
+
+    def __init__(self, maximum: int, minimum: int = 1, *, backpressure: Backpressure | None = None) -> None:
         if maximum < 1:
             raise ValueError(f"maximum must be at least 1, got {maximum}")
         self.maximum = maximum
         self.minimum = max(1, min(minimum, maximum))
-        self.limit = float(maximum)
+        self.backpressure = backpressure
+        # Without a latency signal there is nothing to end a slow start: begin at the maximum.
+        self.slow_start = backpressure is not None and maximum > _INITIAL
+        self.limit = float(_INITIAL if self.slow_start else maximum)
         self.in_flight = 0
         self.peak = 0
         self.backoffs = 0
         self.epoch = 0  # bumped by every backoff; see ``backoff(since=...)``
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._short: float | None = None  # short-term average latency
+        self._base: float | None = None  # the unqueued latency
+        self._since_cut = 0  # answers since the limit last shrank on latency
+        self._cut_wait = 0  # answers to wait for before it may shrink again
 
-    async def acquire(self) -> None:
-        if self.in_flight < int(self.limit) and not self._waiters:
-            self.in_flight += 1
-            self.peak = max(self.peak, self.in_flight)
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut
-        except BaseException:
-            if fut.done() and not fut.cancelled():
-                self._release_slot()  # we were handed a slot but are leaving: pass it on
-            elif fut in self._waiters:
-                self._waiters.remove(fut)
-            raise
+    def room(self) -> int:
+        return int(self.limit) - self.in_flight
 
-    def _release_slot(self) -> None:
+    def take(self) -> None:
+        self.in_flight += 1
+        if self.in_flight > self.peak:
+            self.peak = self.in_flight
+
+    def release(self, *, success: bool = True, latency: float | None = None) -> None:
+        """A request ended; an answer (``success``) took ``latency`` seconds from send to answer."""
         self.in_flight -= 1
-        self._wake()
+        if not success:
+            return
+        if latency is not None and self.backpressure is not None and self._queueing(latency):
+            return
+        if self.limit >= self.maximum:
+            return
+        if not self.slow_start:
+            self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
+        elif 2 * (self.in_flight + 1) >= self.limit:  # only a window in use doubles
+            self.limit = min(float(self.maximum), self.limit + 1.0)
 
-    def _wake(self) -> None:
-        while self._waiters and self.in_flight < int(self.limit):
-            fut = self._waiters.popleft()
-            if not fut.done():
-                self.in_flight += 1
-                self.peak = max(self.peak, self.in_flight)
-                fut.set_result(None)
-
-    def release(self, *, success: bool = True) -> None:
-        if success and self.limit < self.maximum:
-            self.limit = min(self.maximum, self.limit + 1.0 / self.limit)
-        self._release_slot()
+    def _queueing(self, latency: float) -> bool:
+        """Feed one latency to the gradient rule; True when it shows the server queueing."""
+        bp = self.backpressure
+        assert bp is not None
+        short = latency if self._short is None else self._short + bp.smoothing * (latency - self._short)
+        self._short = short
+        base = self._base
+        base = short if base is None or short < base else base * (1.0 + bp.drift)
+        self._base = base
+        self._since_cut += 1
+        if short <= bp.tolerance * base or short - base <= bp.min_delay:
+            return False
+        if self._since_cut >= self._cut_wait:
+            self.slow_start = False
+            self.limit = max(float(self.minimum), self.limit * max(0.5, bp.tolerance * base / short))
+            self._since_cut = 0
+            # Requests in flight now were sent under the old limit: their latency says nothing new.
+            self._cut_wait = self.in_flight
+        return True
 
     def backoff(self, since: int | None = None) -> bool:
         """Halve the limit after the server signalled overload; True if it did.
@@ -70,10 +131,17 @@ class AdaptiveLimit:
         """
         if since is not None and since != self.epoch:
             return False
+        self.slow_start = False
         self.limit = max(float(self.minimum), self.limit / 2)
         self.epoch += 1
         self.backoffs += 1
         return True
+
+    def cap(self, capacity: int) -> None:
+        """The server said how many requests it runs at once: never keep more in flight there."""
+        self.maximum = max(1, min(self.maximum, capacity))
+        self.minimum = min(self.minimum, self.maximum)
+        self.limit = min(self.limit, float(self.maximum))
 
 
 class TokenBucket:
