@@ -13,6 +13,7 @@ from coevol.config import Config, load_config
 from coevol.engine.build import build_engine
 from coevol.engine.dispatch import Dispatcher, RetryPolicy, Route
 from coevol.engine.endpoints import EndpointGroup, EndpointState, HealthPolicy, describe_pool
+from coevol.engine.runner import role_routes
 from coevol.errors import (
     APIConnectionError,
     APITimeoutError,
@@ -21,6 +22,7 @@ from coevol.errors import (
     RateLimitError,
     ServerError,
 )
+from coevol.llm.openai_http import OpenAIHTTPBackend
 from coevol.llm.types import ChatRequest, Completion
 from coevol.store.sqlite import Store
 from coevol.testing.responders import CoEvolResponder
@@ -343,3 +345,83 @@ async def test_two_servers_one_stopped_mid_run_gives_the_one_server_output(tmp_p
     pool = stats.pools[0]
     assert {s.name: s.sent > 0 for s in pool.states()} == dict.fromkeys(urls, True)
     assert {s.name: s.state for s in pool.states()}[urls[1]] != "up"  # out of rotation at the end
+
+
+# --- the group's identity: cache keys, 0.2 stores, the model, the trace ---------------------------
+
+
+async def test_one_server_under_another_host_name_replays_everything(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "in.jsonl", alpaca_rows(6))
+    cache = tmp_path / "shared.coevol.db"
+    with ThreadedServer(responder=CoEvolResponder()) as server:
+        port = server.base_url.split(":")[2].split("/")[0]
+        first, stats = await refine_file(
+            f"http://127.0.0.1:{port}/v1", data, tmp_path / "a" / "out.jsonl", cache=str(cache)
+        )
+        sent = server.count()
+        again, replay = await refine_file(
+            f"http://localhost:{port}/v1", data, tmp_path / "b" / "out.jsonl", cache=str(cache)
+        )
+        assert server.count() == sent  # the same group (pool:pool): nothing sent again
+    assert first.complete and again.complete
+    assert stats.sent == sent > 0 and replay.sent == 0 and replay.cached == stats.sent
+    assert (tmp_path / "a" / "out.jsonl").read_bytes() == (tmp_path / "b" / "out.jsonl").read_bytes()
+
+
+async def test_a_store_written_by_0_2_still_replays_a_single_servers_calls(tmp_path: Path) -> None:
+    store = Store(tmp_path / "old.coevol.db")
+    asked = [[{"role": "user", "content": f"q{i}"}] for i in range(4)]
+    with ThreadedServer() as server:
+        # coevol 0.2 keyed one server's calls by its URL: a group of one without a name does too.
+        old = OpenAIHTTPBackend(server.base_url)
+        d = Dispatcher({"judge": Route(old, "fake")}, store=store)
+        assert d.request("judge", asked[0]).endpoint == server.base_url
+        before = [await d("judge", m) for m in asked]
+        await old.aclose()
+        sent = server.count()
+        engine = await build_engine(
+            load_config(None, {"base_url": server.base_url, "model": "fake"}), store=store
+        )
+        try:
+            assert engine.dispatcher.request("judge", asked[0]).endpoint == "pool:pool"
+            after = [await engine.dispatcher("judge", m) for m in asked]
+        finally:
+            await engine.aclose()
+        assert server.count() == sent  # found under the old key, not sent again
+    store.close()
+    assert [c.text for c in after] == [c.text for c in before] and all(c.cached for c in after)
+
+
+async def test_a_server_that_does_not_serve_the_model_is_refused_before_any_work() -> None:
+    with ThreadedServer(model="m") as good, ThreadedServer(model="other") as other:
+        config = load_config(None, {"base_url": [good.base_url, other.base_url], "model": "m"})
+        with pytest.raises(
+            ConfigError, match="not every server of endpoint group 'pool' serves model 'm'"
+        ) as info:
+            await build_engine(config)
+        assert other.base_url in str(info.value) and good.base_url not in str(info.value)
+        assert good.count() == other.count() == 0
+
+
+async def test_servers_that_list_no_such_model_at_all_are_not_refused() -> None:
+    # llama.cpp's server answers to any model name; only a server that lists it while another does
+    # not is a stranger.
+    with ThreadedServer(model="a.gguf") as a, ThreadedServer(model="a.gguf") as b:
+        config = load_config(None, {"base_url": [a.base_url, b.base_url], "model": "qwen"})
+        engine = await build_engine(config)
+        await engine.aclose()
+
+
+async def test_the_trace_names_the_servers_and_the_group_the_user_chose() -> None:
+    with ThreadedServer() as a, ThreadedServer() as b:
+        named = load_config(
+            None, {"base_url": [a.base_url, b.base_url], "endpoint_group": "qwen-7b", "model": "fake"}
+        )
+        engine = await build_engine(named)
+        await engine.aclose()
+        assert role_routes(engine.dispatcher)["judge"].endpoint == f"qwen-7b: {a.base_url}, {b.base_url}"
+        assert engine.dispatcher.request("judge", MSGS).endpoint == "pool:qwen-7b"
+        unnamed = load_config(None, {"base_url": [a.base_url, b.base_url], "model": "fake"})
+        engine = await build_engine(unnamed)
+        await engine.aclose()
+        assert role_routes(engine.dispatcher)["judge"].endpoint == f"{a.base_url}, {b.base_url}"

@@ -329,7 +329,7 @@ async def _run(
         rule=rule.value,
         judge={
             "model": route.model,
-            "endpoint": route.backend.endpoint,
+            "endpoint": route.shown,
             "kind": cfg.judge,
             "reasks": cfg.judge_reasks,
         },

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coevol.config import ROLES, Config, EndpointConfig
+from coevol.engine.capacity import learn_capacity
 from coevol.engine.dispatch import Dispatcher, RetryPolicy, Route
 from coevol.engine.endpoints import EndpointGroup
 from coevol.errors import ConfigError
@@ -95,6 +96,12 @@ async def _resolve_model(backend: Backend | EndpointGroup) -> str:
     raise ConfigError(f"no model given for {where} and it serves {len(models)} ({listed}); pass --model")
 
 
+async def _serving(group: Backend | EndpointGroup, model: str) -> None:
+    """Refuse a group with a server that does not serve ``model`` while another one lists it."""
+    if isinstance(group, EndpointGroup) and len(group.servers) > 1:
+        await group.check_model(model)
+
+
 async def _checked(backend: Backend) -> Backend:
     """Run the backend's setup check (key accepted, base URL right) before any work is sent."""
     check = getattr(backend, "check", None)
@@ -123,23 +130,33 @@ async def _build_group(
     group: str | None,
     given: dict[str, Backend],
     own: list[Backend | EndpointGroup],
-) -> Backend | EndpointGroup:
-    """One server: its backend (cache keys name its masked URL, as always). A group: a pool of
-    members whose requests are cached under the group's name."""
-    if group is None:
-        return await _member(config, endpoints[0], given, own)
+) -> EndpointGroup:
+    """The endpoint group of a role's servers (one server is a group of one), its requests cached
+    under the group's name (``pool:NAME``, default ``pool:pool``), never a server's URL: a rerun
+    against another host name or other servers replays what was paid for. Each server that
+    reports its slots is capped at them (``coevol.engine.capacity``)."""
     members = [await _member(config, e, given, own) for e in endpoints]
     share = -(-config.concurrency // len(endpoints))  # --concurrency is the whole group's
     pool = EndpointGroup(
         members,
-        name=group,
+        name=group or "pool",
+        shown=_shown(group, members),
         limits=[e.concurrency or share for e in endpoints],
         rpms=[e.rpm for e in endpoints],
         max_retry_after=config.max_retry_after,
     )
+    if len(members) == 1 and group is None:
+        pool.former = members[0].endpoint  # what coevol 0.2 keyed a single server's calls by
     own[:] = [b for b in own if b not in members]
-    own.append(pool)  # the pool closes its members
+    own.append(pool)  # the group closes its servers
+    await learn_capacity(pool)
     return pool
+
+
+def _shown(group: str | None, members: list[Backend]) -> str:
+    """What the trace and ``show`` say served a role: the group the user named, and its servers."""
+    servers = ", ".join(m.endpoint for m in members)
+    return f"{group}: {servers}" if group and group != "pool" else servers
 
 
 async def _routes(
@@ -150,6 +167,7 @@ async def _routes(
 ) -> dict[str, Route]:
     """A route per role; backends are created into ``made`` (those created here also into ``own``)."""
     routes: dict[str, Route] = {}
+    served: set[tuple[GroupKey, str]] = set()  # groups whose servers were checked for a model
     for role in ROLES:
         rc = config.role(role)
         endpoints, group = config.role_endpoints(role)
@@ -163,6 +181,9 @@ async def _routes(
             if key not in made:
                 made[key] = await _build_group(config, endpoints, group, given, own)
             model = rc.model or await _resolve_model(made[key])
+            if rc.model and (key, rc.model) not in served:
+                await _serving(made[key], rc.model)
+                served.add((key, rc.model))
         assert rc.max_tokens is not None and rc.temperature is not None and rc.top_p is not None
         params = GenParams(max_tokens=rc.max_tokens, temperature=rc.temperature, top_p=rc.top_p, seed=rc.seed)
         routes[role] = Route(made[key], model, params, bool(rc.merge_system))
@@ -187,7 +208,7 @@ async def build_engine(
             await backend.aclose()
         raise
     local = any(not servers for _, servers in made)
-    pools = [b for b in made.values() if isinstance(b, EndpointGroup)]
+    pools = [b for b in made.values() if isinstance(b, EndpointGroup) and len(b.servers) > 1]
     dispatcher = Dispatcher(
         routes,
         store=store,

@@ -28,6 +28,7 @@ from coevol.conversation import estimate_tokens
 from coevol.engine.endpoints import EndpointGroup, Server, Wait
 from coevol.engine.limits import Backpressure, TokenBucket
 from coevol.errors import (
+    APITimeoutError,
     AuthenticationError,
     ConfigError,
     FatalError,
@@ -51,6 +52,12 @@ class Route:
     model: str
     params: GenParams = field(default_factory=GenParams)
     merge_system: bool = False
+
+    @property
+    def shown(self) -> str:
+        """What served this route, for the trace: the servers (and the group's name, if given)."""
+        backend = self.backend
+        return backend.shown if isinstance(backend, EndpointGroup) else backend.endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +136,13 @@ class Dispatcher:
         self.retry = retry or RetryPolicy()
         self.stats = stats or RunStats()
         self.groups = self._group(max_in_flight, backpressure)
+        # A store written by coevol 0.2 keyed a single server's calls by its URL: on a miss, those
+        # groups look there too (only when the store held calls before this run began).
+        self._former = {
+            role: g.former for role, g in self.groups.items() if g.former is not None and store is not None
+        }
+        if self._former and store is not None and not store.count_calls():
+            self._former = {}
         self.peak = 0  # the most requests in flight at once, over every server
         self._sending = 0
         self._rpm = TokenBucket(rpm) if rpm else None
@@ -199,12 +213,14 @@ class Dispatcher:
             await asyncio.wait(left)
         return len(left)
 
-    async def _replayed(self, role: str, key: str) -> Completion | None:
+    async def _replayed(self, role: str, request: ChatRequest, key: str) -> Completion | None:
         """The stored answer, or that of an identical request already on the wire; ``None``: send."""
         store = self.store
         stats = self.stats
         while True:
             hit = store.get_call(key) if store is not None else None
+            if hit is None and role in self._former and store is not None:
+                hit = store.get_call(replace(request, endpoint=self._former[role]).key())
             if hit is not None:
                 stats.cached += 1
                 _add_usage(stats.cached_usage, role, hit)
@@ -226,7 +242,7 @@ class Dispatcher:
     async def _call(self, role: str, messages: Sequence[Message], attempt: int) -> Completion:
         request = self.request(role, messages, attempt=attempt)
         key = request.key()
-        replayed = await self._replayed(role, key)
+        replayed = await self._replayed(role, request, key)
         if replayed is not None:
             return replayed
         fut: asyncio.Future[_Shared] = asyncio.get_running_loop().create_future()
@@ -308,7 +324,7 @@ class Dispatcher:
             if server.rpm is not None:
                 await server.rpm.take(1)
             sent_at = time.monotonic()
-            completion = await server.backend.complete(request)
+            completion = await self._on_the_wire(server, token, request)
             latency = time.monotonic() - sent_at
             stats.sent += 1
             _add_usage(stats.usage, role, completion)
@@ -321,6 +337,12 @@ class Dispatcher:
             if isinstance(exc, RateLimitError):
                 stats.rate_limited += 1
             return exc, group.failed(server, exc, epoch) is not None
+        except asyncio.CancelledError:
+            stalled = _stalled(server, token)
+            if stalled is None:
+                group.released(server)
+                raise
+            return stalled, group.failed(server, stalled, epoch) is not None
         except (AuthenticationError, NotFoundError) as exc:
             group.released(server)
             scope = request.endpoint, None if isinstance(exc, AuthenticationError) else request.model
@@ -336,6 +358,18 @@ class Dispatcher:
         if self._tpm is not None:
             self._settle_tokens(request, completion)
         return completion
+
+    @staticmethod
+    async def _on_the_wire(server: Server, token: int, request: ChatRequest) -> Completion:
+        """The call itself, cancellable by the group while it lasts (see ``_find_stalls``)."""
+        task = asyncio.current_task()
+        if task is None:
+            return await server.backend.complete(request)
+        server.attempts[token] = task
+        try:
+            return await server.backend.complete(request)
+        finally:
+            del server.attempts[token]
 
     async def _wait(self, role: str, reason: str, delay: float) -> None:
         """Sleep out one request's backoff, visible in ``stats.waits`` while it lasts."""
@@ -369,6 +403,21 @@ class Dispatcher:
         if self._tpm is not None:
             used = completion.prompt_tokens + completion.completion_tokens
             self._tpm.give_back(max(0.0, self._estimate_tokens(request) - used))
+
+
+def _stalled(server: Server, token: int) -> APITimeoutError | None:
+    """The error for an attempt the group cancelled because its server stalled; ``None`` when the
+    cancellation came from elsewhere (the run stopping) and must propagate."""
+    if token not in server.evicted:
+        return None
+    server.evicted.discard(token)
+    task = asyncio.current_task()
+    if task is not None and task.uncancel() > 0:
+        return None  # cancelled by someone else too
+    return APITimeoutError(
+        f"no answer from {server.name} for {time.monotonic() - server.progress_at:.0f}s while another "
+        "server of its group answered: it left rotation and the request went to another server"
+    )
 
 
 def _reason(exc: RetryableError) -> str:

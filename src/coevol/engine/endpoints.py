@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +84,11 @@ class HealthPolicy:
     base_backoff: float = 1.0  # seconds before the first probe
     max_backoff: float = 30.0
     probe_timeout: float = 10.0
+    # A server with requests in flight and no answer for this long (and for ``stall_factor`` times
+    # its usual latency) while another server of the group answers is stalled: it leaves rotation
+    # and its requests go elsewhere.
+    stall_after: float = 30.0
+    stall_factor: float = 10.0
 
     def backoff(self, downs: int) -> float:
         return float(min(self.max_backoff, self.base_backoff * 2 ** max(0, downs - 1)))
@@ -106,14 +111,18 @@ class Server:
     """One server of a group and everything the scheduler knows about it."""
 
     __slots__ = (
+        "attempts",
         "backend",
         "consecutive",
         "downs",
+        "evicted",
         "failed",
+        "latency",
         "limit",
         "name",
         "paused_until",
         "probe",
+        "progress_at",
         "retry_at",
         "rpm",
         "sent",
@@ -140,6 +149,10 @@ class Server:
         self.sent = 0
         self.failed = 0
         self.probe: asyncio.Task[None] | None = None
+        self.latency = 0.0  # average seconds per answer (0: none yet)
+        self.progress_at = 0.0  # last answer, or when it last went from idle to busy
+        self.attempts: dict[int, asyncio.Task[Any]] = {}  # requests on the wire, by token
+        self.evicted: set[int] = set()  # of those, the ones cancelled because it stalled
 
     def load(self) -> float:
         return self.limit.in_flight / max(1, int(self.limit.limit))
@@ -158,6 +171,7 @@ class EndpointGroup:
         health: HealthPolicy | None = None,
         max_retry_after: float = 90.0,
         backpressure: Backpressure | None = Backpressure(),  # noqa: B008  (frozen: shared safely)
+        shown: str | None = None,
     ) -> None:
         if not members:
             raise ConfigError("an endpoint group needs at least one server")
@@ -169,6 +183,10 @@ class EndpointGroup:
         # endpoint; a named group under ``pool:NAME``.
         self.endpoint = group_endpoint(name) if name is not None else members[0].endpoint
         self.name = name or members[0].endpoint
+        self.shown = shown or ", ".join(b.endpoint for b in members)  # for the trace and ``show``
+        # The endpoint coevol 0.2 cached this group's calls under (a single server's URL), looked up
+        # when a call is not found under ``endpoint``: a 0.2 store still replays.
+        self.former: str | None = None
         self.health = health or HealthPolicy()
         self.max_retry_after = max_retry_after
         self.servers = [Server(b, n, r, backpressure) for b, n, r in zip(members, limits, rpms, strict=True)]
@@ -177,6 +195,8 @@ class EndpointGroup:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._woken = 0  # waiters handed a wake-up that have not run yet
         self._timer: asyncio.TimerHandle | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._watchers: list[asyncio.Task[None]] = []
         self._closed = False
 
     # choosing -------------------------------------------------------------------------------------
@@ -191,10 +211,13 @@ class EndpointGroup:
             if queue:
                 await self._queue()
             queue = True
-            found = self._ready(tried, time.monotonic())
+            now = time.monotonic()
+            found = self._ready(tried, now)
             if found is None or isinstance(found, Server):
                 if found is not None:
                     found.limit.take()
+                    if found.limit.in_flight == 1:
+                        found.progress_at = now
                 return found
             self._later(found)
 
@@ -288,9 +311,57 @@ class EndpointGroup:
         server.limit.release(success=True, latency=latency)
         server.sent += 1
         server.window.add(False)
+        server.latency = latency if not server.latency else 0.9 * server.latency + 0.1 * latency
+        server.progress_at = now = time.monotonic()
         if server.state != UP or server.consecutive:
             self._back_up(server)
+        if len(self.servers) > 1:
+            self._find_stalls(server, now)
         self.wake()
+
+    def _find_stalls(self, answering: Server, now: float) -> None:
+        """Servers that hold requests without answering while ``answering`` answers: out of
+        rotation, and their requests cancelled so the dispatcher sends them to another server.
+
+        A server that accepted connections and then never answers (or drips bytes) would otherwise
+        hold its requests, and the samples waiting on them, until the request timeout. One that is
+        not overdue yet is looked at again when it will be (the other servers may fall silent
+        meanwhile: their work waits on it).
+        """
+        health = self.health
+        due: float | None = None
+        for s in self.servers:
+            if s is answering or s.state == DOWN or not s.attempts or not capped(s.backend):
+                continue
+            if answering.progress_at <= s.progress_at:
+                continue  # nobody answered since it last did: no evidence against it
+            at = s.progress_at + max(
+                health.stall_after, health.stall_factor * (s.latency or answering.latency)
+            )
+            if now < at:
+                due = at if due is None else min(due, at)
+                continue
+            self._take_out(s)
+            for token, task in s.attempts.items():
+                s.evicted.add(token)
+                task.cancel()
+        if due is not None:
+            self._recheck(answering, due - now)
+
+    def _recheck(self, answering: Server, delay: float) -> None:
+        timer = self._stall_timer
+        loop = asyncio.get_running_loop()
+        if self._closed or (
+            timer is not None and not timer.cancelled() and timer.when() <= loop.time() + delay
+        ):
+            return
+        if timer is not None:
+            timer.cancel()
+        self._stall_timer = loop.call_later(delay, self._stall_check, answering)
+
+    def _stall_check(self, answering: Server) -> None:
+        self._stall_timer = None
+        self._find_stalls(answering, time.monotonic())
 
     def released(self, server: Server) -> None:
         """A request that did not get an answer (cancelled, refused) gives its slot back."""
@@ -378,11 +449,17 @@ class EndpointGroup:
         self._back_up(server)
 
     # setup and shutdown ---------------------------------------------------------------------------
+    def watch(self, watcher: Coroutine[Any, Any, None]) -> None:
+        """Run ``watcher`` (a look at a server's own load) until the group closes."""
+        self._watchers.append(asyncio.get_running_loop().create_task(watcher))
+
     async def aclose(self) -> None:
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._stall_timer):
+            if timer is not None:
+                timer.cancel()
         probes = [s.probe for s in self.servers if s.probe is not None and not s.probe.done()]
+        probes += [task for task in self._watchers if not task.done()]
         for task in probes:
             task.cancel()
         for task in probes:
@@ -391,8 +468,8 @@ class EndpointGroup:
         for server in self.servers:
             await server.backend.aclose()
 
-    async def list_models(self, *, within: float | None = None) -> list[str]:
-        """The models every reachable server serves; servers that disagree are refused (never mixed)."""
+    async def _listed(self, within: float | None) -> dict[str, list[str]]:
+        """The models each reachable server lists, by server."""
         seen: dict[str, list[str]] = {}
         for server in self.servers:
             lister = getattr(server.backend, "list_models", None)
@@ -403,6 +480,11 @@ class EndpointGroup:
             except RetryableError:
                 continue  # down now; the group takes it out when it fails a request
             seen[server.name] = sorted(models)
+        return seen
+
+    async def list_models(self, *, within: float | None = None) -> list[str]:
+        """The models every reachable server serves; servers that disagree are refused (never mixed)."""
+        seen = await self._listed(within)
         distinct = {tuple(v) for v in seen.values()}
         if len(distinct) > 1:
             listed = "; ".join(f"{name}: {', '.join(m) or 'none'}" for name, m in seen.items())
@@ -411,6 +493,22 @@ class EndpointGroup:
                 "a group must serve one model: pass --model, or give each model its own role"
             )
         return list(distinct.pop()) if distinct else []
+
+    async def check_model(self, model: str) -> None:
+        """Refuse the group when a server does not list ``model`` while another server does.
+
+        When no server lists it, none is refused: llama.cpp's server and Ollama answer to names
+        they do not list, and the first 404 says what a server offers.
+        """
+        seen = await self._listed(None)
+        strangers = [name for name, models in seen.items() if model not in models]
+        if not strangers or len(strangers) == len(seen):
+            return
+        listed = "; ".join(f"{name}: {', '.join(seen[name][:10]) or 'none'}" for name in strangers)
+        raise ConfigError(
+            f"not every server of endpoint group {self.name!r} serves model {model!r} ({listed}); "
+            "a group must serve one model: drop those servers, or give them their own role"
+        )
 
     async def check(self) -> None:
         """Each server's setup check (a refused key is refused before any work)."""

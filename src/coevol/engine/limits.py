@@ -137,6 +137,13 @@ class AdaptiveLimit:
         self.backoffs += 1
         return True
 
+    def shed(self, waiting: int) -> None:
+        """The server says ``waiting`` requests wait in its queue: keep that many fewer in flight."""
+        target = max(float(self.minimum), float(self.in_flight - waiting))
+        if target < self.limit:
+            self.slow_start = False
+            self.limit = target
+
     def cap(self, capacity: int) -> None:
         """The server said how many requests it runs at once: never keep more in flight there."""
         self.maximum = max(1, min(self.maximum, capacity))

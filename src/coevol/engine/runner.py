@@ -519,7 +519,7 @@ class Runner:
 
 def role_routes(dispatcher: Dispatcher) -> dict[str, RoleRoute]:
     """Which model and endpoint serves each role, for the trace."""
-    return {role: RoleRoute(r.model, r.backend.endpoint) for role, r in dispatcher.routes.items()}
+    return {role: RoleRoute(r.model, r.shown) for role, r in dispatcher.routes.items()}
 
 
 def _shorten(text: str, width: int = 160) -> str:

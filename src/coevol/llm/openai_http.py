@@ -266,6 +266,15 @@ class OpenAIHTTPBackend:
         self._models = models
         return models
 
+    async def fetch_root(self, path: str, *, within: float = _PROBE_TIMEOUT) -> bytes:
+        """``GET path`` beside the API rather than under it (``http://h:8080/v1`` -> ``http://h:8080``):
+        llama.cpp's ``/props`` and ``/slots``, vLLM's ``/metrics``, where servers say their capacity."""
+        parts = urlsplit(self._real_base)
+        prefix = parts.path.rstrip("/")
+        prefix = prefix.removesuffix("/v1")
+        url = urlunsplit((parts.scheme, parts.netloc, prefix + path, parts.query, ""))
+        return await self._send("GET", URL(url), None, within=within)
+
     async def check(self) -> None:
         """Setup check before any work: the key is accepted and the base URL is right.
 

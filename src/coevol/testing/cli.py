@@ -93,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--hang-seconds", type=float, default=30.0, help="how long hang and stall faults last")
     p.add_argument("--huge-bytes", type=int, default=10_000_000, help="answer size of huge faults")
     p.add_argument("--no-record", action="store_true", help="do not keep request bodies (benchmarks)")
+    p.add_argument(
+        "--reports",
+        choices=("llama.cpp", "vllm"),
+        default=None,
+        help="say the capacity as that server does (/props and /slots, or /metrics)",
+    )
     return p
 
 
@@ -121,6 +127,7 @@ def _server_from_args(args: argparse.Namespace) -> FakeOpenAIServer:
         port=args.port,
         model=args.model,
         api_key=args.api_key,
+        reports=args.reports,
     )
 
 

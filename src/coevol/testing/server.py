@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Literal, Self
 
 import orjson
 from aiohttp import web
@@ -107,6 +107,9 @@ class _Counters:
     active: int = 0
     max_active: int = 0
     busy_slot_seconds: float = 0.0
+    queued: int = 0  # waiting for a slot now
+    max_queued: int = 0
+    queued_seconds: float = 0.0  # total time requests waited for a slot
     first_start: float | None = None
     last_end: float | None = None
     responder_errors: int = 0
@@ -143,6 +146,11 @@ class FakeOpenAIServer:
     requests are answered at once and the rest queue, like a GPU serving a fixed batch. Faults are
     answered at once and bypass the slot model (a gateway rejecting, not a GPU working). With
     ``api_key`` set, a request without ``Authorization: Bearer <api_key>`` gets a 401.
+
+    ``reports`` makes it say its capacity the way real servers do: ``"llama.cpp"`` answers
+    ``GET /props`` (``total_slots``) and ``GET /slots``; ``"vllm"`` answers ``GET /metrics`` with
+    ``vllm:num_requests_running`` and ``vllm:num_requests_waiting``. Without it those paths are 404,
+    as on most servers.
     """
 
     def __init__(
@@ -157,6 +165,7 @@ class FakeOpenAIServer:
         port: int = 0,
         model: str = "fake-model",
         api_key: str | None = None,
+        reports: Literal["llama.cpp", "vllm"] | None = None,
     ) -> None:
         if slots is not None and slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots}")
@@ -168,6 +177,7 @@ class FakeOpenAIServer:
         self.host = host
         self.port = port
         self.model = model
+        self.reports = reports
         self._api_key = api_key
         self.requests: list[RecordedRequest] = []
         self._seen: dict[str, int] = {}
@@ -209,6 +219,11 @@ class FakeOpenAIServer:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/stats", self._stats)
         app.router.add_post("/reset", self._reset)
+        if self.reports == "llama.cpp":
+            app.router.add_get("/props", self._props)
+            app.router.add_get("/slots", self._slots)
+        elif self.reports == "vllm":
+            app.router.add_get("/metrics", self._metrics)
         runner = web.AppRunner(
             app, access_log=None, handler_cancellation=True, shutdown_timeout=_SHUTDOWN_GRACE
         )
@@ -241,6 +256,7 @@ class FakeOpenAIServer:
         c = self._counters
         wall = (c.last_end - c.first_start) if c.first_start is not None and c.last_end is not None else 0.0
         utilization = c.busy_slot_seconds / (self.slots * wall) if self.slots and wall > 0 else None
+        waited = c.completed
         return {
             "requests": c.requests,
             "completed": c.completed,
@@ -252,6 +268,9 @@ class FakeOpenAIServer:
             "busy_slot_seconds": c.busy_slot_seconds,
             "wall_seconds": wall,
             "utilization": utilization,
+            "max_queued": c.max_queued,
+            "queued_seconds": c.queued_seconds,
+            "mean_queue_wait": c.queued_seconds / waited if waited else 0.0,
             "responder_errors": c.responder_errors,
             "faults": dict(c.faults),
             "distinct_bodies": len(self._seen),
@@ -332,7 +351,7 @@ class FakeOpenAIServer:
             c.completed += 1
             return response
         if sem is not None:
-            await sem.acquire()
+            await self._wait_for_slot(sem, c)
         try:
             began = time.monotonic()
             if rec is not None:
@@ -353,6 +372,21 @@ class FakeOpenAIServer:
                 sem.release()
         c.completed += 1
         return response
+
+    @staticmethod
+    async def _wait_for_slot(sem: asyncio.Semaphore, c: _Counters) -> None:
+        """Queue for a slot like a GPU server's scheduler does; the wait is counted."""
+        if not sem.locked():
+            await sem.acquire()
+            return
+        arrived = time.monotonic()
+        c.queued += 1
+        c.max_queued = max(c.max_queued, c.queued)
+        try:
+            await sem.acquire()
+        finally:
+            c.queued -= 1
+            c.queued_seconds += time.monotonic() - arrived
 
     def _reply(self, body: dict[str, Any]) -> Reply | web.Response:
         """The responder's answer, or the 500 a raising responder earns."""
@@ -459,6 +493,31 @@ class FakeOpenAIServer:
             "data": [{"id": self.model, "object": "model", "created": 0, "owned_by": "coevol-fake"}],
         }
         return web.Response(body=orjson.dumps(payload), content_type=_JSON)
+
+    async def _props(self, request: web.Request) -> web.Response:
+        """llama.cpp server's ``/props``: how many requests it runs at once."""
+        payload = {"total_slots": self.slots or 1, "model_path": self.model}
+        return web.Response(body=orjson.dumps(payload), content_type=_JSON)
+
+    async def _slots(self, request: web.Request) -> web.Response:
+        """llama.cpp server's ``/slots``: one entry per slot, busy or idle."""
+        active = self._counters.active
+        slots = [{"id": i, "is_processing": i < active} for i in range(self.slots or 1)]
+        return web.Response(body=orjson.dumps(slots), content_type=_JSON)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """vLLM's Prometheus ``/metrics``: requests running on the GPU and waiting for it."""
+        c = self._counters
+        label = f'{{model_name="{self.model}"}}'
+        text = (
+            "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+            "# TYPE vllm:num_requests_running gauge\n"
+            f"vllm:num_requests_running{label} {float(c.active)}\n"
+            "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+            "# TYPE vllm:num_requests_waiting gauge\n"
+            f"vllm:num_requests_waiting{label} {float(c.queued)}\n"
+        )
+        return web.Response(text=text, content_type="text/plain")
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(self.stats()), content_type=_JSON)
