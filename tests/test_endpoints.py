@@ -425,3 +425,23 @@ async def test_the_trace_names_the_servers_and_the_group_the_user_chose() -> Non
         engine = await build_engine(unnamed)
         await engine.aclose()
         assert role_routes(engine.dispatcher)["judge"].endpoint == f"{a.base_url}, {b.base_url}"
+
+
+class Busy(Fake):
+    """Times out before its first byte, as a server busy with a long queue does."""
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        self.calls += 1
+        exc = APITimeoutError("no first byte in time")
+        setattr(exc, "stalled", False)  # noqa: B010  (the transport's attribute; not every error has it)
+        raise exc
+
+
+async def test_a_busy_server_that_times_out_stays_in_rotation_with_a_smaller_limit() -> None:
+    a, b = Busy("a"), Fake("b")
+    pool = EndpointGroup([a, b], limits=[8, 8], health=FAST)
+    pool.servers[1].sent = 1000  # a first
+    answer = await Asker(pool)()
+    assert answer.text.startswith("b:")  # the request went on to b at once
+    assert [s.state for s in pool.states()] == ["up", "up"]  # busy is not broken
+    assert pool.servers[0].limit.limit == 4

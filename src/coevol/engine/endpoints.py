@@ -370,7 +370,13 @@ class EndpointGroup:
 
     def failed(self, server: Server, exc: RetryableError, epoch: int) -> float | None:
         """Count a transient failure against ``server``; returns the seconds of a server-wide pause
-        when 429s now dominate its answers and it said how long to wait, else ``None``."""
+        when 429s now dominate its answers and it said how long to wait, else ``None``.
+
+        A 429 or a timeout halves its limit (once per burst). A timeout that says the server
+        stalled (no connection, silence midway through an answer, or the whole-exchange cap; the
+        transport's ``APITimeoutError.stalled``) counts against its health like a dropped
+        connection; one that only says no first byte came yet (a queue, a long answer) does not.
+        """
         server.limit.release(success=False)
         pause = None
         if isinstance(exc, RateLimitError):
@@ -379,9 +385,13 @@ class EndpointGroup:
             if exc.retry_after is not None and server.window.dominated():
                 pause = min(exc.retry_after, self.max_retry_after)
                 self._pause(server, pause)
+        elif isinstance(exc, APITimeoutError):
+            if capped(server.backend):
+                server.limit.backoff(since=epoch)  # too slow to answer: fewer requests at once
+            if getattr(exc, "stalled", None) is not False:
+                self._unhealthy(server, exc)
+            # else: no first byte yet, which a busy server's queue also causes; it stays in rotation
         else:
-            if isinstance(exc, APITimeoutError) and capped(server.backend):
-                server.limit.backoff(since=epoch)  # a server too slow to answer is overloaded
             self._unhealthy(server, exc)
         self.wake()
         return pause
@@ -412,7 +422,10 @@ class EndpointGroup:
     def _take_out(self, server: Server) -> None:
         """Out of rotation until a probe answers; never the last server in rotation (a group of one
         keeps sending, with the dispatcher's backoff, as a single server always did)."""
-        if server.state == DOWN or not any(s is not server and s.state != DOWN for s in self.servers):
+        if server.state == DOWN:
+            return
+        if not any(s is not server and s.state != DOWN for s in self.servers):
+            server.state = UP  # the last one (a failed half-open probe too) keeps taking requests
             return
         server.state = DOWN
         server.downs += 1
