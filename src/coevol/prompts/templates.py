@@ -44,6 +44,8 @@ TEMPLATE_NAMES: tuple[str, ...] = (
     "judge_score",
     "judge_score_reverse",
     "history_turn",
+    "critic",
+    "refiner",
 )
 
 # The slots each template may use; an override using anything else is a configuration error.
@@ -66,6 +68,7 @@ _SLOTS: dict[str, frozenset[str]] = {
     "judge_score": frozenset({"sample_request", "pre_resp", "new_resp"}),
     "judge_score_reverse": frozenset({"sample_request", "pre_resp", "new_resp"}),
     "history_turn": frozenset({"role", "content"}),
+    "critic": frozenset({"prompt", "response"}),
 }
 
 _SLOT_RE = re.compile(r"\{([a-z_]+)\}")
