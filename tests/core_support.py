@@ -71,7 +71,9 @@ class Agents:
         self._used[role] = i + 1
         return script[min(i, len(script) - 1)]
 
-    async def __call__(self, role: str, messages: Sequence[Message], *, attempt: int = 0) -> Completion:
+    async def __call__(
+        self, role: str, messages: Sequence[Message], *, attempt: int = 0, seed: int | None = None, n: int = 1
+    ) -> Completion:
         self.calls.append((role, attempt))
         if self.fail_at is not None and len(self.calls) == self.fail_at:
             assert self.error is not None

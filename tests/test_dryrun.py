@@ -48,7 +48,9 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Sequence[Message], int]] = []
 
-    async def __call__(self, role: str, messages: Sequence[Message], *, attempt: int = 0) -> Completion:
+    async def __call__(
+        self, role: str, messages: Sequence[Message], *, attempt: int = 0, seed: int | None = None, n: int = 1
+    ) -> Completion:
         self.calls.append((role, messages, attempt))
         return Completion(EDIT if role == "editor" else "")
 

@@ -180,22 +180,31 @@ class Dispatcher:
             groups[role] = group
         return groups
 
-    def request(self, role: str, messages: Sequence[Message], *, attempt: int = 0) -> ChatRequest:
-        """The exact request a role's messages become (routing and system-prompt merging)."""
+    def request(
+        self, role: str, messages: Sequence[Message], *, attempt: int = 0, seed: int | None = None, n: int = 1
+    ) -> ChatRequest:
+        """The exact request a role's messages become (routing and system-prompt merging); ``seed``
+        and ``n`` override the route's for this call."""
         try:
             route = self.routes[role]
         except KeyError:
             raise ConfigError(f"no model configured for role {role!r}") from None
         msgs = merge_system_prompt(messages) if route.merge_system else messages
-        return ChatRequest(route.backend.endpoint, route.model, tuple(msgs), route.params, attempt)
+        params = route.params
+        if seed is not None or n != 1:
+            params = replace(params, seed=params.seed if seed is None else seed, n=n)
+        return ChatRequest(route.backend.endpoint, route.model, tuple(msgs), params, attempt)
 
-    async def __call__(self, role: str, messages: Sequence[Message], *, attempt: int = 0) -> Completion:
+    async def __call__(
+        self, role: str, messages: Sequence[Message], *, attempt: int = 0, seed: int | None = None, n: int = 1
+    ) -> Completion:
+        request = self.request(role, messages, attempt=attempt, seed=seed, n=n)
         task = asyncio.current_task()
         if task is None:
-            return await self._call(role, messages, attempt)
+            return await self._call(role, request)
         self._callers.add(task)
         try:
-            return await self._call(role, messages, attempt)
+            return await self._call(role, request)
         finally:
             self._callers.discard(task)
 
@@ -218,9 +227,11 @@ class Dispatcher:
         store = self.store
         stats = self.stats
         while True:
-            hit = store.get_call(key) if store is not None else None
+            hit = store.get_call(key, choices=request.params.n) if store is not None else None
             if hit is None and role in self._former and store is not None:
-                hit = store.get_call(replace(request, endpoint=self._former[role]).key())
+                hit = store.get_call(
+                    replace(request, endpoint=self._former[role]).key(), choices=request.params.n
+                )
             if hit is not None:
                 stats.cached += 1
                 _add_usage(stats.cached_usage, role, hit)
@@ -239,8 +250,7 @@ class Dispatcher:
                 raise result
             # its sender was cancelled: look again, and send it ourselves if nobody else has
 
-    async def _call(self, role: str, messages: Sequence[Message], attempt: int) -> Completion:
-        request = self.request(role, messages, attempt=attempt)
+    async def _call(self, role: str, request: ChatRequest) -> Completion:
         key = request.key()
         replayed = await self._replayed(role, request, key)
         if replayed is not None:

@@ -40,7 +40,7 @@ from coevol.errors import (
     ResponseTooLarge,
     ServerError,
 )
-from coevol.llm.types import ChatRequest, Completion
+from coevol.llm.types import ChatRequest, Choice, Completion
 from coevol.llm.urls import has_userinfo, masked_url, url_secrets
 
 __all__ = ["OpenAIHTTPBackend", "parse_retry_after"]
@@ -83,6 +83,20 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if not math.isfinite(seconds) or seconds < 0:
         return None
     return seconds
+
+
+def _choice(choice: Mapping[str, object]) -> Choice:
+    """One listed choice; a missing content is an empty answer, a non-text one is malformed."""
+    message = choice["message"]
+    if not isinstance(message, Mapping):
+        raise TypeError("message is not an object")
+    text = message["content"]
+    if text is None:
+        text = ""
+    elif not isinstance(text, str):
+        raise TypeError("content is not text")
+    reason = choice.get("finish_reason")
+    return Choice(text, reason if reason is None or isinstance(reason, str) else str(reason))
 
 
 def _join(base_url: str, path: str) -> str:
@@ -240,21 +254,15 @@ class OpenAIHTTPBackend:
             raise await self._explain_not_found(exc, request.model) from None
         try:
             data = orjson.loads(raw)
-            choice = data["choices"][0]
-            text = choice["message"]["content"]
+            listed = data["choices"]
             usage = data.get("usage") or {}
             prompt_tokens = int(usage.get("prompt_tokens") or 0)
             completion_tokens = int(usage.get("completion_tokens") or 0)
-            finish_reason = choice.get("finish_reason")
+            # The first choice always; the others only when asked for (n > 1), as listed.
+            first, *more = [_choice(c) for c in listed[: max(1, request.params.n)]]
         except (orjson.JSONDecodeError, LookupError, TypeError, AttributeError, ValueError):
             raise ServerError(self._malformed(raw), status=200) from None
-        if text is None:
-            text = ""
-        elif not isinstance(text, str):
-            raise ServerError(self._malformed(raw), status=200)
-        if finish_reason is not None and not isinstance(finish_reason, str):
-            finish_reason = str(finish_reason)
-        return Completion(text, prompt_tokens, completion_tokens, finish_reason)
+        return Completion(first.text, prompt_tokens, completion_tokens, first.finish_reason, more=tuple(more))
 
     async def list_models(self, *, within: float | None = None) -> list[str]:
         """Model ids the server offers (``GET /models``): the default when ``--model`` is omitted."""

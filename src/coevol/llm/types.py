@@ -17,6 +17,7 @@ import orjson
 __all__ = [
     "Backend",
     "ChatRequest",
+    "Choice",
     "Completion",
     "GenParams",
     "Generate",
@@ -37,6 +38,8 @@ class GenParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    n: int = 1
+    """Choices asked for in one request (vLLM and OpenAI honour it; llama.cpp answers one)."""
 
     def as_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -48,6 +51,8 @@ class GenParams:
             body["seed"] = self.seed
         if self.stop:
             body["stop"] = list(self.stop)
+        if self.n != 1:  # left out when 1, so every earlier cache key stays the same
+            body["n"] = self.n
         return body
 
 
@@ -97,17 +102,34 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class Choice:
+    """One of several choices of a completion asked with ``n`` > 1."""
+
+    text: str
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Completion:
-    """A model's answer. ``cached`` is true when it was replayed from the store, not sent."""
+    """A model's answer. ``cached`` is true when it was replayed from the store, not sent.
+
+    ``text`` and ``finish_reason`` are the first choice; ``more`` holds the others when the request
+    asked for ``n`` > 1 and the server gave them (a server may give fewer than asked).
+    """
 
     text: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None
     cached: bool = False
+    more: tuple[Choice, ...] = ()
 
     def usage(self) -> Usage:
         return Usage(self.prompt_tokens, self.completion_tokens, 1)
+
+    def choices(self) -> tuple[Choice, ...]:
+        """Every choice, the first one first."""
+        return (Choice(self.text, self.finish_reason), *self.more)
 
 
 class Backend(Protocol):
@@ -129,9 +151,18 @@ class Generate(Protocol):
 
     Which model, endpoint and parameters serve ``role_name`` -- and caching, retries, rate limits
     and concurrency -- are the engine's business, never the role's. ``attempt`` > 0 marks a
-    deliberate re-ask of the same prompt, so a cache does not hand back the same answer.
+    deliberate re-ask of the same prompt, so a cache does not hand back the same answer. ``seed``
+    (when given) replaces the role's seed for this call and ``n`` asks for several choices (the tree
+    strategy's sampled critiques and distinct children); both are part of the request, so of its
+    cache key.
     """
 
     def __call__(
-        self, role: str, messages: Sequence[Message], *, attempt: int = 0
+        self,
+        role: str,
+        messages: Sequence[Message],
+        *,
+        attempt: int = 0,
+        seed: int | None = None,
+        n: int = 1,
     ) -> Awaitable[Completion]: ...

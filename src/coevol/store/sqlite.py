@@ -36,7 +36,7 @@ from typing import Any
 from coevol.errors import NoSpace, StoreError
 from coevol.io import jsonrow
 from coevol.io.guard import check_not_links
-from coevol.llm.types import Completion
+from coevol.llm.types import Choice, Completion
 
 __all__ = ["Store", "connect_read_only"]
 
@@ -50,6 +50,13 @@ CREATE TABLE IF NOT EXISTS calls (
     completion_tokens INTEGER NOT NULL,
     finish_reason TEXT,
     created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS call_choices (
+    key TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    finish_reason TEXT,
+    PRIMARY KEY (key, idx)
 );
 CREATE TABLE IF NOT EXISTS call_failures (
     key TEXT NOT NULL,
@@ -67,11 +74,18 @@ CREATE TABLE IF NOT EXISTS samples (
 """
 
 _PUT_CALL = "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_PUT_CHOICE = "INSERT OR REPLACE INTO call_choices VALUES (?, ?, ?, ?)"
+_GET_CALL = "SELECT text, prompt_tokens, completion_tokens, finish_reason FROM calls WHERE key = ?"
 _PUT_FAILURE = "INSERT INTO call_failures VALUES (?, ?, ?, ?, ?)"
 _PUT_SAMPLE = "INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?)"
 
 CallRow = tuple[str, str, str, str, int, int, str | None, float]
 SampleRow = tuple[str, str, bytes, float]
+
+
+def _choice_rows(choices: dict[str, tuple[Choice, ...]]) -> list[tuple[str, int, str, str | None]]:
+    """The ``call_choices`` rows of buffered calls: choice 1 onwards (choice 0 is the call's row)."""
+    return [(key, i, c.text, c.finish_reason) for key, more in choices.items() for i, c in enumerate(more, 1)]
 
 
 def store_error(path: Path, exc: sqlite3.Error) -> StoreError | NoSpace:
@@ -122,6 +136,7 @@ class Store:
             raise store_error(self.path, exc) from None
         self._checkpointer = _Checkpointer(self.path)
         self._calls: dict[str, CallRow] = {}
+        self._choices: dict[str, tuple[Choice, ...]] = {}  # a call's choices after the first (n > 1)
         self._failures: list[tuple[str, str, str, str, float]] = []
         self._samples: dict[str, SampleRow] = {}
         self._waiters: list[asyncio.Future[None]] = []
@@ -169,12 +184,15 @@ class Store:
         waiters, self._waiters = self._waiters, []
         if self._calls or self._failures or self._samples:
             calls, self._calls = self._calls, {}
+            choices, self._choices = self._choices, {}
             failures, self._failures = self._failures, []
             samples, self._samples = self._samples, {}
             try:
                 self._db.execute("BEGIN")
                 if calls:
                     self._db.executemany(_PUT_CALL, calls.values())
+                if choices:
+                    self._db.executemany(_PUT_CHOICE, _choice_rows(choices))
                 if failures:
                     self._db.executemany(_PUT_FAILURE, failures)
                 if samples:
@@ -214,16 +232,29 @@ class Store:
         await fut
 
     # calls -------------------------------------------------------------------------------------
-    def get_call(self, key: str) -> Completion | None:
+    def get_call(self, key: str, *, choices: int = 1) -> Completion | None:
+        """The stored answer; with ``choices`` > 1 (a request asking for ``n``) also its other choices."""
         row = self._calls.get(key)
         if row is not None:
-            return Completion(row[3], row[4], row[5], row[6], cached=True)
-        found = self._query(
-            "SELECT text, prompt_tokens, completion_tokens, finish_reason FROM calls WHERE key = ?", (key,)
-        )
-        if found is None:
-            return None
-        return Completion(found[0], found[1], found[2], found[3], cached=True)
+            found: Any = row[3:7]
+        else:
+            found = self._query(_GET_CALL, (key,))
+            if found is None:
+                return None
+        more = self._more(key) if choices > 1 else ()
+        return Completion(found[0], found[1], found[2], found[3], cached=True, more=more)
+
+    def _more(self, key: str) -> tuple[Choice, ...]:
+        pending = self._choices.get(key)
+        if pending is not None:
+            return pending
+        try:
+            rows = self._db.execute(
+                "SELECT text, finish_reason FROM call_choices WHERE key = ? ORDER BY idx", (key,)
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc) from None
+        return tuple(Choice(text, reason) for text, reason in rows)
 
     def put_call(self, key: str, role: str, model: str, completion: Completion) -> None:
         self._check()
@@ -237,6 +268,8 @@ class Store:
             completion.finish_reason,
             time.time(),
         )
+        if completion.more:
+            self._choices[key] = completion.more
         self._written()
 
     def put_call_failure(self, key: str, role: str, error: BaseException) -> None:

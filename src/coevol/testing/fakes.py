@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, TypeAlias
 
 from coevol.errors import (
@@ -46,7 +46,7 @@ from coevol.errors import (
     ServerError,
 )
 from coevol.llm.openai_http import parse_retry_after
-from coevol.llm.types import ChatRequest, Completion, Generate, GenParams, Message
+from coevol.llm.types import ChatRequest, Choice, Completion, Generate, GenParams, Message
 from coevol.testing.faults import Fault, FaultKind, FaultPolicy, body_digest
 from coevol.testing.server import Reply, Responder, word_count
 
@@ -95,8 +95,9 @@ def to_completion(answer: Answer, messages: Sequence[Message] | Any = ()) -> Com
     prompt = reply.prompt_tokens if reply.prompt_tokens is not None else word_count(list(messages))
     completion = reply.completion_tokens
     if completion is None:
-        completion = len(reply.text.split())
-    return Completion(reply.text, prompt, completion, reply.finish_reason)
+        completion = sum(len(text.split()) for text in (reply.text, *reply.more))
+    more = tuple(Choice(text, reply.finish_reason) for text in reply.more)
+    return Completion(reply.text, prompt, completion, reply.finish_reason, more=more)
 
 
 class ScriptedGenerate:
@@ -129,7 +130,10 @@ class ScriptedGenerate:
             return self._pick(role, script[role])
         return self._pick(None, script)
 
-    async def __call__(self, role: str, messages: Sequence[Message], *, attempt: int = 0) -> Completion:
+    async def __call__(
+        self, role: str, messages: Sequence[Message], *, attempt: int = 0, seed: int | None = None, n: int = 1
+    ) -> Completion:
+        """One answer from the script (one choice, whatever ``n`` asks, as llama.cpp's server)."""
         await asyncio.sleep(self.delay)
         return to_completion(self._answer(role, messages, attempt), messages)
 
@@ -145,6 +149,8 @@ class Call:
     ended: int | None = None
     answer: Completion | None = None
     error: BaseException | None = None
+    seed: int | None = None
+    n: int = 1
 
     @property
     def text(self) -> str | None:
@@ -176,13 +182,15 @@ class Recorder:
         self._tick += 1
         return self._tick
 
-    async def __call__(self, role: str, messages: Sequence[Message], *, attempt: int = 0) -> Completion:
-        call = Call(role, tuple(dict(m) for m in messages), attempt, self._now())
+    async def __call__(
+        self, role: str, messages: Sequence[Message], *, attempt: int = 0, seed: int | None = None, n: int = 1
+    ) -> Completion:
+        call = Call(role, tuple(dict(m) for m in messages), attempt, self._now(), seed=seed, n=n)
         self.calls.append(call)
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
         try:
-            call.answer = await self.inner(role, messages, attempt=attempt)
+            call.answer = await self.inner(role, messages, attempt=attempt, seed=seed, n=n)
             return call.answer
         except BaseException as exc:
             call.error = exc
@@ -303,9 +311,14 @@ class ResponderGenerate:
         self.params = params or GenParams()
         self._inner = _FaultyResponder(responder, faults, "fake://")
 
-    async def __call__(self, role: str, messages: Sequence[Message], *, attempt: int = 0) -> Completion:
+    async def __call__(
+        self, role: str, messages: Sequence[Message], *, attempt: int = 0, seed: int | None = None, n: int = 1
+    ) -> Completion:
         await asyncio.sleep(0)
-        body = {"model": self.model, "messages": [dict(m) for m in messages], **self.params.as_body()}
+        params = self.params
+        if seed is not None or n != 1:
+            params = replace(params, seed=params.seed if seed is None else seed, n=n)
+        body = {"model": self.model, "messages": [dict(m) for m in messages], **params.as_body()}
         return await self._inner.answer(body)
 
 

@@ -51,6 +51,8 @@ class Reply:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     finish_reason: str = "stop"
+    more: tuple[str, ...] = ()
+    """Further choices, for a request with ``n`` > 1 (a responder decides whether to honour ``n``)."""
 
 
 Responder = Callable[[dict[str, Any]], str | Reply]
@@ -409,7 +411,7 @@ class FakeOpenAIServer:
             prompt_tokens = word_count(body.get("messages"))
         completion_tokens = reply.completion_tokens
         if completion_tokens is None:
-            completion_tokens = len(text.split())
+            completion_tokens = sum(len(t.split()) for t in (text, *reply.more))
         self._ids += 1
         payload = {
             "id": f"chatcmpl-fake-{self._ids}",
@@ -418,10 +420,11 @@ class FakeOpenAIServer:
             "model": body.get("model", self.model),
             "choices": [
                 {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
+                    "index": i,
+                    "message": {"role": "assistant", "content": t},
                     "finish_reason": reply.finish_reason,
                 }
+                for i, t in enumerate((text, *reply.more))
             ],
             "usage": {
                 "prompt_tokens": prompt_tokens,
