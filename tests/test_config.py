@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,8 @@ def test_an_unknown_role_is_called_an_unknown_key() -> None:
     with pytest.raises(ConfigError) as info:
         Config.from_yaml("roles:\n  jduge:\n    model: x\n", source="run.yaml")
     assert str(info.value).splitlines()[1] == (
-        "  unknown key 'roles.jduge': Input should be 'positive', 'critical', 'advisor', 'editor' or 'judge'"
+        "  unknown key 'roles.jduge': Input should be 'positive', 'critical', 'advisor', 'editor', 'judge', "
+        "'critic' or 'refiner'"
     )
 
 
@@ -155,7 +157,7 @@ def test_load_config_file_problems(tmp_path: Path) -> None:
     empty.write_text("")
     assert load_config(empty) == Config()
     bad = tmp_path / "bad.yaml"
-    bad.write_text("roles:\n  critic:\n    model: x\n")
+    bad.write_text("roles:\n  reviewer:\n    model: x\n")  # critic is the tree strategy's role
     with pytest.raises(ConfigError) as info:
         load_config(bad)
     assert str(info.value).startswith(f"{bad}: invalid configuration")
@@ -322,3 +324,27 @@ async def test_a_wrong_key_for_one_role_fails_the_run_clearly(tmp_path: Path) ->
     assert "AuthenticationError" in err
     assert "not-the-judge-key" not in err
     assert not out.exists()
+
+
+def test_the_tree_strategy_from_flags_and_file(tmp_path: Path) -> None:
+    config = load_config(None, {"strategy": "tree", "tree": {"algorithm": "dfs", "votes": 3}})
+    tree = config.loop_settings().tree
+    assert tree is not None and (tree.algorithm, tree.votes, tree.branch, tree.keep, tree.depth) == (
+        "dfs",
+        3,
+        3,
+        2,
+        3,
+    )
+    assert config.active_roles()[-2:] == ("critic", "refiner")
+    assert config.role("critic").temperature == 0.7 and config.role("judge").temperature == 0.0
+    assert Config().loop_settings().tree is None and "critic" not in Config().active_roles()
+    for text, message in [
+        ("strategy: tree\nmode: edit\n", "--mode ablations are for strategy coevol"),
+        ("strategy: tree\ntree:\n  branch: 0\n", "tree.branch"),
+        ("strategy: tree\ntree:\n  end_gate: 1.0\n", "tree.end_gate"),
+        ("tree:\n  algorithm: astar\n", "tree.algorithm"),
+        ("tree:\n  brnach: 2\n", "unknown key 'tree.brnach'"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            Config.from_yaml(text)

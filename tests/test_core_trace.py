@@ -57,7 +57,7 @@ def u(calls: int) -> dict[str, int]:
 
 
 EXPECTED: dict[str, Any] = {
-    "schema": "coevol.trace/2",
+    "schema": "coevol.trace/3",
     "index": 4,
     "line": 5,
     "status": "refined",
@@ -225,3 +225,25 @@ IT = ["turns", 0, "iterations", 0]
 def test_a_malformed_trace_line_is_refused_as_a_whole(path: list[Any], value: Any) -> None:
     with pytest.raises(TraceSchemaError):
         TraceRecord.from_dict(mutate(path, value))
+
+
+def test_a_version_2_line_still_reads_and_is_rewritten_as_version_3() -> None:
+    """0.2 wrote coevol.trace/2; schema 3 only added the tree, so such a line reads as it was."""
+    record = TraceRecord.from_dict({**EXPECTED, "schema": "coevol.trace/2"})
+    assert record.to_dict() == EXPECTED and record.turns[0].tree is None
+
+
+@pytest.mark.parametrize(
+    "tree",
+    [
+        {"settings": {}, "nodes": [{"id": "0", "parent": None, "depth": 0}]},
+        {"settings": {}, "nodes": [{"id": 0, "parent": None, "depth": 0, "critiques": [{"answer": "x"}]}]},
+        {"settings": {}, "nodes": [{"id": 0, "depth": 0, "value": "high"}]},
+        {"settings": {}, "nodes": [{"id": 0, "depth": 0, "critiques": [], "shown": True}]},
+        {"settings": [], "nodes": []},
+        {"settings": {}, "nodes": [], "path": ["0"]},
+    ],
+)
+def test_a_malformed_tree_is_refused_as_a_whole(tree: dict[str, Any]) -> None:
+    with pytest.raises(TraceSchemaError):
+        TraceRecord.from_dict(mutate(["turns", 0, "tree"], tree))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,6 +20,8 @@ from coevol.errors import ConfigError
 from coevol.llm.urls import has_userinfo, masked_url
 from coevol.loop import LoopSettings, Mode
 from coevol.roles.agents import JudgeKind
+from coevol.roles.spar import LabelRule
+from coevol.tree.settings import Algorithm, Expansion, TreeSettings, Valuation
 
 __all__ = [
     "ROLES",
@@ -33,7 +35,11 @@ __all__ = [
 ]
 
 ROLES: tuple[str, ...] = ("positive", "critical", "advisor", "editor", "judge")
-RoleName = Literal["positive", "critical", "advisor", "editor", "judge"]
+TREE_ROLES: tuple[str, ...] = ("critic", "refiner")
+"""The tree strategy's own roles; they are routed only when ``strategy: tree``."""
+RoleName = Literal["positive", "critical", "advisor", "editor", "judge", "critic", "refiner"]
+Strategy = Literal["coevol", "tree"]
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 
 
 class _Strict(BaseModel):
@@ -178,6 +184,47 @@ class ConversationConfig(_Strict):
     max_tokens: int | None = Field(default=None, ge=1)
 
 
+class TreeConfig(_Strict):
+    """``strategy: tree``: SPaR's tree search; the defaults are SPaR's (``coevol.tree.settings``).
+
+    ``temperature`` samples the critic's votes and the refiner's children (SPaR: 0.7) unless
+    ``roles.critic`` / ``roles.refiner`` set their own. ``n``: ask for the votes in one request
+    (a server that gives fewer choices is asked for the rest one by one); false for a server that
+    refuses ``n``.
+    """
+
+    algorithm: Algorithm = "bfs"
+    branch: int = Field(default=3, ge=1, le=16)
+    keep: int = Field(default=2, ge=1, le=16)
+    depth: int = Field(default=3, ge=1, le=10)
+    end_gate: float = Field(default=0.5, ge=0, lt=1)
+    votes: int = Field(default=5, ge=1, le=64)
+    draws: int = Field(default=3, ge=1, le=10)
+    tries: int = Field(default=3, ge=1, le=10)
+    label: LabelRule = "strict"
+    expand: Expansion = "spar"
+    value: Valuation = "critic"
+    n: bool = True
+    temperature: float = Field(default=0.7, ge=0, le=2)
+
+    def settings(self, seed: int | None) -> TreeSettings:
+        return TreeSettings(
+            algorithm=self.algorithm,
+            branch=self.branch,
+            keep=self.keep,
+            depth=self.depth,
+            end_gate=self.end_gate,
+            votes=self.votes,
+            draws=self.draws,
+            tries=self.tries,
+            label=self.label,
+            expand=self.expand,
+            value=self.value,
+            use_n=self.n,
+            seed=seed,
+        )
+
+
 class Config(_Strict):
     """Everything a run needs. Defaults are the paper's (Appendix B) where it gives one."""
 
@@ -201,7 +248,9 @@ class Config(_Strict):
     merge_system: bool = False
     roles: dict[RoleName, RoleConfig] = Field(default_factory=dict)
 
-    # The algorithm.
+    # The algorithm: CoEvol's loop, or SPaR's tree search (``tree`` holds its settings).
+    strategy: Strategy = "coevol"
+    tree: TreeConfig | None = None
     mode: Mode = "full"
     max_rounds: int = Field(default=3, ge=1)
     judge: JudgeKind = "verdict"
@@ -252,6 +301,12 @@ class Config(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _tree_runs_whole(self) -> Config:
+        if self.strategy == "tree" and self.mode != "full":
+            raise ValueError("strategy tree searches on its own: --mode ablations are for strategy coevol")
+        return self
+
+    @model_validator(mode="after")
     def _budget_needs_a_price(self) -> Config:
         priced = self.price is not None or any(r.price is not None for r in self.roles.values())
         if self.max_budget is not None and not priced:
@@ -270,12 +325,15 @@ class Config(_Strict):
         """
         own = self.roles.get(name, RoleConfig())  # type: ignore[call-overload]
         same_server = own.base_url is None or own.base_url == self.base_url
+        temperature = self.temperature
+        if name in TREE_ROLES:  # SPaR samples its critiques and children
+            temperature = (self.tree or TreeConfig()).temperature
         return RoleConfig(
             model=own.model or self.model,
             base_url=own.base_url or self.base_url,
             api_key_env=own.api_key_env or (self.api_key_env if same_server else None),
             max_tokens=own.max_tokens or self.max_tokens,
-            temperature=self.temperature if own.temperature is None else own.temperature,
+            temperature=temperature if own.temperature is None else own.temperature,
             top_p=own.top_p or self.top_p,
             seed=self.seed if own.seed is None else own.seed,
             merge_system=self.merge_system if own.merge_system is None else own.merge_system,
@@ -308,14 +366,25 @@ class Config(_Strict):
             out.append(e.model_copy(update={"api_key_env": env}))
         return out, group
 
+    def active_roles(self) -> tuple[str, ...]:
+        """The roles a run routes: CoEvol's five, and the critic and refiner for the tree."""
+        return ROLES + TREE_ROLES if self.strategy == "tree" else ROLES
+
+    def tree_settings(self) -> TreeSettings | None:
+        """The tree search this config asks for, or None for CoEvol's loop."""
+        if self.strategy != "tree":
+            return None
+        return (self.tree or TreeConfig()).settings(self.seed)
+
     def loop_settings(self) -> LoopSettings:
-        """The knobs of Algorithm 1 this config sets."""
+        """The knobs of Algorithm 1 (or of the tree search) this config sets."""
         return LoopSettings(
             max_rounds=self.max_rounds,
             mode=self.mode,
             judge=self.judge,
             judge_reasks=self.judge_reasks,
             judge_early_exit=self.judge_early_exit,
+            tree=self.tree_settings(),
         )
 
     def conversation_settings(self) -> ConversationSettings:

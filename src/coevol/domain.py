@@ -38,9 +38,11 @@ from coevol.errors import CoevolError, TraceSchemaError
 from coevol.llm.types import Usage
 
 __all__ = [
+    "READABLE_SCHEMAS",
     "SCHEMA",
     "Answer",
     "BadRow",
+    "CritiqueTrace",
     "DebateTrace",
     "Example",
     "Failure",
@@ -51,12 +53,18 @@ __all__ = [
     "Status",
     "StopReason",
     "TraceRecord",
+    "TreeNodeTrace",
+    "TreeTrace",
     "Turn",
     "TurnTrace",
 ]
 
-SCHEMA = "coevol.trace/2"
-"""The trace format version. Version 1 (coevol 0.1) had no ``schema`` field."""
+SCHEMA = "coevol.trace/3"
+"""The trace format version written. Version 1 (coevol 0.1) had no ``schema`` field; version 3 adds
+the tree strategy's record (``TurnTrace.tree``) and its stop reasons."""
+
+READABLE_SCHEMAS = ("coevol.trace/2", SCHEMA)
+"""The versions a reader accepts: a version 2 line (coevol 0.2) reads as a turn without a tree."""
 
 
 # dataset side ----------------------------------------------------------------------------------
@@ -154,6 +162,10 @@ class StopReason(StrEnum):
     CONTEXT_LENGTH = "context_length"  # the prompt outgrew the model's context after accepted edits
     ERROR = "error"  # a call failed
     SINGLE_PASS = "single_pass"  # an ablation mode: one pass, no judge
+    ROOT_PASSES = "root_passes"  # tree: the critic already passes the original; nothing refined
+    TREE_PASS = "tree_pass"  # tree: a node's value passed the gate; it is written
+    TREE_NO_PASS = "tree_no_pass"  # tree: no node passed the gate; the original is kept
+    ROOT_UNDECIDED = "root_undecided"  # tree: the critic's votes on the original stayed tied
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,9 +388,10 @@ class TurnTrace:
     stop_reason: StopReason
     iterations: list[IterationTrace] = field(default_factory=list)
     failure: Failure | None = None  # the call that stopped the loop (an error or the context limit)
+    tree: TreeTrace | None = None  # the tree strategy's search (schema 3); None for the CoEvol loop
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "turn": self.turn,
             "instruction": self.instruction,
             "input": self.input,
@@ -389,6 +402,9 @@ class TurnTrace:
             "iterations": [it.to_dict() for it in self.iterations],
             "failure": None if self.failure is None else self.failure.to_dict(),
         }
+        if self.tree is not None:
+            out["tree"] = self.tree.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TurnTrace:
@@ -402,6 +418,157 @@ class TurnTrace:
             stop_reason=StopReason(d["stop_reason"]),
             iterations=[IterationTrace.from_dict(it) for it in _list(d["iterations"])],
             failure=Failure.from_dict(d.get("failure")),
+            tree=None if d.get("tree") is None else TreeTrace.from_dict(d["tree"]),
+        )
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else _int(value)
+
+
+def _opt_bool(value: Any) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"expected true, false or null, found {builtins.type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class CritiqueTrace:
+    """One sampled critique of a tree node: the answer, its label (None: no label), which draw it
+    belongs to (0, then re-draws after a tie), its choice index in an ``n`` request (0 for a
+    request of its own) and the request's seed."""
+
+    answer: Answer
+    label: bool | None
+    draw: int
+    choice: int
+    seed: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "answer": self.answer.to_dict(),
+            "label": self.label,
+            "draw": self.draw,
+            "choice": self.choice,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CritiqueTrace:
+        return cls(
+            Answer.from_dict(d["answer"]),
+            _opt_bool(d.get("label")),
+            _int(d["draw"]),
+            _int(d["choice"]),
+            _opt_int(d.get("seed")),
+        )
+
+
+@dataclass(slots=True)
+class TreeNodeTrace:
+    """One node of a tree search; node 0 is the original response (the root).
+
+    ``refine`` holds each refiner try's raw answer (its reflection, then the output between the
+    markers) with ``seeds`` its requests' seeds; ``iteration`` the CoEvol expansion's debate,
+    suggestions and edit instead. ``critiques`` and ``shown`` (the critique the refiner is given
+    for this node's children) come from the critic; ``judge`` from the pairwise value. A child
+    whose response equals an earlier node's is ``same_as`` it and valued there once. ``dropped``
+    says why a child left the search (no usable output, a tied critic); ``kept`` marks the nodes
+    a level kept for expansion.
+    """
+
+    id: int
+    parent: int | None
+    depth: int
+    response: str | None = None
+    refine: list[Answer] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    iteration: IterationTrace | None = None
+    critiques: list[CritiqueTrace] = field(default_factory=list)
+    draws: int = 0
+    shown: int | None = None
+    judge: JudgeTrace | None = None
+    value: float | None = None
+    same_as: int | None = None
+    dropped: str | None = None
+    kept: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "parent": self.parent,
+            "depth": self.depth,
+            "response": self.response,
+            "refine": [a.to_dict() for a in self.refine],
+            "seeds": list(self.seeds),
+            "iteration": None if self.iteration is None else self.iteration.to_dict(),
+            "critiques": [c.to_dict() for c in self.critiques],
+            "draws": self.draws,
+            "shown": self.shown,
+            "judge": None if self.judge is None else self.judge.to_dict(),
+            "value": self.value,
+            "same_as": self.same_as,
+            "dropped": self.dropped,
+            "kept": self.kept,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TreeNodeTrace:
+        return cls(
+            id=_int(d["id"]),
+            parent=_opt_int(d.get("parent")),
+            depth=_int(d["depth"]),
+            response=_opt_str(d.get("response")),
+            refine=[Answer.from_dict(a) for a in _list(d.get("refine", []))],
+            seeds=[_int(s) for s in _list(d.get("seeds", []))],
+            iteration=None if d.get("iteration") is None else IterationTrace.from_dict(d["iteration"]),
+            critiques=[CritiqueTrace.from_dict(c) for c in _list(d.get("critiques", []))],
+            draws=_int(d.get("draws", 0)),
+            shown=_opt_int(d.get("shown")),
+            judge=JudgeTrace.from_dict(d.get("judge")),
+            value=_opt_num(d.get("value")),
+            same_as=_opt_int(d.get("same_as")),
+            dropped=_opt_str(d.get("dropped")),
+            kept=bool(d.get("kept", False)),
+        )
+
+
+@dataclass(slots=True)
+class TreeTrace:
+    """A tree search over one turn: its settings, every node in creation order, the node found
+    (``result``: the passing node, else the highest value, ties to the later node) and the
+    ``path`` of node ids from the root to it, and the tokens each role spent."""
+
+    settings: dict[str, Any]
+    nodes: list[TreeNodeTrace] = field(default_factory=list)
+    result: int | None = None
+    path: list[int] = field(default_factory=list)
+    usage: dict[str, Usage] = field(default_factory=dict)
+
+    @property
+    def depth_reached(self) -> int:
+        """The deepest level that holds a valued node."""
+        return max((n.depth for n in self.nodes if n.value is not None), default=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "settings": dict(self.settings),
+            "nodes": [n.to_dict() for n in self.nodes],
+            "result": self.result,
+            "path": list(self.path),
+            "usage": _usage_to_dict(self.usage),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> TreeTrace:
+        if not isinstance(d, dict) or not isinstance(d.get("settings"), dict):
+            raise TypeError("a tree record is an object with settings")
+        return cls(
+            settings=dict(d["settings"]),
+            nodes=[TreeNodeTrace.from_dict(n) for n in _list(d["nodes"])],
+            result=_opt_int(d.get("result")),
+            path=[_int(i) for i in _list(d.get("path", []))],
+            usage=_usage_from_dict(d.get("usage")),
         )
 
 
@@ -450,10 +617,10 @@ class TraceRecord:
         if not isinstance(d, dict):
             raise TraceSchemaError("not a trace record (expected a JSON object per line)")
         schema = d.get("schema")
-        if schema != SCHEMA:
+        if schema not in READABLE_SCHEMAS:
             found = "no schema field (a coevol 0.1 trace)" if schema is None else f"schema {schema!r}"
             raise TraceSchemaError(
-                f"this trace has {found}; this coevol reads {SCHEMA!r}. "
+                f"this trace has {found}; this coevol reads {' and '.join(map(repr, READABLE_SCHEMAS))}. "
                 "Rerun the same refine command to rewrite it (finished calls are replayed from the store)."
             )
         try:

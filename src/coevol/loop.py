@@ -15,13 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from coevol.domain import Answer, Failure, IterationTrace, JudgeTrace, StopReason, TurnTrace
+from coevol.domain import Answer, Failure, IterationTrace, JudgeTrace, StopReason, TreeTrace, TurnTrace
 from coevol.errors import AuthenticationError, ContextLengthError, LLMError, NotFoundError
 from coevol.llm.types import Completion, Generate, Message, Usage
 from coevol.prompts.render import Sample
 from coevol.prompts.templates import PromptSet
 from coevol.roles import agents
 from coevol.roles.agents import JudgeKind
+from coevol.tree.settings import TreeSettings
 
 __all__ = [
     "MODES",
@@ -30,6 +31,7 @@ __all__ = [
     "Refinement",
     "UsageLedger",
     "coevolve",
+    "failure_stop",
     "judged_stop",
     "refine",
     "single_pass",
@@ -49,6 +51,7 @@ class LoopSettings:
     judge: JudgeKind = "verdict"
     judge_reasks: int = 2
     judge_early_exit: bool = False
+    tree: TreeSettings | None = None  # the tree strategy (``coevol.tree.search``) instead of the loop
 
 
 class UsageLedger:
@@ -58,8 +61,10 @@ class UsageLedger:
         self._generate = generate
         self.by_role: dict[str, Usage] = {}
 
-    async def __call__(self, role: str, messages: Sequence[Message], *, attempt: int = 0) -> Completion:
-        completion = await self._generate(role, messages, attempt=attempt)
+    async def __call__(
+        self, role: str, messages: Sequence[Message], *, attempt: int = 0, seed: int | None = None, n: int = 1
+    ) -> Completion:
+        completion = await self._generate(role, messages, attempt=attempt, seed=seed, n=n)
         self.by_role.setdefault(role, Usage()).add(completion.usage())
         return completion
 
@@ -82,6 +87,7 @@ class Refinement:
     stop_reason: StopReason
     iterations: list[IterationTrace]
     failure: Failure | None = None
+    tree: TreeTrace | None = None  # the tree strategy's search, which then has no iterations
 
     @property
     def failed(self) -> bool:
@@ -89,8 +95,9 @@ class Refinement:
 
     def usage(self) -> dict[str, Usage]:
         total: dict[str, Usage] = {}
-        for it in self.iterations:
-            for role, u in it.usage.items():
+        spent = [it.usage for it in self.iterations] + ([self.tree.usage] if self.tree is not None else [])
+        for usage in spent:
+            for role, u in usage.items():
                 total.setdefault(role, Usage()).add(u)
         return total
 
@@ -106,6 +113,7 @@ class Refinement:
             stop_reason=self.stop_reason,
             iterations=self.iterations,
             failure=self.failure,
+            tree=self.tree,
         )
 
 
@@ -136,7 +144,7 @@ def judged_stop(judge: JudgeTrace) -> StopReason | None:
     return None
 
 
-def _failure_stop(exc: LLMError) -> StopReason:
+def failure_stop(exc: LLMError) -> StopReason:
     return StopReason.CONTEXT_LENGTH if isinstance(exc, ContextLengthError) else StopReason.ERROR
 
 
@@ -178,7 +186,7 @@ async def coevolve(
         if iterations:
             iterations[-1].usage = ledger.take()
         accepted = sum(1 for it in iterations if it.accepted)
-        return Refinement(x.response, accepted, _failure_stop(exc), iterations, Failure.of(exc))
+        return Refinement(x.response, accepted, failure_stop(exc), iterations, Failure.of(exc))
 
 
 async def _single_edit(
@@ -208,7 +216,7 @@ async def single_pass(sample: Sample, generate: Generate, prompts: PromptSet, mo
         raise
     except LLMError as exc:
         it.usage = ledger.take()
-        return Refinement(sample.response, 0, _failure_stop(exc), [it], Failure.of(exc))
+        return Refinement(sample.response, 0, failure_stop(exc), [it], Failure.of(exc))
     it.usage = ledger.take()
     it.edited = agents.clean_edit(it.edit.text)
     stop = unusable_edit(it.edit, it.edited, sample.response)

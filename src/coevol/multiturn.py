@@ -39,6 +39,7 @@ from coevol.io.formats import with_input
 from coevol.llm.types import Generate, Usage
 from coevol.loop import LoopSettings, Refinement, refine
 from coevol.prompts.templates import PromptSet
+from coevol.tree.search import tree_refine
 
 __all__ = ["ExampleOutcome", "fingerprint", "refine_example"]
 
@@ -124,6 +125,22 @@ def _pairs(turns: Sequence[Turn], t: int, result: Refinement) -> list[dict[str, 
     ]
 
 
+def _tree_pairs(turns: Sequence[Turn], t: int, result: Refinement) -> list[dict[str, Any]]:
+    """The tree's pair for turn ``t`` when a node passed: chosen = found, rejected = original."""
+    tree = result.tree
+    if tree is None or result.stop_reason is not StopReason.TREE_PASS or tree.result is None:
+        return []
+    found = tree.nodes[tree.result]
+    return [
+        {
+            "prompt": _prompt_messages(turns, t),
+            "chosen": [{"role": "assistant", "content": result.response}],
+            "rejected": [{"role": "assistant", "content": turns[t].content}],
+            "tree": {"node": found.id, "depth": found.depth, "value": found.value},
+        }
+    ]
+
+
 def _status(failure: Refinement | None, accepted: int) -> Status:
     if failure is None:
         return Status.REFINED if accepted else Status.KEPT
@@ -153,14 +170,19 @@ async def refine_example(
     stopped: Refinement | None = None  # the refinement that ended the example early
     for t in refinable_turns(turns, conversation):
         sample = window_sample(prompts, turns, t, conversation.window_rounds)
-        result = await refine(sample, generate, prompts, settings)
+        if settings.tree is not None:
+            result = await tree_refine(sample, generate, prompts, settings)
+        else:
+            result = await refine(sample, generate, prompts, settings)
         for role, u in result.usage().items():
             usage.setdefault(role, Usage()).add(u)
         traces.append(result.turn_trace(t, sample))
         if result.failed:
             stopped = result
             break
-        if settings.mode == "full":
+        if settings.tree is not None:
+            pairs += _tree_pairs(turns, t, result)
+        elif settings.mode == "full":
             pairs += _pairs(turns, t, result)
         accepted += result.accepted_rounds
         turns[t] = Turn(turns[t].role, result.response, turns[t].input)

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING
 
 from coevol.conversation import refinable_turns, tokens_for_chars, window_sample
 from coevol.domain import BadRow, Example
-from coevol.prompts.render import has_input
+from coevol.prompts.render import Sample, has_input
 from coevol.prompts.templates import PromptSet
+from coevol.tree.settings import TreeSettings
 
 if TYPE_CHECKING:  # types only: the agents and the loop may import this module
     from coevol.config import Config
@@ -166,6 +167,7 @@ class DryRunEstimate:
     roles: dict[str, RoleEstimate] = field(default_factory=dict)
     unpriced_roles: list[str] = field(default_factory=list)
     calls_per_second: float | None = None
+    tree: TreeSettings | None = None  # the tree strategy's search, when that is the strategy
 
     @property
     def prompt_tokens_min(self) -> int:
@@ -327,6 +329,90 @@ def _price(config: Config, est: DryRunEstimate) -> None:
         r.cost_max = (r.prompt_tokens_max * price.prompt + r.completion_tokens_max * price.completion) / 1e6
 
 
+@dataclass(frozen=True, slots=True)
+class _TreeTurn:
+    """One turn's sizes for the tree: the critic prompt's tokens for the original and for a child
+    (whose response is the refiner's answer: empty at the low end, ``max_tokens`` at the high)."""
+
+    root: int
+    child_min: int
+    child_max: int
+
+
+def _tree_turn(prompts: PromptSet, sample_chars: tuple[int, int, int], refiner_max: int) -> _TreeTurn:
+    ins, inp, resp = sample_chars
+    fixed = len(prompts["critic"]) - len("{prompt}") - len("{response}")
+    prompt = ins + (1 + inp if inp else 0)
+    return _TreeTurn(
+        tokens_for_chars(fixed + prompt + resp),
+        tokens_for_chars(fixed + prompt),
+        tokens_for_chars(fixed + prompt) + refiner_max,
+    )
+
+
+def _add_calls(
+    r: RoleEstimate, low: int, high: int, tokens_low: int, tokens_high: int, completion: int
+) -> None:
+    r.calls_min += low
+    r.calls_max += high
+    r.prompt_tokens_min += low * tokens_low
+    r.prompt_tokens_max += high * tokens_high
+    r.completion_tokens_max += high * completion
+
+
+def _add_tree_turn(
+    config: Config, est: DryRunEstimate, prompts: PromptSet, max_tokens: dict[str, int], sample: Sample
+) -> None:
+    """The tree's bounds for one turn: the best case (the critic passes the original, or with the
+    pairwise value a first level that passes) to the worst (``TreeSettings.worst``)."""
+    tree = est.tree
+    assert tree is not None
+    best, worst = tree.best(), tree.worst()
+    has = has_input(sample)
+    chars = (len(sample.instruction), len(sample.input) if has else 0, len(sample.response))
+    turn = _tree_turn(prompts, chars, max_tokens["refiner"])
+    per_eval = 1 if tree.use_n and tree.votes > 1 else tree.votes
+    critique = max_tokens["critic"]
+    completion = critique * tree.votes // per_eval  # one request answers votes / per_eval critiques
+    if tree.value == "critic":
+        evals_min, evals_max = best.evaluations, worst.evaluations
+        high = (turn.root + (evals_max - 1) * turn.child_max) // max(evals_max, 1)
+        _add_calls(
+            est.roles["critic"], per_eval * evals_min, per_eval * evals_max, turn.root, high, completion
+        )
+    if tree.expand == "spar":
+        refine = turn.child_max + critique + tokens_for_chars(len(prompts["refiner"]))
+        _add_calls(
+            est.roles["refiner"],
+            best.refines,
+            worst.refines,
+            turn.root + critique,
+            refine,
+            max_tokens["refiner"],
+        )
+        if tree.value == "pairwise":  # the critic is asked only for the critiques the refiner is shown
+            kept = worst.refines // max(tree.branch, 1)
+            _add_calls(
+                est.roles["critic"],
+                per_eval,
+                per_eval * kept,
+                turn.root,
+                turn.child_max,
+                critique * tree.votes,
+            )
+    measured = [_measure(c, prompts) for c in call_plan("debate")] if tree.expand == "coevol" else []
+    if tree.value == "pairwise":
+        measured += [_measure(c, prompts) for c in call_plan("full", config.judge) if c.role == "judge"]
+    (f, a, b, c), (g, d, e, _) = _sample_shapes(prompts)[has]
+    sample_len = f + a * chars[0] + b * len(sample.input) + c * chars[2]
+    request_len = g + d * chars[0] + e * len(sample.input)
+    for m in measured:
+        count = (best.refines, worst.refines) if m.role != "judge" else (best.evaluations, worst.evaluations)
+        tokens = m.tokens(sample_len, request_len, chars[2])
+        quoted = sum(max_tokens[q] for q in m.quotes) + max_tokens["editor"]
+        _add_calls(est.roles[m.role], count[0], count[1], tokens, tokens + quoted, max_tokens[m.role])
+
+
 def estimate_examples(
     config: Config,
     items: Iterable[Example | BadRow],
@@ -342,8 +428,12 @@ def estimate_examples(
     """
     settings = config.conversation_settings()
     est = DryRunEstimate(config.mode, config.max_rounds, calls_per_second=calls_per_second)
-    est.roles = {role: RoleEstimate() for role in PLANNED_ROLES}
-    max_tokens = {role: config.role(role).max_tokens or config.max_tokens for role in PLANNED_ROLES}
+    est.tree = config.tree_settings()
+    roles = config.active_roles()
+    est.roles = {
+        role: RoleEstimate() for role in (*PLANNED_ROLES, *(r for r in roles if r not in PLANNED_ROLES))
+    }
+    max_tokens = {role: config.role(role).max_tokens or config.max_tokens for role in est.roles}
     full = config.mode == "full"
     rounds = config.max_rounds if full else 1
     bounds = _bounds(config, est, prompts, max_tokens)
@@ -357,9 +447,17 @@ def estimate_examples(
         for t in refinable_turns(item.turns, settings):
             sample = window_sample(prompts, item.turns, t, settings.window_rounds)
             est.turns += 1
+            if est.tree is not None:
+                _add_tree_turn(config, est, prompts, max_tokens, sample)
+                continue
             ins, inp, resp = len(sample.instruction), len(sample.input), len(sample.response)
             (f, a, b, c), (g, d, e, _) = shapes[has_input(sample)]
             _add_turn(bounds, rounds, f + a * ins + b * inp + c * resp, g + d * ins + e * inp, resp)
+    if est.tree is not None:
+        est.calls_min = sum(r.calls_min for r in est.roles.values())
+        est.calls_max = sum(r.calls_max for r in est.roles.values())
+        _price(config, est)
+        return est
     fewest, most = calls_per_turn(config.mode, config.max_rounds, early_exit=config.judge_early_exit)
     est.calls_min, est.calls_max = fewest * est.turns, most * est.turns
     if full:

@@ -19,6 +19,7 @@ from coevol.io.readers import read_examples
 from coevol.plan import DryRunEstimate, RoleEstimate, calls_per_turn, estimate_examples
 from coevol.prompts.templates import PromptSet
 from coevol.store.sqlite import connect_read_only
+from coevol.tree.settings import TreeSettings
 
 __all__ = [
     "DryRunEstimate",
@@ -124,6 +125,29 @@ def format_expected(measured: Measured, examples: int, prices: dict[str, tuple[f
     )
 
 
+def _tree_line(tree: TreeSettings) -> str:
+    return (
+        f"{tree.algorithm}, branch {tree.branch}, keep {tree.keep}, depth {tree.depth}, "
+        f"gate {tree.end_gate:g}, {tree.expand} children, {tree.value} value"
+    )
+
+
+def _tree_costs(tree: TreeSettings) -> str:
+    """Best and worst case per sample, against CoEvol's loop (8 calls per iteration, K=3: 24)."""
+    best, worst = tree.best(), tree.worst()
+    child = "refine requests" if tree.expand == "spar" else "CoEvol children (6 calls each)"
+    evaluation = (
+        f"critic evaluations of {tree.votes} votes"
+        if tree.value == "critic"
+        else "judge comparisons (2 calls each)"
+    )
+    return (
+        f"per sample: best {best.refines} {child} and {best.evaluations} {evaluation}; worst "
+        f"{worst.refines} and {worst.evaluations} (CoEvol's loop: 8 to 24 calls); not counted: "
+        f"refine re-tries (up to {tree.tries} per child) and re-draws of tied votes (up to {tree.draws})"
+    )
+
+
 def format_estimate(est: DryRunEstimate) -> str:
     """A short human-readable report (plain text, for stdout)."""
     mode = f"{est.mode}, K={est.max_rounds}" if est.mode == "full" else est.mode
@@ -131,6 +155,9 @@ def format_estimate(est: DryRunEstimate) -> str:
         f"dry run ({mode}): nothing was sent",
         f"rows {est.rows}: {est.examples} to refine, {est.rejected} rejected; {est.turns} turns to refine",
     ]
+    if est.tree is not None:
+        lines[0] = f"dry run (tree: {_tree_line(est.tree)}): nothing was sent"
+        lines.append(_tree_costs(est.tree))
     calls = f"calls {_range(est.calls_min, est.calls_max, ' to ')}"
     if est.reask_calls_max:
         calls += f" (+ up to {_n(est.reask_calls_max)} re-asks of unparseable verdicts)"

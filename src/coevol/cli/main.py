@@ -22,11 +22,13 @@ from coevol.cli.console import (
     stderr_console,
 )
 from coevol.cli.exit_codes import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
-from coevol.config import ROLES, Config, load_config
+from coevol.config import STRATEGIES, Config, load_config
 from coevol.errors import CoevolError
 from coevol.io.formats import FORMATS
 from coevol.loop import MODES
 from coevol.roles.agents import JUDGE_KINDS
+from coevol.roles.spar import LABEL_RULES
+from coevol.tree.settings import ALGORITHMS, EXPANSIONS, VALUES
 
 __all__ = ["main"]
 
@@ -121,9 +123,55 @@ def _add_loop_flags(a: argparse._ArgumentGroup) -> None:
         default=None,
         help="skip the second judge order when the first already rejects the edit",
     )
+    _add_tree_flags(a)
     a.add_argument("--window-rounds", type=int, help="conversation rounds shown to agents (default 3)")
     a.add_argument("--max-turns", type=int, help="refine at most N assistant turns per conversation")
     a.add_argument("--max-conv-tokens", type=int, help="stop refining once a conversation passes N tokens")
+
+
+_TREE_FLAGS = ("algorithm", "branch", "keep", "depth", "end_gate", "votes", "draws", "tries", "label")
+
+
+def _add_tree_flags(a: argparse._ArgumentGroup) -> None:
+    """``--strategy tree`` and its knobs, each also a key under ``tree:`` in the config."""
+    a.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        help="coevol: the debate-advise-edit-judge loop (default); tree: SPaR's tree search with a "
+        "critic and a refiner",
+    )
+    a.add_argument("--tree-algorithm", choices=ALGORITHMS, help="bfs (default) or dfs")
+    a.add_argument("--tree-branch", type=int, help="children per node (default 3)")
+    a.add_argument("--tree-keep", type=int, help="nodes a level keeps to expand (default 2)")
+    a.add_argument("--tree-depth", type=int, help="levels below the original (default 3)")
+    a.add_argument("--tree-end-gate", type=float, help="a value above this passes (default 0.5)")
+    a.add_argument("--tree-votes", type=int, help="critiques sampled per evaluation (default 5)")
+    a.add_argument("--tree-draws", type=int, help="draws of the votes while they tie (default 3)")
+    a.add_argument("--tree-tries", type=int, help="refine tries per child before it is skipped (default 3)")
+    a.add_argument("--tree-label", choices=LABEL_RULES, help="strict (default) or SPaR's substring rule")
+    a.add_argument(
+        "--tree-expand",
+        choices=EXPANSIONS,
+        help="spar: critique and refine (default); coevol: debate, advise, edit",
+    )
+    a.add_argument(
+        "--tree-value",
+        choices=VALUES,
+        help="critic: pass rate (default); pairwise: the judge against the original",
+    )
+    a.add_argument(
+        "--tree-n",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ask for the votes in one request with n (default; --no-tree-n: one request per vote)",
+    )
+    a.add_argument("--tree-temperature", type=float, help="the critic's and refiner's sampling (default 0.7)")
+
+
+def _tree_overrides(ns: argparse.Namespace) -> dict[str, Any]:
+    names = (*_TREE_FLAGS, "expand", "value", "n", "temperature")
+    given = {k: getattr(ns, f"tree_{k}", None) for k in names}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
@@ -132,7 +180,7 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
         "temperature", "top_p", "seed", "max_rounds", "mode", "judge", "judge_reasks", "judge_early_exit",
         "prompts_dir", "concurrency", "samples_in_flight", "request_timeout", "max_retries", "rpm", "tpm",
         "max_errors", "max_budget", "cache", "max_unparseable", "max_retry_after", "max_answer_bytes",
-        "endpoint_group",
+        "endpoint_group", "strategy",
     ]  # fmt: skip
     out: dict[str, Any] = {k: getattr(ns, k) for k in keys if getattr(ns, k, None) is not None}
     if isinstance(out.get("base_url"), list) and len(out["base_url"]) == 1:
@@ -149,6 +197,9 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
     conv = {k: v for k, v in conv.items() if v is not None}
     if conv:
         out["conversation"] = conv
+    tree = _tree_overrides(ns)
+    if tree:
+        out["tree"] = tree
     for k in ("model_path", "prompts_dir", "cache"):
         if k in out:
             out[k] = str(out[k])
@@ -310,7 +361,7 @@ def _masked_yaml(config: Config) -> str:
     )
     for env in filter(None, envs):
         lines.append(f"# {env}: {'set (***)' if os.environ.get(env) else 'not set'}")
-    local = [r for r in ROLES if not config.role_endpoints(r)[0]]
+    local = [r for r in config.active_roles() if not config.role_endpoints(r)[0]]
     if local:
         lines.append(
             f"# no base_url for {', '.join(local)}: "

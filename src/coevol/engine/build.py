@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from coevol.config import ROLES, Config, EndpointConfig
+from coevol.config import Config, EndpointConfig
 from coevol.engine.capacity import learn_capacity
 from coevol.engine.dispatch import Dispatcher, RetryPolicy, Route
 from coevol.engine.endpoints import EndpointGroup
@@ -70,7 +70,7 @@ def _http_backend(
     key = os.environ.get(api_key_env) if api_key_env else None
     roles = [
         r
-        for r in ROLES
+        for r in config.active_roles()
         if any((e.base_url, e.api_key_env) == (base_url, api_key_env) for e in config.role_endpoints(r)[0])
     ]
     return OpenAIHTTPBackend(
@@ -168,7 +168,7 @@ async def _routes(
     """A route per role; backends are created into ``made`` (those created here also into ``own``)."""
     routes: dict[str, Route] = {}
     served: set[tuple[GroupKey, str]] = set()  # groups whose servers were checked for a model
-    for role in ROLES:
+    for role in config.active_roles():
         rc = config.role(role)
         endpoints, group = config.role_endpoints(role)
         key: GroupKey = (group, tuple((e.base_url, e.api_key_env) for e in endpoints))
@@ -227,4 +227,7 @@ async def build_engine(
         [config.mode, config.max_rounds, config.judge, config.judge_reasks, config.judge_early_exit],
         config.conversation.model_dump(),
     ]
+    tree = config.tree_settings()
+    if tree is not None:  # only then: a CoEvol run's fingerprint (and resume) stays as it was
+        parts.append(["tree", tree.to_dict()])
     return Engine(config, prompts, dispatcher, list(made.values()), fingerprint(parts), local)
