@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from coevol.cli.dryrun import format_estimate
-from coevol.config import Config
+from coevol.config import Config, TreeConfig
 from coevol.domain import Example, Turn
 from coevol.plan import estimate_examples
 from coevol.prompts.templates import load_prompts
@@ -18,7 +18,7 @@ ROW = Example(0, 1, "alpaca", [Turn("user", "Say hi."), Turn("assistant", "hello
 
 
 def calls(**tree: Any) -> dict[str, tuple[int, int]]:
-    config = Config(strategy="tree", tree=tree or None)
+    config = Config(strategy="tree", tree=TreeConfig(**tree))
     est = estimate_examples(config, [ROW, ROW], P)
     return {role: (r.calls_min // 2, r.calls_max // 2) for role, r in est.roles.items() if r.calls_max}
 
