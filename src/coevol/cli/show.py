@@ -36,6 +36,7 @@ from coevol.domain import (
 from coevol.errors import TraceError, TraceSchemaError
 from coevol.textdiff import word_diff
 from coevol.textsafe import inert, inert_line
+from coevol.tree.view import tree_lines
 
 __all__ = ["read_trace", "render_record", "show_trace"]
 
@@ -50,6 +51,10 @@ STOP_REASONS: dict[StopReason, str] = {
     StopReason.CONTEXT_LENGTH: "the prompt outgrew the model's context; the last accepted response stays",
     StopReason.ERROR: "a call failed; the row is written unchanged",
     StopReason.SINGLE_PASS: "one pass of an ablation mode, no judge",
+    StopReason.ROOT_PASSES: "the critic already passes the original; nothing refined",
+    StopReason.TREE_PASS: "a node's value passed the gate; it is written",
+    StopReason.TREE_NO_PASS: "no node passed the gate; the original stays",
+    StopReason.ROOT_UNDECIDED: "the critic's votes on the original stayed tied; the original stays",
 }
 
 
@@ -158,6 +163,8 @@ def _turn(turn: TurnTrace) -> Iterator[Any]:
         yield Panel(_diff(turn.original, turn.final), title=_title("changes (word diff)"), title_align="left")
     for it in turn.iterations:
         yield from _iteration(it, turn.stop_reason)
+    if turn.tree is not None:
+        yield _t("\n".join(tree_lines(turn.tree)))
     yield _stopped(turn)
 
 

@@ -60,6 +60,13 @@ button{font:inherit;padding:4px 12px;border:1px solid var(--line);border-radius:
 table{display:block;max-width:100%;overflow-x:auto}
 .figs>*,.cols>*{min-width:0}
 figure{overflow-x:auto}
+.tree{margin:10px 0;padding:8px 10px;border:1px solid var(--line);border-radius:8px;background:var(--panel)}
+.tree .lvl{display:flex;flex-wrap:wrap;gap:6px;align-items:center;margin:4px 0}
+.tree .d{color:var(--muted);font-size:13px;min-width:64px}
+.tnode{font-size:13px;padding:2px 8px;border-radius:12px;border:2px solid transparent;font-variant-numeric:tabular-nums}
+.tv0{background:#ffebe9}.tv1{background:#ffd8b5}.tv2{background:#fff8c5}.tv3{background:#d8f3dc}.tv4{background:#aceebb}.tvn{background:#eaeef2;color:var(--muted)}
+.tnode.onpath{border-color:var(--accent);font-weight:600}
+.tnode.drop{text-decoration:line-through}
 @media (max-width:600px){main{padding:16px 12px 48px}svg.fig-2a{min-width:440px}svg.fig-2b{min-width:780px}svg.fig-3{min-width:520px}svg.fig-wtl{min-width:760px}.controls input{min-width:0;flex:1 1 160px}}
 """
 
@@ -172,6 +179,27 @@ JS = r"""
     var stop = add(parent, el("div", "lbl", "why the loop stopped: "));
     add(stop, el("code", null, t.stop + (t.failure ? " (" + t.failure + ")" : "")));
     t.iterations.forEach(function (it) { iteration(parent, it); });
+    if (t.tree) { tree(parent, t.tree); }
+  }
+
+  function tree(parent, tr) {
+    var box = add(parent, el("div", "tree"));
+    add(box, el("div", "lbl", "tree search: nodes by depth, coloured by value V (red 0 to green 1), the path to the result outlined; hover a node for its response"));
+    var onPath = {};
+    tr.path.forEach(function (id) { onPath[id] = true; });
+    var depths = [];
+    tr.nodes.forEach(function (n) { (depths[n[2]] = depths[n[2]] || []).push(n); });
+    depths.forEach(function (nodes, depth) {
+      var row = add(box, el("div", "lvl"));
+      add(row, el("span", "d", "depth " + depth));
+      nodes.forEach(function (n) {
+        var v = n[3];
+        var cls = "tnode " + (v === null ? "tvn" : "tv" + Math.min(4, Math.floor(v * 5))) + (onPath[n[0]] ? " onpath" : "") + (n[4] ? " drop" : "");
+        var chip = add(row, el("span", cls, "#" + n[0] + " " + (v === null ? "-" : v.toFixed(2))));
+        chip.title = (n[4] ? "dropped: " + n[4] + "\n" : "") + (n[5] === null ? "(no response)" : n[5]);
+      });
+    });
+    add(box, el("div", "lbl", "path: " + tr.path.map(function (id) { return "#" + id; }).join(" > ")));
   }
 
   function render(s) {

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from coevol.audit import judge_finding
-from coevol.domain import Answer, IterationTrace, JudgeTrace, TraceRecord, TurnTrace
+from coevol.domain import Answer, IterationTrace, JudgeTrace, TraceRecord, TreeTrace, TurnTrace
 from coevol.report._assets import CSS, JS
 from coevol.report.figures import fig_lengths, fig_rounds, fig_sunburst
 from coevol.textdiff import word_diff
@@ -109,6 +109,18 @@ def _turn(t: TurnTrace) -> dict[str, Any]:
         "stop": t.stop_reason.value,
         "failure": None if t.failure is None else f"{t.failure.type}: {t.failure.message}",
         "iterations": [_iteration(it) for it in t.iterations],
+        "tree": None if t.tree is None else _tree(t.tree),
+    }
+
+
+def _tree(tree: TreeTrace) -> dict[str, Any]:
+    """The tree for the sample browser: each node as [id, parent, depth, value, dropped, response]."""
+    return {
+        "path": list(tree.path),
+        "nodes": [
+            [n.id, n.parent, n.depth, n.value, n.dropped, None if n.response is None else n.response[:400]]
+            for n in tree.nodes
+        ],
     }
 
 
@@ -295,7 +307,7 @@ def _figures(
         f'<figure class="wide"><div class="sun"><div class="sunfig">{sun}</div>{_pairs_table(d)}</div>'
         f"<figcaption>{_e(caption)}</figcaption></figure>"
     )
-    return f'<div class="figs">{fig2a}{_rounds_table(report)}{fig2b}{fig3}</div>'
+    return f'<div class="figs">{fig2a}{_rounds_table(report)}{_tree_table(report)}{fig2b}{fig3}</div>'
 
 
 def _pairs_table(d: dict[str, Any] | None) -> str:
@@ -308,6 +320,29 @@ def _pairs_table(d: dict[str, Any] | None) -> str:
     return (
         '<div class="pairs"><table><tr><th>verb</th><th>object</th><th class="n">count</th></tr>'
         f"{rows}</table></div>"
+    )
+
+
+def _tree_table(report: dict[str, Any]) -> str:
+    """For tree runs, beside Fig. 2: the share of samples by the depth their search reached, and
+    how many passed the critic's gate (the original already, or a node written)."""
+    tree = report.get("tree")
+    if not tree:
+        return ""
+    units = max(tree["units"], 1)
+    rows = "".join(
+        f'<tr><td>{_e(depth)}</td><td class="n">{n:,}</td><td class="n">{n / units:.0%}</td></tr>'
+        for depth, n in tree["depth"].items()
+    )
+    found = tree["passed"] - tree["root_passes"]
+    return (
+        '<figure><table class="tree-depth"><tr><th>depth reached</th><th class="n">samples</th>'
+        f'<th class="n">share</th></tr>{rows}</table>'
+        f"<p>Final pass rate: <strong>{tree['pass_rate']:.0%}</strong> ({tree['passed']:,} of "
+        f"{tree['units']:,}: {tree['root_passes']:,} originals already passed, {found:,} found in the "
+        "tree).</p><figcaption>Tree search: the share of the samples by the depth the search reached "
+        "(0: the original passed or nothing could be valued), and the share whose result passed the "
+        "gate.</figcaption></figure>"
     )
 
 

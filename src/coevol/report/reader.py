@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from coevol.domain import SCHEMA, Answer, IterationTrace, TraceRecord, TurnTrace
+from coevol.domain import READABLE_SCHEMAS, Answer, IterationTrace, TraceRecord, TurnTrace
 from coevol.errors import DataError, TraceSchemaError
 from coevol.llm.types import Usage
 from coevol.report.stats import active_seconds
@@ -98,7 +98,7 @@ def read_trace(path: Path, stats: TraceReadStats) -> Iterator[TraceRecord]:
                     check_record(record)
                     yield record
                 except TraceSchemaError as exc:
-                    if isinstance(data, dict) and data.get("schema") != SCHEMA:
+                    if isinstance(data, dict) and data.get("schema") not in READABLE_SCHEMAS:
                         raise DataError(f"{path}: {exc}") from None
                     _bad(stats, f"line {stats.lines}: {exc}")
         except OSError as exc:

@@ -159,6 +159,7 @@ class ReportBuilder:
     judge: JudgeAudit = field(default_factory=JudgeAudit)
     usage: dict[str, Usage] = field(default_factory=dict)
     models: dict[str, Counter[str]] = field(default_factory=dict)
+    tree_depths: Counter[int] = field(default_factory=Counter)  # tree runs: units by depth reached
 
     def add(self, record: TraceRecord) -> None:
         self.rows += 1
@@ -171,6 +172,8 @@ class ReportBuilder:
             self.units += 1
             self.rounds[turn.accepted_rounds] += 1
             self.stop_reasons[turn.stop_reason.value] += 1
+            if turn.tree is not None:
+                self.tree_depths[turn.tree.depth_reached] += 1
             if turn.stop_reason is StopReason.MAX_ROUNDS:
                 self.max_rounds_seen = max(self.max_rounds_seen or 0, turn.accepted_rounds)
             if self.count_tokens is not None:
@@ -217,6 +220,21 @@ class ReportBuilder:
         k = max(k, seen)
         return {str(i): self.rounds.get(i, 0) for i in range(k + 1)}
 
+    def tree_dict(self) -> dict[str, Any] | None:
+        """Tree runs only: units by depth reached, and how many passed the gate."""
+        units = sum(self.tree_depths.values())
+        if not units:
+            return None
+        root = self.stop_reasons.get(StopReason.ROOT_PASSES.value, 0)
+        passed = root + self.stop_reasons.get(StopReason.TREE_PASS.value, 0)
+        return {
+            "units": units,
+            "depth": {str(d): self.tree_depths.get(d, 0) for d in range(max(self.tree_depths) + 1)},
+            "passed": passed,
+            "root_passes": root,
+            "pass_rate": passed / units,
+        }
+
     def length_dict(self) -> dict[str, Any]:
         return {
             "tokenizer": self.tokenizer,
@@ -262,7 +280,8 @@ class ReportBuilder:
         prices: dict[str, tuple[float, float]] | None = None,
         wall_time_s: float | None = None,
     ) -> dict[str, Any]:
-        """The ``coevol.report/1`` document."""
+        """The ``coevol.report/1`` document (with ``tree`` for a run of the tree strategy)."""
+        tree = self.tree_dict()
         return {
             "schema": REPORT_SCHEMA,
             "rows": self.rows,
@@ -277,4 +296,5 @@ class ReportBuilder:
             "models": {role: sorted(c) for role, c in sorted(self.models.items())},
             "wall_time_s": wall_time_s,
             "missing": list(self.missing),
+            **({"tree": tree} if tree is not None else {}),
         }

@@ -1,0 +1,88 @@
+"""The report of a tree run: depth reached and pass rate beside Fig. 2, the tree in each sample."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from coevol.cli.report import run
+from coevol.testing.tree import Label, TreeResponder
+
+from .engine_support import ThreadedServer, refine_file, write_jsonl
+from .test_report_page import HOSTILE, _cli
+
+
+def votes(response: str) -> list[list[Label]]:
+    """Row 0's original passes; row 1 passes at depth 2; row 2 never passes."""
+    if response.startswith("fine"):
+        return [["Yes"] * 5]
+    if response.startswith("deep") and response.count("|") == 2:
+        return [["Yes", "Yes", "Yes", "No", "No"]]
+    return [["No"] * 5]
+
+
+def test_a_tree_run_reports_depths_pass_rate_and_each_tree(tmp_path: Path) -> None:
+    rows = [
+        {"instruction": "A", "input": "", "output": "fine"},
+        {"instruction": "B", "input": "", "output": f"deep {HOSTILE}"},
+        {"instruction": "C", "input": "", "output": "never"},
+    ]
+    data = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.json"
+    with ThreadedServer(responder=TreeResponder(votes)) as server:
+        asyncio.run(refine_file(server.base_url, data, out, strategy="tree", tree={"depth": 2}))
+    assert run(_cli(str(out), "--tokenizer", "words", "--no-directions")) == 0
+    doc = json.loads(Path(f"{out}.report.json").read_text())
+    assert doc["tree"] == {
+        "units": 3,
+        "depth": {"0": 1, "1": 0, "2": 2},
+        "passed": 2,
+        "root_passes": 1,
+        "pass_rate": 2 / 3,
+    }
+    page = Path(f"{out}.report.html").read_text()
+    assert (
+        "Final pass rate: <strong>67%</strong> (2 of 3: 1 originals already passed, 1 found in the tree)"
+        in page
+    )
+    assert HOSTILE not in page  # the row's markup is data in the embedded JSON, never markup
+    data_json = json.loads(page.split('id="samples-data">')[1].split("</script>")[0])
+    trees = {s["index"]: s["turns"][0]["tree"] for s in data_json["samples"]}
+    assert trees[0] == {"path": [0], "nodes": [[0, None, 0, 1.0, None, "fine"]]}
+    assert trees[1]["path"] == [0, 2, 9] and len(trees[1]["nodes"]) == 10
+    assert trees[1]["nodes"][0][5] == f"deep {HOSTILE}"[:400]
+    assert trees[2]["path"] == [0, 2, 9] and all(n[3] == 0.0 for n in trees[2]["nodes"])
+
+
+def test_the_tree_view_in_a_real_browser(tmp_path: Path) -> None:
+    """Nodes by depth coloured by value, the path outlined, hostile responses inert (Chromium)."""
+    from tests.browser_support import chrome, load_and_open_all
+
+    rows = [{"instruction": "B", "input": "", "output": f"deep {HOSTILE}"}]
+    data = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.json"
+    with ThreadedServer(responder=TreeResponder(votes)) as server:
+        asyncio.run(refine_file(server.base_url, data, out, strategy="tree", tree={"depth": 2}))
+    assert run(_cli(str(out), "--tokenizer", "words", "--no-directions")) == 0
+    browser = chrome(javascript=True)
+    try:
+        errors, urls = load_and_open_all(
+            browser, Path(f"{out}.report.html").resolve().as_uri(), "details.sample"
+        )
+        assert errors == [] and all(u.startswith("file://") for u in urls)
+        chips = browser.execute_script(
+            "return Array.from(document.querySelectorAll('.tree .tnode')).map(e => [e.textContent, e.className]);"
+        )
+        assert len(chips) == 10
+        assert chips[0] == ["#0 0.00", "tnode tv0 onpath"]
+        assert ["#9 0.60", "tnode tv3 onpath"] in chips and ["#4 0.60", "tnode tv3"] in chips
+        levels = browser.execute_script(
+            "return Array.from(document.querySelectorAll('.tree .lvl .d')).map(e => e.textContent);"
+        )
+        assert levels == ["depth 0", "depth 1", "depth 2"]
+        assert browser.execute_script("return window.__pwned === undefined") is True
+        title = browser.execute_script("return document.querySelector('.tree .tnode').title")
+        assert title == f"deep {HOSTILE}"[:400]
+    finally:
+        browser.quit()
