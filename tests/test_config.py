@@ -336,7 +336,14 @@ def test_the_tree_strategy_from_flags_and_file(tmp_path: Path) -> None:
         2,
         3,
     )
-    assert config.active_roles()[-2:] == ("critic", "refiner")
+    assert config.active_roles() == ("critic", "refiner")
+    ctree = load_config(None, {"strategy": "tree", "tree": {"expand": "coevol", "value": "pairwise"}})
+    assert ctree.active_roles() == ("positive", "critical", "advisor", "editor", "judge")
+    assert load_config(None, {"strategy": "tree", "tree": {"value": "pairwise"}}).active_roles() == (
+        "judge",
+        "critic",
+        "refiner",
+    )
     assert config.role("critic").temperature == 0.7 and config.role("judge").temperature == 0.0
     assert Config().loop_settings().tree is None and "critic" not in Config().active_roles()
     for text, message in [

@@ -21,7 +21,7 @@ from coevol.llm.urls import has_userinfo, masked_url
 from coevol.loop import LoopSettings, Mode
 from coevol.roles.agents import JudgeKind
 from coevol.roles.spar import LabelRule
-from coevol.tree.settings import Algorithm, Expansion, TreeSettings, Valuation
+from coevol.tree.settings import TREE_ROLES, Algorithm, Expansion, TreeSettings, Valuation
 
 __all__ = [
     "ROLES",
@@ -35,8 +35,6 @@ __all__ = [
 ]
 
 ROLES: tuple[str, ...] = ("positive", "critical", "advisor", "editor", "judge")
-TREE_ROLES: tuple[str, ...] = ("critic", "refiner")
-"""The tree strategy's own roles; they are routed only when ``strategy: tree``."""
 RoleName = Literal["positive", "critical", "advisor", "editor", "judge", "critic", "refiner"]
 Strategy = Literal["coevol", "tree"]
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
@@ -367,8 +365,13 @@ class Config(_Strict):
         return out, group
 
     def active_roles(self) -> tuple[str, ...]:
-        """The roles a run routes: CoEvol's five, and the critic and refiner for the tree."""
-        return ROLES + TREE_ROLES if self.strategy == "tree" else ROLES
+        """The roles a run routes: CoEvol's five; for the tree, the ones its search calls."""
+        if self.strategy != "tree":
+            return ROLES
+        tree = self.tree or TreeConfig()
+        used = set(TREE_ROLES) if tree.expand == "spar" else {"positive", "critical", "advisor", "editor"}
+        used |= {"critic"} if tree.value == "critic" else {"judge"}
+        return tuple(r for r in ROLES + TREE_ROLES if r in used)
 
     def tree_settings(self) -> TreeSettings | None:
         """The tree search this config asks for, or None for CoEvol's loop."""

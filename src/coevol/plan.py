@@ -29,7 +29,7 @@ from coevol.conversation import refinable_turns, tokens_for_chars, window_sample
 from coevol.domain import BadRow, Example
 from coevol.prompts.render import Sample, has_input
 from coevol.prompts.templates import PromptSet
-from coevol.tree.settings import TreeSettings
+from coevol.tree.settings import TREE_ROLES, TreeSettings
 
 if TYPE_CHECKING:  # types only: the agents and the loop may import this module
     from coevol.config import Config
@@ -370,7 +370,7 @@ def _add_tree_turn(
     best, worst = tree.best(), tree.worst()
     has = has_input(sample)
     chars = (len(sample.instruction), len(sample.input) if has else 0, len(sample.response))
-    turn = _tree_turn(prompts, chars, max_tokens["refiner"])
+    turn = _tree_turn(prompts, chars, max_tokens["refiner" if tree.expand == "spar" else "editor"])
     per_eval = 1 if tree.use_n and tree.votes > 1 else tree.votes
     critique = max_tokens["critic"]
     completion = critique * tree.votes // per_eval  # one request answers votes / per_eval critiques
@@ -429,10 +429,7 @@ def estimate_examples(
     settings = config.conversation_settings()
     est = DryRunEstimate(config.mode, config.max_rounds, calls_per_second=calls_per_second)
     est.tree = config.tree_settings()
-    roles = config.active_roles()
-    est.roles = {
-        role: RoleEstimate() for role in (*PLANNED_ROLES, *(r for r in roles if r not in PLANNED_ROLES))
-    }
+    est.roles = {role: RoleEstimate() for role in PLANNED_ROLES + (TREE_ROLES if est.tree else ())}
     max_tokens = {role: config.role(role).max_tokens or config.max_tokens for role in est.roles}
     full = config.mode == "full"
     rounds = config.max_rounds if full else 1

@@ -56,12 +56,11 @@ from coevol.roles.spar import (
     refine_messages,
     tied,
 )
-from coevol.tree.settings import TreeSettings
+from coevol.tree.settings import TREE_ROLES, TreeSettings
 
 __all__ = ["CRITIC", "REFINER", "TREE_ROLES", "pairwise_value", "tree_refine"]
 
-CRITIC, REFINER = "critic", "refiner"
-TREE_ROLES = (CRITIC, REFINER)
+CRITIC, REFINER = TREE_ROLES
 
 _T = TypeVar("_T")
 

@@ -10,6 +10,7 @@ from coevol.roles.spar import LabelRule
 __all__ = [
     "ALGORITHMS",
     "EXPANSIONS",
+    "TREE_ROLES",
     "VALUES",
     "Algorithm",
     "Expansion",
@@ -17,6 +18,9 @@ __all__ = [
     "TreeSettings",
     "Valuation",
 ]
+
+TREE_ROLES: tuple[str, ...] = ("critic", "refiner")
+"""The tree strategy's own roles (routed only when ``strategy: tree``)."""
 
 Algorithm = Literal["bfs", "dfs"]
 Expansion = Literal["spar", "coevol"]
