@@ -203,3 +203,24 @@ def test_pairwise_value_is_the_both_orders_preference() -> None:
     assert pairwise_value(JudgeTrace([], 1.0, 1.0)) == 0.5
     assert pairwise_value(JudgeTrace([], 0.0, 0.0)) == 0.5
     assert pairwise_value(JudgeTrace([])) is None
+
+
+def test_a_child_too_long_for_the_context_is_dropped_not_the_sample() -> None:
+    from coevol.errors import ContextLengthError
+
+    inner = TreeResponder(by_depth(1), lambda parent, seed, nth: f"{parent}|{'long ' * (nth == 0)}{seed}")
+    generate = inner.as_generate()
+
+    async def script(
+        role: str, messages: Any, *, attempt: int = 0, seed: int | None = None, n: int = 1
+    ) -> Any:
+        if role == "critic" and "long" in messages[0]["content"]:
+            raise ContextLengthError("HTTP 400: maximum context length is 4096 tokens")
+        return await generate(role, messages, attempt=attempt, seed=seed, n=n)
+
+    result = asyncio.run(tree_refine(SAMPLE, script, P, LoopSettings(tree=TreeSettings())))
+    tree = result.tree
+    assert tree is not None and result.stop_reason is StopReason.TREE_PASS
+    dropped = [n for n in tree.nodes if n.dropped]
+    assert len(dropped) == 1 and "outgrew the model's context" in (dropped[0].dropped or "")
+    assert dropped[0].response is not None and "long" in dropped[0].response

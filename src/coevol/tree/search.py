@@ -40,7 +40,7 @@ from coevol.domain import (
     TreeNodeTrace,
     TreeTrace,
 )
-from coevol.errors import AuthenticationError, LLMError, NotFoundError
+from coevol.errors import AuthenticationError, ContextLengthError, LLMError, NotFoundError
 from coevol.llm.types import Completion, Generate, Message
 from coevol.loop import LoopSettings, Refinement, UsageLedger, failure_stop, unusable_edit
 from coevol.prompts.render import Sample
@@ -80,6 +80,16 @@ async def _all(calls: Iterable[Awaitable[_T]]) -> list[_T]:
         if error is not None:
             raise error
     return [t.result() for t in tasks]
+
+
+async def _or_drop(node: TreeNodeTrace, step: Awaitable[None]) -> None:
+    """A child whose prompt outgrew the model's context is dropped, not the whole sample (a
+    refiner's long answer must not cost the row; the original and its critique fit)."""
+    try:
+        await step
+    except ContextLengthError as exc:
+        node.value = None
+        node.dropped = f"the prompt outgrew the model's context ({exc})"
 
 
 def pairwise_value(judge: JudgeTrace) -> float | None:
@@ -268,7 +278,7 @@ class _Search:
         """The children of ``parents``: produced concurrently, then valued concurrently (each
         distinct response once, in node order); returns those with a value."""
         children = [(p, self.add(p, i)) for p in parents for i in range(self.settings.branch)]
-        await _all(self.produce(p, c) for p, c in children)
+        await _all(_or_drop(c, self.produce(p, c)) for p, c in children)
         made = [c for _, c in children if c.response is not None]
         fresh: list[TreeNodeTrace] = []
         for child in made:
@@ -279,7 +289,7 @@ class _Search:
                 fresh.append(child)
             else:
                 child.same_as = earlier
-        await _all(self.value(c) for c in fresh)
+        await _all(_or_drop(c, self.value(c)) for c in fresh)
         for child in made:
             if child.same_as is not None:
                 holder = self.trace.nodes[child.same_as]
