@@ -10,6 +10,8 @@
   ``ResponderGenerate`` (``Generate``), ``ScriptedBackend`` and ``ResponderBackend`` (``Backend``).
 - ``coevol.testing.responders``: ``CoEvolResponder``, which answers the five agents predictably
   (over HTTP as a server responder, in-process through ``as_generate()``).
+- ``coevol.testing.tree``: ``TreeResponder``, the tree strategy's critic (votes known per
+  response, with or without honouring ``n``) and refiner, falling back to ``CoEvolResponder``.
 """
 
 from coevol.testing.cli import fetch_stats, reset_stats, serve_in_subprocess
