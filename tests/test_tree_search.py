@@ -224,3 +224,19 @@ def test_a_child_too_long_for_the_context_is_dropped_not_the_sample() -> None:
     dropped = [n for n in tree.nodes if n.dropped]
     assert len(dropped) == 1 and "outgrew the model's context" in (dropped[0].dropped or "")
     assert dropped[0].response is not None and "long" in dropped[0].response
+
+
+def test_pairwise_value_asks_the_critic_once_per_expanded_node_for_the_refiners_critique() -> None:
+    from coevol.testing.responders import CoEvolResponder, accept_up_to
+
+    responder = TreeResponder(
+        all_votes(*NO),
+        lambda parent, seed, nth: f"{parent}|{seed} [edit]",
+        fallback=CoEvolResponder(accept_up_to(1)),
+    )
+    result, calls = run(responder, value="pairwise")
+    assert calls.roles().count("critic") == 1 and calls.roles().count("refiner") == 3
+    assert calls.roles().count("judge") == 6
+    tree = result.tree
+    assert tree is not None and len(tree.nodes[0].critiques) == 5 and tree.nodes[0].value == 0.5
+    assert result.stop_reason is StopReason.TREE_PASS and [n.value for n in tree.nodes[1:]] == [1.0] * 3

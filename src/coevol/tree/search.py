@@ -168,15 +168,18 @@ class _Search:
         msgs = critic_messages(self.prompts, self.sample, node.response)
         votes, rule = self.settings.votes, self.settings.label
         base = derive_seed(self.key, "critic", self.paths[node.id], draw)
+
+        def critique(answer: Answer, choice: int, seed: int) -> CritiqueTrace:
+            return CritiqueTrace(answer, label_of(answer.text, rule), draw, choice, seed)
+
         got: list[CritiqueTrace] = []
         if self.settings.use_n and votes > 1:
             answer = await self.ledger(CRITIC, msgs, seed=base, n=votes)
-            for i, choice in enumerate(answer.choices()[:votes]):
-                got.append(CritiqueTrace(Answer(choice.text, choice.finish_reason), None, draw, i, base))
+            choices = answer.choices()[:votes]
+            got = [critique(Answer(c.text, c.finish_reason), i, base) for i, c in enumerate(choices)]
         seeds = [derive_seed(base, i) for i in range(len(got), votes)]
         singles = await _all(self.ledger(CRITIC, msgs, seed=s) for s in seeds)
-        got += [CritiqueTrace(_answer(c), None, draw, 0, s) for c, s in zip(singles, seeds, strict=True)]
-        return [CritiqueTrace(c.answer, label_of(c.answer.text, rule), c.draw, c.choice, c.seed) for c in got]
+        return got + [critique(_answer(c), 0, s) for c, s in zip(singles, seeds, strict=True)]
 
     async def critic(self, node: TreeNodeTrace) -> bool:
         """Draw critiques until the labels are not tied (at most ``draws`` times); set ``value`` and
@@ -277,6 +280,9 @@ class _Search:
     async def grow(self, parents: Sequence[TreeNodeTrace]) -> list[TreeNodeTrace]:
         """The children of ``parents``: produced concurrently, then valued concurrently (each
         distinct response once, in node order); returns those with a value."""
+        if self.settings.expand == "spar":  # each parent's critique once, before its children ask
+            holders = {self.holder(p).id: self.holder(p) for p in parents}
+            await _all(self.critique_of(h) for h in holders.values())
         children = [(p, self.add(p, i)) for p in parents for i in range(self.settings.branch)]
         await _all(_or_drop(c, self.produce(p, c)) for p, c in children)
         made = [c for _, c in children if c.response is not None]
