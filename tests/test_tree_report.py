@@ -53,6 +53,14 @@ def test_a_tree_run_reports_depths_pass_rate_and_each_tree(tmp_path: Path) -> No
     assert trees[1]["path"] == [0, 2, 9] and len(trees[1]["nodes"]) == 10
     assert trees[1]["nodes"][0][5] == f"deep {HOSTILE}"[:400]
     assert trees[2]["path"] == [0, 2, 9] and all(n[3] == 0.0 for n in trees[2]["nodes"])
+    config = tmp_path / "run.yaml"
+    config.write_text("roles:\n  critic:\n    price: {prompt: 1, completion: 2}\n")
+    assert run(_cli(str(out), "--tokenizer", "words", "--no-directions", "--config", str(config))) == 0
+    usage = json.loads(Path(f"{out}.report.json").read_text())["usage"]["by_role"]
+    critic = usage["critic"]
+    assert critic["calls"] == 1 + 10 + 10  # row 0: the root; rows 1 and 2: 1 + 3 + 6 evaluations
+    assert critic["cost"] == (critic["prompt_tokens"] + 2 * critic["completion_tokens"]) / 1e6
+    assert usage["refiner"]["cost"] is None
 
 
 def test_the_tree_view_in_a_real_browser(tmp_path: Path) -> None:

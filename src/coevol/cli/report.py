@@ -20,7 +20,7 @@ from coevol.textsafe import inert_line
 
 __all__ = ["add_parser", "report_paths", "run"]
 
-_ROLES = ("positive", "critical", "advisor", "editor", "judge")
+_ROLES = ("positive", "critical", "advisor", "editor", "judge", "critic", "refiner")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
