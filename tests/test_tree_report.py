@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 from coevol.cli.report import run
@@ -79,9 +80,13 @@ def test_the_tree_view_in_a_real_browser(tmp_path: Path) -> None:
             browser, Path(f"{out}.report.html").resolve().as_uri(), "details.sample"
         )
         assert errors == [] and all(u.startswith("file://") for u in urls)
-        chips = browser.execute_script(
-            "return Array.from(document.querySelectorAll('.tree .tnode')).map(e => [e.textContent, e.className]);"
-        )
+        query = "return Array.from(document.querySelectorAll('.tree .tnode')).map(e => [e.textContent, e.className]);"
+        chips: list[list[str]] = []
+        for _ in range(200):  # a sample renders on its toggle event, which may come a moment later
+            chips = browser.execute_script(query)
+            if chips:
+                break
+            time.sleep(0.05)
         assert len(chips) == 10
         assert chips[0] == ["#0 0.00", "tnode tv0 onpath"]
         assert ["#9 0.60", "tnode tv3 onpath"] in chips and ["#4 0.60", "tnode tv3"] in chips
