@@ -132,6 +132,11 @@ def test_backpressure_halves_at_most_per_round_trip_and_grows_when_latency_is_fl
     for _ in range(5):
         limit.release(latency=10.0)  # answers sent under the old limit: no second cut yet
     assert limit.limit == 10
+    limit.release(latency=1.0)  # flat again: it grows back by about sqrt(limit) per round trip
+    assert limit.limit == pytest.approx(10 + 10**0.5 / 10)
+    limit.backoff()  # a 429: halved, and from then on one more per round trip (AIMD)
+    limit.release(latency=1.0)
+    assert limit.limit == pytest.approx((10 + 10**0.5 / 10) / 2 + 1 / ((10 + 10**0.5 / 10) / 2))
 
 
 # --- an uncapped backend -----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ and asks ``AdaptiveLimit.room()`` how many more requests a server takes now.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ class Backpressure:
     server that really became slower is re-learned. Latency past ``tolerance`` times that baseline,
     and by more than ``min_delay`` seconds (so a fast server's client-side jitter is no signal),
     shrinks the limit toward the size whose latency would be within the tolerance, at most once
-    per round trip and at most by half; otherwise a limit in use grows. With ``tolerance`` 2 a
+    per round trip and at most by half; otherwise it grows back by about the square root of the
+    limit per round trip (gradient2's allowance: a client too busy to read answers at once looks
+    like a queue, and must not leave the server under-filled for long). With ``tolerance`` 2 a
     server keeps about as many requests queued as it runs: its batch stays full, the queue bounded.
     """
 
@@ -49,6 +52,7 @@ class AdaptiveLimit:
     __slots__ = (
         "_base",
         "_cut_wait",
+        "_latency_cut",
         "_short",
         "_since_cut",
         "backoffs",
@@ -79,6 +83,7 @@ class AdaptiveLimit:
         self._base: float | None = None  # the unqueued latency
         self._since_cut = 0  # answers since the limit last shrank on latency
         self._cut_wait = 0  # answers to wait for before it may shrink again
+        self._latency_cut = False  # whether the last decrease was for queueing delay (not a 429)
 
     def room(self) -> int:
         return int(self.limit) - self.in_flight
@@ -98,7 +103,10 @@ class AdaptiveLimit:
         if self.limit >= self.maximum:
             return
         if not self.slow_start:
-            self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
+            # After a 429 one more request per round trip (AIMD); after queueing delay, whose
+            # signal is noisier (a busy client delays answers too), the square root of the limit.
+            step = math.sqrt(self.limit) if self._latency_cut else 1.0
+            self.limit = min(float(self.maximum), self.limit + step / self.limit)
         elif 2 * (self.in_flight + 1) >= self.limit:  # only a window in use doubles
             self.limit = min(float(self.maximum), self.limit + 1.0)
 
@@ -116,6 +124,7 @@ class AdaptiveLimit:
             return False
         if self._since_cut >= self._cut_wait:
             self.slow_start = False
+            self._latency_cut = True
             self.limit = max(float(self.minimum), self.limit * max(0.5, bp.tolerance * base / short))
             self._since_cut = 0
             # Requests in flight now were sent under the old limit: their latency says nothing new.
@@ -132,6 +141,7 @@ class AdaptiveLimit:
         if since is not None and since != self.epoch:
             return False
         self.slow_start = False
+        self._latency_cut = False
         self.limit = max(float(self.minimum), self.limit / 2)
         self.epoch += 1
         self.backoffs += 1
