@@ -350,8 +350,9 @@ def test_the_tree_strategy_from_flags_and_file(tmp_path: Path) -> None:
         ("strategy: tree\nmode: edit\n", "--mode ablations are for strategy coevol"),
         ("strategy: tree\ntree:\n  branch: 0\n", "tree.branch"),
         ("strategy: tree\ntree:\n  end_gate: 1.0\n", "tree.end_gate"),
-        ("tree:\n  algorithm: astar\n", "tree.algorithm"),
+        ("strategy: tree\ntree:\n  algorithm: astar\n", "tree.algorithm"),
         ("tree:\n  brnach: 2\n", "unknown key 'tree.brnach'"),
+        ("tree:\n  depth: 2\n", "tree settings (--tree-*, tree:) apply only with --strategy tree"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             Config.from_yaml(text)

@@ -302,6 +302,8 @@ class Config(_Strict):
     def _tree_runs_whole(self) -> Config:
         if self.strategy == "tree" and self.mode != "full":
             raise ValueError("strategy tree searches on its own: --mode ablations are for strategy coevol")
+        if self.strategy != "tree" and self.tree is not None:  # a --tree-* flag would do nothing
+            raise ValueError("tree settings (--tree-*, tree:) apply only with --strategy tree")
         return self
 
     @model_validator(mode="after")
