@@ -36,7 +36,7 @@ from coevol.engine.runner import ProgressFn, Runner, RunPaths, RunSummary, role_
 from coevol.errors import DataError, OutputError
 from coevol.extras import check_extras
 from coevol.io.formats import parse_example, render_example
-from coevol.io.guard import RunLock, check_not_links, check_outputs
+from coevol.io.guard import RunLock, check_cache, check_not_links, check_outputs
 from coevol.io.readers import hub_id, read_examples
 from coevol.io.writers import output_kind, recover
 from coevol.llm.types import Backend
@@ -156,7 +156,7 @@ def prepare(paths: RunPaths, cache: Path | None) -> None:
         read_examples(paths.input, limit=0)
     check_outputs(None if hub else paths.input, paths.output, paths.working(), paths.pairs)
     if cache is not None:
-        check_outputs(None if hub else paths.input, cache, {}, None)
+        check_cache(None if hub else paths.input, cache)
         named = {"the output": paths.output, **paths.working()}
         if paths.pairs is not None:
             named["--pairs"] = paths.pairs
@@ -199,7 +199,8 @@ async def arefine_file(
     cache_path = Path(cache) if cache is not None else cfg.cache
     check_extras([paths.input, paths.output, paths.pairs], embedded=uses_embedded(cfg))
     prepare(paths, cache_path)
-    with RunLock(paths.lock, f"coevol refine {paths.input} -o {paths.output}"):
+    pairs_lock = [paths.pairs] if paths.pairs is not None else []
+    with RunLock(paths.lock, f"coevol refine {paths.input} -o {paths.output}", also=pairs_lock):
         recovered = recover(paths.journal, paths.finals())
         with contextlib.ExitStack() as stores:
             store = stores.enter_context(Store(paths.store))

@@ -25,7 +25,7 @@ from rich.text import Text
 from coevol.cli.exit_codes import EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_TERMINATED
 from coevol.config import Config
 from coevol.engine.dispatch import RunStats
-from coevol.errors import BudgetExceeded, DataError, OutputError
+from coevol.errors import BudgetExceeded, DataError
 from coevol.io.formats import FORMATS
 from coevol.textsafe import inert, inert_line
 
@@ -252,7 +252,7 @@ def load_result(path: Path) -> dict[str, Any]:
 
 def report_compare(ns: argparse.Namespace) -> int:
     """``coevol report RESULT`` for a compare result: the page beside it (or at ``-o``)."""
-    from coevol.cli.report import report_paths
+    from coevol.cli.report import check_report_targets, open_hint, report_paths
     from coevol.io.writers import write_whole
     from coevol.report.compare_page import render_compare_page
 
@@ -264,12 +264,22 @@ def report_compare(ns: argparse.Namespace) -> int:
             f"{ns.output}: not a valid coevol.compare/1 document ({type(exc).__name__}: {exc})"
         ) from None
     out, _ = report_paths(ns.output, ns.out)
-    if out.resolve() == ns.output.resolve():
-        raise OutputError(f"refusing to write the page over the result {ns.output}; give -o PAGE.html")
+    check_report_targets(out, None, _compare_reads(ns.output, doc))
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err.print(f"report: {inert_line(str(out))}", markup=False)
     write_whole(out, page.encode())
-    Console(stderr=True, highlight=False).print(
-        f"report: {inert_line(str(out))}\n"
-        f"open it with: xdg-open {inert_line(str(out))}  (it needs no network)",
-        markup=False,
-    )
+    err.print(open_hint(out), markup=False)
     return EXIT_OK
+
+
+def _compare_reads(result: Path, doc: dict[str, Any]) -> dict[str, Path]:
+    """The result and the files the comparison read (as named in it, from here or beside it)."""
+    reads = {"the result being read": result}
+    base, cands = doc.get("baseline"), doc.get("candidates")
+    named = [base.get("path") if isinstance(base, dict) else None]
+    named += [c.get("candidate") for c in cands if isinstance(c, dict)] if isinstance(cands, list) else []
+    for name in named:
+        if isinstance(name, str) and name and "\0" not in name:
+            reads[f"the compared file {name}"] = Path(name)
+            reads[f"the compared file {name} (beside the result)"] = result.parent / name
+    return reads

@@ -7,20 +7,29 @@ Reads the run's files beside OUTPUT (trace, rejects, store) and writes ``OUTPUT.
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import shlex
+import stat
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from coevol.cli.exit_codes import EXIT_OK
-from coevol.errors import ConfigError, DataError
+from coevol.errors import ConfigError, DataError, OutputError
+from coevol.io.guard import check_derived
 from coevol.io.writers import write_whole
 from coevol.report.stats import DEFAULT_DIRECTION_LINES
 from coevol.textsafe import inert_line
 
-__all__ = ["add_parser", "report_paths", "run"]
+__all__ = ["add_parser", "check_report_targets", "open_hint", "report_paths", "run"]
 
 _ROLES = ("positive", "critical", "advisor", "editor", "judge", "critic", "refiner")
+_JSON_HEAD = re.compile(rb'^\s*\{\s*"schema"\s*:\s*"coevol\.report/1"')
+_PAGE_HEAD = re.compile(
+    rb'^<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="Content-Security-Policy"'
+)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -69,6 +78,45 @@ def report_paths(output: Path, out: Path | None) -> tuple[Path, Path]:
     return out, out.with_name(out.name + ".json")
 
 
+def _written_by_us(path: Path, head: re.Pattern[bytes]) -> bool:
+    """Whether ``path`` is absent or a regular file a previous report wrote (read from its first
+    bytes; a FIFO or a link is never opened)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return True
+    if not stat.S_ISREG(mode):
+        return False
+    try:
+        with path.open("rb") as f:
+            return head.match(f.read(256)) is not None
+    except OSError:
+        return False
+
+
+def check_report_targets(page: Path, doc: Path | None, reads: dict[str, Path]) -> None:
+    """Refuse, before anything is written, a page or JSON that would replace a file the report reads,
+    a file of a running job, or any existing file that a report did not write (the run's input,
+    its refined output, a comparison's baseline ...)."""
+    writes = {"the page": page, **({"the JSON document": doc} if doc is not None else {})}
+    check_derived(writes, reads)
+    targets: list[tuple[str, Path, re.Pattern[bytes]]] = [("the page", page, _PAGE_HEAD)]
+    if doc is not None:
+        targets.append(("the JSON document", doc, _JSON_HEAD))
+    for what, path, head in targets:
+        if not _written_by_us(path, head):
+            raise OutputError(
+                f"refusing to write {what} {path}: that file exists and is not a coevol report "
+                "(it may be data); remove it or give -o another NAME.html"
+            )
+
+
+def open_hint(page: Path) -> str:
+    """The line that says how to open the page, its name quoted for a shell."""
+    quoted = inert_line(shlex.quote(str(page)))
+    return f"open it with: xdg-open {quoted}  (or any browser; it needs no network)"
+
+
 def _prices(path: Path | None) -> dict[str, tuple[float, float]] | None:
     if path is None:
         return None
@@ -107,11 +155,20 @@ def run(ns: argparse.Namespace) -> int:
         direction_lines=ns.directions_lines,
         prices=_prices(ns.config),
     )
-    built = build_report(files, options)
     page, doc = report_paths(files.output, ns.out)
+    from coevol.engine.runner import RunPaths
+
+    run_files = RunPaths.beside(Path(), files.output)
+    reads = {"the run's output": files.output, "the trace being read": files.trace}
+    reads.update({f"the run's {k.removeprefix('the ')}": v for k, v in run_files.working().items()})
+    reads["the run's partial trace"] = files.trace.with_name(run_files.trace.name + ".partial")
+    reads["the run's partial output"] = files.output.with_name(files.output.name + ".partial")
+    check_report_targets(page, doc, reads)
+    built = build_report(files, options)
+    out = Console(stderr=True, highlight=False, soft_wrap=True)  # a path is never broken across lines
+    out.print(f"report: {inert_line(str(page))}\njson:   {inert_line(str(doc))}", markup=False)
     write_whole(doc, orjson.dumps(built.document, option=orjson.OPT_INDENT_2) + b"\n")
     write_whole(page, built.page.encode())
-    out = Console(stderr=True, highlight=False)
     for note in built.notes:
         out.print(f"note: {inert_line(note)}", markup=False)
     for missing in built.document["missing"]:
@@ -119,8 +176,5 @@ def run(ns: argparse.Namespace) -> int:
     finding = judge_finding(built.document["judge"])
     if finding is not None:
         out.print(f"warning: {finding}", markup=False)
-    out.print(f"report: {inert_line(str(page))}\njson:   {inert_line(str(doc))}", markup=False)
-    out.print(
-        f"open it with: xdg-open {inert_line(str(page))}  (or any browser; it needs no network)", markup=False
-    )
+    out.print(open_hint(page), markup=False)
     return EXIT_OK

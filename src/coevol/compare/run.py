@@ -30,7 +30,7 @@ from coevol.engine.build import Engine, build_engine
 from coevol.engine.dispatch import RunStats
 from coevol.errors import BudgetExceeded, ConfigError, LLMError, OutputError
 from coevol.extras import check_extras
-from coevol.io.guard import RunLock, check_not_links, check_outputs
+from coevol.io.guard import RunLock, check_cache, check_not_links, check_outputs
 from coevol.io.readers import read_examples
 from coevol.io.writers import write_whole
 from coevol.llm.types import Backend, Generate
@@ -160,7 +160,7 @@ def _prepare(baseline: Path, candidates: Sequence[Path], paths: ComparePaths, ca
     for path in inputs:
         check_outputs(path, paths.result, paths.working(), None)
         if cache is not None:
-            check_outputs(path, cache, {}, None)
+            check_cache(path, cache)
     if cache is not None:
         for what, path in {"the result": paths.result, **paths.working()}.items():
             if os.path.realpath(path) == os.path.realpath(cache):

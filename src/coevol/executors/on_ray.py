@@ -348,7 +348,8 @@ async def arefine_file_ray(
     work_dir = options.work_dir or paths.output.with_name(paths.output.name + ".shards")
     summary, stats = RunSummary(), RunStats()
     started = time.monotonic()
-    with RunLock(paths.lock, f"coevol refine {paths.input} -o {paths.output} --executor ray"):
+    description = f"coevol refine {paths.input} -o {paths.output} --executor ray"
+    with RunLock(paths.lock, description, also=[paths.pairs] if paths.pairs is not None else []):
         recovered = recover(paths.journal, paths.finals())
         try:
             work_dir.mkdir(parents=True, exist_ok=True)

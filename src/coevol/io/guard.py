@@ -24,12 +24,17 @@ from coevol.textsafe import inert_line
 __all__ = [
     "NoSpace",
     "RunLock",
+    "check_cache",
+    "check_derived",
     "check_not_links",
+    "check_not_running",
     "check_outputs",
     "file_error",
     "fsync_dir",
+    "lock_path",
     "open_exclusive",
     "os_error",
+    "regular_file",
 ]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -101,7 +106,8 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def check_outputs(input: Path | None, output: Path, others: dict[str, Path], pairs: Path | None) -> None:
-    """Refuse, before anything is sent, a run that would overwrite its input or one of its own files.
+    """Refuse, before anything is sent, a run that would overwrite its input, one of its own files,
+    or a file of another running job.
 
     ``others`` names the run's working files beside the output (trace, rejects, store ...).
     """
@@ -116,8 +122,112 @@ def check_outputs(input: Path | None, output: Path, others: dict[str, Path], pai
         for what, path in named.items():
             if _same(pairs, path):
                 raise OutputError(f"refusing to run: --pairs {pairs} is {what} {path}")
+    check_not_running([*named.values(), *([pairs] if pairs is not None else [])])
     for path in (output, *([pairs] if pairs is not None else [])):
         _check_writable(path)
+
+
+def check_cache(input: Path | None, cache: Path) -> None:
+    """``--cache`` is a store several runs may share: never the input, in a folder coevol can write."""
+    if input is not None and _same(input, cache):
+        raise OutputError(f"refusing to run: --cache {cache} is the input file {input}")
+    _check_writable(cache)
+
+
+def check_derived(writes: dict[str, Path], reads: dict[str, Path]) -> None:
+    """Refuse a command that reads one run's files and writes others (report): no written file may
+    be one it reads, and none may belong to a running job."""
+    for what, path in writes.items():
+        for read_what, read in reads.items():
+            if _same(path, read):
+                raise OutputError(f"refusing to write {what} {path}: it is {read_what}")
+    check_not_running(writes.values())
+    for path in writes.values():
+        _check_writable(path)
+
+
+_RUN_SUFFIXES = (
+    ".partial",
+    ".lock",
+    ".trace.jsonl",
+    ".rejects.jsonl",
+    ".coevol.db",
+    ".coevol.db-wal",
+    ".coevol.db-shm",
+    ".coevol.db-journal",
+    ".dataset_info.json",
+    ".commit.json",
+)
+
+
+def _owners(path: Path) -> list[Path]:
+    """``path`` and the outputs whose working file it could be (``X.trace.jsonl.partial`` -> X)."""
+    found = [path]
+    name = path.name
+    stripped = True
+    while stripped:
+        stripped = False
+        for suffix in _RUN_SUFFIXES:
+            if name.endswith(suffix) and len(name) > len(suffix):
+                name = name[: -len(suffix)]
+                found.append(path.with_name(name))
+                stripped = True
+    return found
+
+
+def lock_path(path: Path) -> Path:
+    """The run lock of the output (or ``--pairs`` file) ``path``."""
+    return path.with_name(path.name + ".lock")
+
+
+def check_not_running(paths: Iterable[Path]) -> None:
+    """Refuse a file of another running coevol job: its output, its ``--pairs`` or one of its working
+    files. A running job holds ``flock`` on ``<file>.lock``; probing never creates a lock file."""
+    for path in paths:
+        for owner in _owners(path):
+            holder = _held_by(lock_path(owner))
+            if holder is not None:
+                raise OutputError(
+                    f"refusing to run: {path} belongs to another running coevol job "
+                    f"({holder or 'unknown process'}); wait for it to finish or choose another name"
+                )
+
+
+def _held_by(lock: Path) -> str | None:
+    """The holder's description when ``lock`` is held by another process, else None."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None  # no lock file (or a link, refused where it is used): nobody holds it
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return _read_holder(fd)
+        return None  # free: closing the descriptor drops the probe's own lock at once
+    finally:
+        os.close(fd)
+
+
+def regular_file(path: Path, what: str = "file") -> None:
+    """Refuse to read anything but a regular file: a FIFO would hang the read, a link to
+    ``/dev/zero`` would grow without end. Links to regular files are followed (the target counts)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"{what} not found: {path}", source=os.fspath(path)) from None
+    except OSError as exc:
+        raise DataError(f"cannot read {what} {path}: {exc.strerror or exc}", source=os.fspath(path)) from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{path}: the {what} is a folder, not a file", source=os.fspath(path))
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise DataError(
+            f"{path}: the {what} is {kind}, not a regular file; coevol reads only regular files",
+            source=os.fspath(path),
+        )
 
 
 def _check_writable(path: Path) -> None:
@@ -133,21 +243,32 @@ def _check_writable(path: Path) -> None:
 class RunLock:
     """One run per output: an exclusive ``flock`` on ``<output>.lock`` held for the whole run.
 
+    ``also`` names more files the run writes under their own names (``--pairs``): each gets its own
+    ``<file>.lock``, so two runs sharing a ``--pairs``, or one naming the other's output, are refused.
     A second run is refused at once with the holder's description (pid and command). The lock dies
     with its process, so nothing is ever stale; the file itself stays (deleting it while others may
     open it would let two runs hold two different locks).
     """
 
-    def __init__(self, path: Path, description: str) -> None:
+    def __init__(self, path: Path, description: str, also: Iterable[Path] = ()) -> None:
         self.path = path
         self.description = description
-        self._fd: int | None = None
+        self.paths = [path, *(lock_path(p) for p in also)]
+        self._fds: list[int] = []
 
     def acquire(self) -> None:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o644)
+            for path in self.paths:
+                self._fds.append(self._lock(path))
+        except BaseException:
+            self.release()
+            raise
+
+    def _lock(self, path: Path) -> int:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o644)
         except OSError as exc:
-            raise os_error(self.path, exc, "lock") from None
+            raise os_error(path, exc, "lock") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -156,20 +277,19 @@ class RunLock:
             if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
                 raise OutputError(
                     f"another coevol run is already writing this output ({holder or 'unknown process'}); "
-                    f"wait for it to finish or stop it (lock: {self.path})"
+                    f"wait for it to finish or stop it (lock: {path})"
                 ) from None
-            raise os_error(self.path, exc, "lock") from None
+            raise os_error(path, exc, "lock") from None
         try:
             os.ftruncate(fd, 0)
             os.write(fd, f"pid {os.getpid()}: {self.description}\n".encode())
         except OSError:
             pass  # the lock holds without its description
-        self._fd = fd
+        return fd
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
+        while self._fds:
+            os.close(self._fds.pop())  # closing drops the flock
 
     def __enter__(self) -> RunLock:
         self.acquire()
