@@ -25,7 +25,7 @@ from rich.text import Text
 from coevol.cli.exit_codes import EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_TERMINATED
 from coevol.config import Config
 from coevol.engine.dispatch import RunStats
-from coevol.errors import BudgetExceeded, DataError
+from coevol.errors import BudgetExceeded, DataError, OutputError
 from coevol.io.formats import FORMATS
 from coevol.textsafe import inert, inert_line
 
@@ -264,6 +264,8 @@ def report_compare(ns: argparse.Namespace) -> int:
             f"{ns.output}: not a valid coevol.compare/1 document ({type(exc).__name__}: {exc})"
         ) from None
     out, _ = report_paths(ns.output, ns.out)
+    if out.resolve() == ns.output.resolve():
+        raise OutputError(f"refusing to write the page over the result {ns.output}; give -o PAGE.html")
     check_report_targets(out, None, _compare_reads(ns.output, doc))
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     err.print(f"report: {inert_line(str(out))}", markup=False)
