@@ -67,13 +67,13 @@ def test_a_report_is_rewritten_and_its_names_are_shown_before_writing(
     page = tmp_path / "my report; rm -rf ~.html"
     assert _report(str(out), "-o", str(page)) == 0
     shown_before: list[str] = []
-    real = report_cli.write_whole
+    from coevol.io.writers import write_whole as real
 
     def spy(path: Path, data: bytes) -> None:
         shown_before.append(capsys.readouterr().err)
         real(path, data)
 
-    monkeypatch.setattr(report_cli, "write_whole", spy)
+    monkeypatch.setattr("coevol.cli.report.write_whole", spy)
     assert _report(str(out), "-o", str(page)) == 0  # a previous report (page and JSON) is replaced
     assert f"json:   {page.with_suffix('.json')}" in shown_before[0]
     err = capsys.readouterr().err
@@ -85,10 +85,16 @@ def test_a_file_of_another_running_job_is_refused(tmp_path: Path) -> None:
     other = tmp_path / "other.jsonl"
     with RunLock(tmp_path / "other.jsonl.lock", "coevol refine x -o other.jsonl"):
         for name in ("other.jsonl", "other.jsonl.trace.jsonl.partial", "other.jsonl.coevol.db"):
-            with pytest.raises(OutputError, match=r"another running coevol job \(pid \d+: coevol refine x"):
+            with pytest.raises(
+                OutputError, match=r"another (running coevol job|coevol run is already writing)"
+            ):
                 _report(str(out), "-o", str(tmp_path / name))
-        with pytest.raises(OutputError, match="another running"):
+        with pytest.raises(OutputError, match=r"already writing this output \(pid \d+: coevol refine x"):
             check_not_running([other])
+        with pytest.raises(
+            OutputError, match=r"other.jsonl.coevol.db is a file of another running coevol job"
+        ):
+            check_not_running([tmp_path / "other.jsonl.coevol.db"])
     check_not_running([other])  # released: free again
     assert not (tmp_path / "x.lock").exists()  # probing never creates a lock file
 
@@ -130,7 +136,7 @@ def test_two_runs_sharing_a_pairs_file_or_naming_the_others_output_are_refused(
         for extra in (["--pairs", str(pairs)], ["--pairs", str(first)]):
             code = main(["refine", str(data), "-o", str(tmp_path / "second.jsonl"), *extra, *flags])
             assert code == 1
-            assert "another running coevol job" in capsys.readouterr().err
+            assert "another coevol run is already writing this output" in capsys.readouterr().err
         assert main(["refine", str(data), "-o", str(pairs), *flags]) == 1  # its pairs as an output
     assert not (tmp_path / "second.jsonl").exists() and not pairs.exists()
 

@@ -186,11 +186,18 @@ def check_not_running(paths: Iterable[Path]) -> None:
     for path in paths:
         for owner in _owners(path):
             holder = _held_by(lock_path(owner))
-            if holder is not None:
+            if holder is None:
+                continue
+            who = holder or "unknown process"
+            if owner == path:
                 raise OutputError(
-                    f"refusing to run: {path} belongs to another running coevol job "
-                    f"({holder or 'unknown process'}); wait for it to finish or choose another name"
+                    f"another coevol run is already writing this output ({who}); "
+                    f"wait for it to finish or stop it (lock: {lock_path(owner)})"
                 )
+            raise OutputError(
+                f"refusing to run: {path} is a file of another running coevol job ({who}); "
+                "wait for it to finish or choose another name"
+            )
 
 
 def _held_by(lock: Path) -> str | None:
