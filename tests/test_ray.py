@@ -256,3 +256,72 @@ def test_offset_and_limit_give_the_local_runs_rows_and_trace_positions(
         orjson.loads(x)["index"] for x in (tmp_path / "ray/out.jsonl.trace.jsonl").read_bytes().splitlines()
     ]
     assert indices == list(range(20))
+
+
+def _local_twin(server: ThreadedServer, data: Path, folder: Path) -> Path:
+    folder.mkdir(exist_ok=True)
+    asyncio.run(arefine_file(data, folder / "out.jsonl", config(server), pairs=folder / "pairs.jsonl"))
+    return folder
+
+
+def _ray(server: ThreadedServer, data: Path, folder: Path, work: Path) -> Any:
+    return asyncio.run(
+        arefine_file_ray(
+            data, folder / "out.jsonl", config(server), pairs=folder / "pairs.jsonl",
+            options=RayOptions(shard_rows=4, workers=2, work_dir=work),
+        )
+    )  # fmt: skip
+
+
+def test_an_edited_extended_or_cut_input_is_refined_again_never_merged_stale(
+    cluster: Any, server: ThreadedServer, tmp_path: Path
+) -> None:
+    rows = alpaca_rows(10, seed=11)
+    data = write_jsonl(tmp_path / "in.jsonl", rows)
+    out, work = tmp_path / "ray", tmp_path / "work"
+    out.mkdir()
+    _ray(server, data, out, work)
+    edits = {
+        "edited": [*rows[:5], {**rows[5], "output": "A different answer."}, *rows[6:]],
+        "extended": [*rows, *alpaca_rows(3, seed=12, prefix="More")],
+        "cut": rows[:7],
+    }
+    for name, new_rows in edits.items():
+        write_jsonl(data, new_rows)
+        start = server.count()
+        run = _ray(server, data, out, work)
+        if name != "cut":  # new rows are refined, not taken from old shards (cut rows need no call)
+            assert server.count() > start, name
+        assert run.summary.rows == len(new_rows), name
+        same_files(_local_twin(server, data, tmp_path / name), out)
+
+
+def test_a_cut_off_or_tampered_shard_is_redone_before_the_merge(
+    cluster: Any, server: ThreadedServer, tmp_path: Path
+) -> None:
+    data = write_jsonl(tmp_path / "in.jsonl", alpaca_rows(10, seed=13))
+    out, work = tmp_path / "ray", tmp_path / "work"
+    out.mkdir()
+    _ray(server, data, out, work)
+    reference = _local_twin(server, data, tmp_path / "local")
+    shard = work / "shard-00001.jsonl"
+    shard.write_bytes(shard.read_bytes()[:-9])  # a cut-off last line
+    trace = work / "shard-00002.jsonl.trace.jsonl"
+    trace.write_bytes(trace.read_bytes() + b"junk\n")
+    _ray(server, data, out, work)
+    same_files(reference, out)
+    assert b"junk" not in trace.read_bytes()
+
+
+def test_sigterm_on_ray_exits_143_and_names_no_store_it_never_created(
+    cluster: Any, server: ThreadedServer, data: Path, tmp_path: Path
+) -> None:
+    start = server.count()
+    args: list[str | Path] = ["refine", data, "-o", tmp_path / "out.jsonl", "-q", "--executor", "ray"]
+    args += ["--base-url", server.base_url, "--model", "fake", "--concurrency", "4", "--shard-rows", "6"]
+    args += ["--ray-address", ray.get_runtime_context().gcs_address, "--ray-workers", "2"]
+    proc = start_cli(*args, env=child_env())
+    assert kill_when(proc, server, start + 20, signal.SIGTERM), proc.communicate()[1]
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "coevol.db" not in err and "out.jsonl.shards" in err and "Traceback" not in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -157,3 +158,171 @@ async def test_refine_batches_keeps_columns_and_rejects_a_bad_row_in_place(tmp_p
         "actor-0000.coevol.db",
         "actor-0001.coevol.db",
     ]
+
+
+def _plan(data: Path, work: Path, output: Path | None = None, size: int = 2) -> Any:
+    work.mkdir(exist_ok=True)
+    return plan_shards(
+        data, output or work.parent / "o.jsonl", work, pairs=None, input_format=None,
+        offset=0, limit=None, shard_rows=size, workers=1,
+    )  # fmt: skip
+
+
+def test_a_shard_is_planned_from_its_rows_content(tmp_path: Path) -> None:
+    rows = alpaca_rows(5)
+    data = write_jsonl(tmp_path / "in.jsonl", rows)
+    first = _plan(data, tmp_path / "w")
+    assert [s.limit for s in first.shards] == [2, 2, 1] and all(len(s.digest) == 64 for s in first.shards)
+    edited = [*rows[:2], {**rows[2], "output": "changed"}, *rows[3:]]
+    write_jsonl(data, edited)
+    second = _plan(data, tmp_path / "w")
+    assert [a.digest == b.digest for a, b in zip(first.shards, second.shards, strict=True)] == [
+        True,
+        False,
+        True,
+    ]
+    write_jsonl(data, [*edited, *alpaca_rows(2, seed=9)])  # appended: the last shard grows, one more
+    third = _plan(data, tmp_path / "w")
+    assert [s.limit for s in third.shards] == [2, 2, 2, 1] and third.shards[2].digest != second.shards[
+        2
+    ].digest
+    write_jsonl(data, edited[:3])  # cut
+    assert [s.limit for s in _plan(data, tmp_path / "w").shards] == [2, 1]
+
+
+def test_two_projects_sharing_a_work_dir_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    work = tmp_path / "shared"
+    for project in ("a", "b"):
+        (tmp_path / project).mkdir()
+        write_jsonl(tmp_path / project / "in.jsonl", alpaca_rows(3, seed=ord(project)))
+    monkeypatch.chdir(tmp_path / "a")
+    _plan(Path("in.jsonl"), work, Path("out.jsonl"))
+    monkeypatch.chdir(tmp_path / "b")  # the same relative names, another project
+    with pytest.raises(OutputError, match="holds the shards of another run"):
+        _plan(Path("in.jsonl"), work, Path("out.jsonl"))
+
+
+def _done_shards(tmp_path: Path) -> tuple[Any, Path]:
+    data = write_jsonl(tmp_path / "in.jsonl", [*alpaca_rows(3), "{not json"])
+    plan = _plan(data, tmp_path, size=4)
+    (shard,) = plan.shards
+    rows = [orjson.dumps(r) + b"\n" for r in alpaca_rows(3)]
+    shard.output.write_bytes(b"".join(rows))
+    trace = b"".join(b'{"schema":"coevol.trace/2","index":%d,"status":"kept"}\n' % i for i in range(3))
+    shard.paths.trace.write_bytes(trace)
+    shard.paths.rejects.write_bytes(b'{"line":4,"error":"bad","raw":"{not json"}\n')
+    return shard, data
+
+
+def test_a_cut_off_or_tampered_shard_is_found_before_the_merge(tmp_path: Path) -> None:
+    from coevol.executors.shards import verify_shard
+
+    shard, _ = _done_shards(tmp_path)
+    assert verify_shard(shard) is None
+    whole = shard.output.read_bytes()
+    shard.output.write_bytes(whole[:-7])  # truncated mid-line
+    assert "cut off" in (verify_shard(shard) or "")
+    shard.output.write_bytes(whole[: whole.index(b"\n") + 1])  # truncated at a line end: rows missing
+    assert "trace has 3 records for 1 output rows" in (verify_shard(shard) or "")
+    shard.output.write_bytes(whole)
+    trace = shard.paths.trace.read_bytes()
+    shard.paths.trace.write_bytes(trace + b"junk\n")
+    assert "line 4 is not a coevol trace record" in (verify_shard(shard) or "")
+    shard.paths.trace.write_bytes(trace)
+    shard.paths.rejects.unlink()
+    assert "3 rows and 0 rejected for 4 planned" in (verify_shard(shard) or "")
+    json_shard = type(shard)(0, 0, 4, 0, tmp_path / "s.json", None, shard.digest)
+    json_shard.output.write_bytes(b"[\n" + b",\n".join(r.rstrip() for r in whole.splitlines()))  # no "]"
+    assert "JSONDecodeError" in (verify_shard(json_shard) or "")
+    shard.output.unlink()
+    assert "is missing" in (verify_shard(shard) or "")
+
+
+def test_a_marker_counts_only_for_the_rows_it_was_written_for(tmp_path: Path) -> None:
+    from coevol.executors.on_ray import _finished_before
+    from coevol.executors.shards import done_marker
+
+    shard, data = _done_shards(tmp_path)
+    summary = summary_to_json(RunSummary(rows=4))
+    done_marker(shard).write_bytes(
+        orjson.dumps({"fingerprint": "f", "digest": shard.digest, "summary": summary})
+    )
+    assert _finished_before(shard, "f") is not None
+    assert _finished_before(shard, "other settings") is None
+    rows = data.read_bytes().splitlines(keepends=True)
+    data.write_bytes(rows[0].replace(b"Task 0", b"Task zero") + b"".join(rows[1:]))
+    (edited,) = _plan(data, tmp_path, size=4).shards
+    assert _finished_before(edited, "f") is None
+    done_marker(shard).write_bytes(orjson.dumps({"fingerprint": "f", "summary": summary}))  # 0.2's marker
+    assert _finished_before(shard, "f") is None
+
+
+class _Actor:
+    class _Method:
+        def remote(self, spec: Any) -> object:
+            return object()
+
+    run = _Method()
+
+
+class _FakeRay:
+    """Ray's driver-side calls as a dead local node answers them: nothing ever finishes."""
+
+    class exceptions:  # as ray.exceptions
+        pass
+
+    def __init__(self, nodes: Any) -> None:
+        self._nodes = nodes
+
+    def remote(self, **kwargs: Any) -> Any:
+        class _Cls:
+            @staticmethod
+            def remote() -> _Actor:
+                return _Actor()
+
+        return lambda cls: _Cls
+
+    def wait(self, refs: list[Any], num_returns: int, timeout: float) -> tuple[list[Any], list[Any]]:
+        return [], refs
+
+    def nodes(self) -> Any:
+        if isinstance(self._nodes, Exception):
+            raise self._nodes
+        return self._nodes
+
+    def get_runtime_context(self) -> Any:
+        class _Context:
+            def get_node_id(self) -> str:
+                return "local"
+
+        return _Context()
+
+    def kill(self, actor: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("nodes", "message"),
+    [
+        ([{"NodeID": "local", "Alive": False}], "every Ray node is dead"),
+        (
+            [{"NodeID": "local", "Alive": False}, {"NodeID": "other", "Alive": True}],
+            "driver's Ray node local",
+        ),
+        (ConnectionError("GCS gone"), r"lost the Ray cluster \(ConnectionError: GCS gone\)"),
+    ],
+)
+def test_a_dead_node_stops_the_run_with_one_line_instead_of_hanging(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, nodes: Any, message: str
+) -> None:
+    from coevol.errors import CoevolError
+    from coevol.executors import on_ray
+    from coevol.executors.shards import Shard
+
+    monkeypatch.setattr(on_ray, "_HEALTH_EVERY", 0.0)
+    driver = on_ray._Driver(_FakeRay(nodes), on_ray.RayOptions(), 1, {})
+    shard = Shard(0, 0, 1, 0, tmp_path / "s.jsonl", None, "d")
+    with pytest.raises(CoevolError, match=message) as info:
+        driver.run([shard], lambda *a: None)
+    assert "\n" not in str(info.value) and "rerun the same command" in str(info.value)
+    on_ray.check_cluster(_FakeRay([{"NodeID": "local", "Alive": True}]))  # a live node: nothing to say

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import signal
 import sys
 from pathlib import Path
@@ -184,6 +185,8 @@ def refine_command(ns: argparse.Namespace, config: Config, err: Any) -> int:
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
         paths = RunPaths.beside(ns.input, ns.output, ns.pairs)
+        if getattr(ns, "executor", "local") == "ray":  # its stores live in the shards' folder
+            paths = dataclasses.replace(paths, store=ns.work_dir or Path(f"{ns.output}.shards"))
         display.summary(live.summary, live.stats, paths)
         if result is not None:
             code = _finished(ns, err, result.summary, result.dataset_info, result.recovered)

@@ -19,6 +19,8 @@ import contextlib
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -34,12 +36,13 @@ from coevol.config import ROLES, Config
 from coevol.engine.dispatch import RunStats
 from coevol.engine.runner import ProgressFn, RunPaths, RunSummary
 from coevol.errors import CoevolError, ConfigError, MissingExtra, OutputError
-from coevol.executors.shards import Shard, done_marker, merge_shards, plan_shards
+from coevol.executors.shards import Shard, done_marker, merge_shards, plan_shards, verify_shard
 from coevol.io.writers import write_whole
 
 __all__ = ["RayOptions", "ShardWorker", "arefine_file_ray", "import_ray", "share_config"]
 
 _LOCK_WAIT = 60.0  # seconds a resubmitted shard waits for a dead actor's lock to be released
+_HEALTH_EVERY = 5.0  # seconds without a finished shard between two looks at the cluster's nodes
 
 
 def import_ray() -> Any:
@@ -204,7 +207,7 @@ class ShardWorker:
         run.stats.pools = []
         result["summary"] = summary_to_json(run.summary)
         result["stats"] = run.stats
-        marker = {"fingerprint": spec["fingerprint"], "summary": result["summary"]}
+        marker = {"fingerprint": spec["fingerprint"], "digest": shard.digest, "summary": result["summary"]}
         write_whole(done_marker(shard), orjson.dumps(marker))
         return result
 
@@ -220,7 +223,8 @@ def _error(name: str, message: str) -> CoevolError:
 
 
 def _finished_before(shard: Shard, fingerprint: str) -> RunSummary | None:
-    """The shard's summary when its marker says it was completed under these settings."""
+    """The shard's summary when its marker says it was completed under these settings, from the
+    very rows the shard holds now."""
     marker = done_marker(shard)
     if not marker.exists() or not shard.output.exists():
         return None
@@ -229,6 +233,8 @@ def _finished_before(shard: Shard, fingerprint: str) -> RunSummary | None:
     except (OSError, orjson.JSONDecodeError):
         return None
     if not isinstance(data, dict) or data.get("fingerprint") != fingerprint:
+        return None
+    if not shard.digest or data.get("digest") != shard.digest:
         return None
     summary = summary_from_json(data.get("summary") or {})
     summary.resumed = summary.rows
@@ -266,10 +272,17 @@ class _Driver:
     def run(self, pending: list[Shard], on_done: Any) -> None:
         ray = self.ray
         deaths = _death_errors(ray)
+        checked = time.monotonic()
         while (pending or self.busy) and not self.stopping:
             while pending and self.idle:
                 self.submit(pending.pop(0))
-            ready, _ = ray.wait(list(self.busy), num_returns=1, timeout=1.0)
+            try:
+                ready, _ = ray.wait(list(self.busy), num_returns=1, timeout=1.0)
+            except Exception as exc:  # Ray's own errors when its local node or cluster is gone
+                raise _lost(exc) from None
+            if not ready and time.monotonic() - checked > _HEALTH_EVERY:
+                check_cluster(ray)
+                checked = time.monotonic()
             for ref in ready:
                 actor, shard = self.busy.pop(ref)
                 try:
@@ -295,6 +308,108 @@ class _Driver:
         self.idle.append(self.remote.remote())
 
 
+def _lost(exc: BaseException) -> CoevolError:
+    return CoevolError(
+        f"lost the Ray cluster ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+        "finished shards are kept: rerun the same command to resume"
+    )
+
+
+def check_cluster(ray: Any) -> None:
+    """Stop with one line when this driver's node (or every node) is dead: Ray's own wait would
+    block until killed. A lost node among live ones fails its actors, whose shards are resubmitted."""
+    try:
+        nodes = ray.nodes()
+        mine = ray.get_runtime_context().get_node_id()
+    except Exception as exc:
+        raise _lost(exc) from None
+    alive = {n.get("NodeID") for n in nodes if n.get("Alive")}
+    if not alive:
+        raise CoevolError(
+            "every Ray node is dead (was the local Ray instance stopped?); finished shards are kept: "
+            "rerun the same command to resume"
+        )
+    if mine not in alive:
+        raise CoevolError(
+            f"this driver's Ray node {str(mine)[:12]} is dead; finished shards are kept: "
+            "rerun the same command to resume"
+        )
+
+
+class _Totals:
+    """Each shard's counts summed into the run's live summary: a redone shard replaces its own
+    summary (its calls, really sent, add up)."""
+
+    def __init__(
+        self,
+        summary: RunSummary,
+        stats: RunStats,
+        progress: ProgressFn | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.summary, self.stats, self.progress, self.loop = summary, stats, progress, loop
+        self.shards: dict[int, RunSummary] = {}
+
+    def put(self, number: int, summary: RunSummary, stats: RunStats | None) -> None:
+        self.shards[number] = summary
+        if stats is not None:
+            add_stats(self.stats, stats)
+        fresh = RunSummary()
+        for f in fields(RunSummary):
+            if f.name not in ("elapsed", "stopped", "resumable", "complete"):
+                setattr(self.summary, f.name, getattr(fresh, f.name))
+        for each in self.shards.values():
+            add_summary(self.summary, each)
+        self.show()
+
+    def show(self) -> None:
+        if self.progress is not None:
+            self.progress(self.summary, self.stats)
+
+    def from_thread(self, shard: Shard, summary: RunSummary, stats: RunStats) -> None:
+        """Called on the driver's thread: count on the event loop, where the display lives."""
+        self.loop.call_soon_threadsafe(self.put, shard.number, summary, stats)
+
+
+async def _complete(
+    ray: Any,
+    options: RayOptions,
+    workers: int,
+    shards: tuple[Shard, ...],
+    base: dict[str, Any],
+    totals: _Totals,
+) -> None:
+    """Run every shard not done for its rows, then verify every shard's files; a bad one (cut off,
+    tampered, rows missing) loses its marker and is redone once, and one still bad stops the run."""
+    fingerprint = base["fingerprint"]
+    pending = []
+    for shard in shards:
+        before = _finished_before(shard, fingerprint)
+        if before is None:
+            pending.append(shard)
+        else:
+            totals.put(shard.number, before, None)
+    totals.show()
+    for attempt in range(2):
+        if pending:
+            n = min(workers, len(pending))
+            driver = _Driver(ray, options, n, {**base, "config": share_config(base["config"], n)})
+            try:
+                await asyncio.to_thread(driver.run, pending, totals.from_thread)
+            finally:
+                driver.close()
+        bad = [(shard, why) for shard in shards if (why := verify_shard(shard)) is not None]
+        if not bad:
+            return
+        if attempt:
+            shard, why = bad[0]
+            raise OutputError(f"shard {shard.number} ({shard.output}) is still unusable after a redo: {why}")
+        for shard, why in bad:
+            logging.getLogger("coevol").warning("shard %d is redone: %s", shard.number, why)
+            done_marker(shard).unlink(missing_ok=True)
+        pending = [shard for shard, _ in bad]
+
+
 async def _fingerprint(config: Config) -> str:
     """The run's settings fingerprint, from an engine built once here (servers are checked too)."""
     from coevol.engine.build import build_engine
@@ -317,7 +432,16 @@ def _init(ray: Any, address: str | None) -> bool:
         "log_to_driver": False,
         "logging_level": logging.WARNING,
     }
-    ray.init(address=target, **kwargs)
+    # ray.init installs a SIGTERM handler that exits with status 15; the CLI's own handler (a clean
+    # stop, exit 143) must stay in place.
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        ray.init(address=target, **kwargs)
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in saved.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
     return True
 
 
@@ -363,42 +487,16 @@ async def arefine_file_ray(
                 paths.input, paths.output, work_dir, pairs=paths.pairs, input_format=input_format,
                 offset=offset, limit=limit, shard_rows=options.shard_rows, workers=workers,
             )  # fmt: skip
-            pending = []
-            for shard in plan.shards:
-                before = _finished_before(shard, fingerprint)
-                if before is None:
-                    pending.append(shard)
-                else:
-                    add_summary(summary, before)
-            if progress is not None:
-                progress(summary, stats)
-
-            loop = asyncio.get_running_loop()
-
-            def counted(s: RunSummary, st: RunStats) -> None:
-                add_summary(summary, s)
-                add_stats(stats, st)
-                if progress is not None:
-                    progress(summary, stats)
-
-            def on_done(shard: Shard, s: RunSummary, st: RunStats) -> None:
-                # Called on the driver's thread: count on the event loop, where the display lives.
-                loop.call_soon_threadsafe(counted, s, st)
-
-            if pending:
-                base = {
-                    "config": share_config(config, min(workers, len(pending))),
-                    "input": paths.input,
-                    "input_format": input_format,
-                    "output_format": output_format,
-                    "retry_failed": retry_failed,
-                    "fingerprint": fingerprint,
-                }
-                driver = _Driver(ray, options, min(workers, len(pending)), base)
-                try:
-                    await asyncio.to_thread(driver.run, pending, on_done)
-                finally:
-                    driver.close()
+            totals = _Totals(summary, stats, progress, asyncio.get_running_loop())
+            base = {
+                "config": config,
+                "input": paths.input,
+                "input_format": input_format,
+                "output_format": output_format,
+                "retry_failed": retry_failed,
+                "fingerprint": fingerprint,
+            }
+            await _complete(ray, options, workers, plan.shards, base, totals)
             same_shape = output_format is None or output_format == input_format
             info = merge_shards(plan.shards, paths, parquet_input=paths.input if same_shape else None)
         except BaseException as exc:
