@@ -1,7 +1,8 @@
 """End to end over loopback HTTP: unusable and unchanged edits through the CLI, the store and show.
 
-The fake server's editor answers row by row with a cut-off edit, an empty one and the response
-unchanged; its judge always prefers the edit. Nothing may be judged or written, the trace keeps
+The fake server's editor answers row by row with a cut-off edit, one that is empty once its echoed
+header is dropped, and the response unchanged (an answer with no text at all is a failed call:
+``test_core_loop``); its judge always prefers the edit. Nothing may be judged or written, the trace keeps
 each call's finish reason, a rerun replays the same files from the store, and ``coevol show``
 explains each stop.
 """
@@ -24,7 +25,7 @@ ROWS = [
 ]
 EDITS: dict[str, str | Reply] = {
     "Name a prime number.": Reply("Two is the only even prime, and", finish_reason="length"),
-    "Name a colour.": "   \n",
+    "Name a colour.": "### Response:\n   \n",
     "Name a planet.": "### Response:\n  Mars.",
 }
 

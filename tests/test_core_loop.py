@@ -30,8 +30,6 @@ SAMPLE = Sample("Name a prime number.", "", PREVIOUS)
 CONTEXT = ContextLengthError("HTTP 400: this model's maximum context length is 4096 tokens", status=400)
 
 UNUSABLE: list[tuple[str, Script]] = [
-    ("empty", ""),
-    ("whitespace", " \n\t  \n"),
     ("header only", "### Response:\n   "),
     ("cut off", Reply("Two is the only even prime, and it", finish_reason="length")),
     ("cut off, long", Reply("A much better answer. " * 50, finish_reason="length")),
@@ -43,6 +41,10 @@ SAME_AS: list[tuple[str, Callable[[str], str]]] = [
     ("with the header", lambda previous: f"### Response:\n{previous}"),
 ]
 UNCHANGED: list[tuple[str, Script]] = [(name, same(PREVIOUS)) for name, same in SAME_AS]
+
+
+EMPTY: list[tuple[str, Script]] = [("empty", ""), ("whitespace", " \n\t  \n")]
+"""No text at all: a failed call (issue 17), asked again, then the sample fails; see below."""
 
 
 def careless(edits: list[Script], iterations: int = 3) -> Agents:
@@ -276,3 +278,54 @@ async def test_context_length_after_only_kept_turns_rejects_the_conversation() -
     assert outcome.status is Status.REJECTED
     assert [t.stop_reason for t in outcome.record.turns] == [StopReason.REJECTED, StopReason.CONTEXT_LENGTH]
     assert [t.content for t in outcome.turns] == [t.content for t in CONVERSATION]
+
+
+# -- an answer with no text is a failed call (issue 17) ----------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "empty"), EMPTY, ids=[n for n, _ in EMPTY])
+@pytest.mark.parametrize("role", ["positive", "critical", "advisor", "editor"])
+async def test_a_role_answering_no_text_is_asked_again_then_fails_the_sample(
+    role: str, name: str, empty: str
+) -> None:
+    agents = careless([BETTER])
+    agents.answers[role] = [empty]
+    result = await coevolve(SAMPLE, agents, PROMPTS, LoopSettings())
+    assert agents.of(role) == 3  # asked, then asked again twice, each as a new call (attempt 0, 1, 2)
+    assert sorted(a for r, a in agents.calls if r == role) == [0, 1, 2]
+    assert agents.of("judge") == 0
+    assert (result.response, result.accepted_rounds) == (PREVIOUS, 0)
+    assert result.stop_reason is StopReason.ERROR and result.failure is not None
+    assert result.failure.type == "UnusableAnswer"
+    assert f"the {role} answered an empty text 3 times" in result.failure.message
+
+
+@pytest.mark.parametrize("mode", SINGLE)
+async def test_ablations_fail_the_sample_when_the_editor_answers_no_text(mode: Mode) -> None:
+    agents = careless([""], iterations=1)
+    result = await refine(SAMPLE, agents, PROMPTS, LoopSettings(mode=mode))
+    assert agents.of("editor") == 3 and result.response == PREVIOUS
+    assert result.failure is not None and result.failure.type == "UnusableAnswer"
+
+
+async def test_one_empty_answer_then_a_usable_one_goes_on() -> None:
+    agents = careless(["", BETTER])
+    result = await coevolve(SAMPLE, agents, PROMPTS, LoopSettings(max_rounds=1))
+    assert (result.response, result.accepted_rounds, result.failure) == (BETTER, 1, None)
+
+
+async def test_stored_empty_answers_are_replayed_then_asked_anew() -> None:
+    """``--retry-failed`` after a server answered nothing: the stored empty answers cost nothing and
+    do not count, so fresh re-asks follow instead of the same failure forever."""
+    from dataclasses import replace
+
+    from coevol.roles.agents import edit
+
+    agents = careless(["", "", "", "", BETTER])
+
+    async def replaying(role: str, messages: Any, *, attempt: int = 0) -> Any:
+        answer = await agents(role, messages, attempt=attempt)
+        return replace(answer, cached=attempt < 3)  # attempts 0-2 are in the store
+
+    answer = await edit(replaying, PROMPTS, SAMPLE, "1. Be right.")
+    assert answer.text == BETTER and sorted(a for _, a in agents.calls) == [0, 1, 2, 3, 4]

@@ -116,13 +116,35 @@ async def test_api_key_is_sent_as_bearer_token() -> None:
             await call(server.base_url, api_key="sk-wrong")
 
 
-async def test_missing_usage_and_null_content_default_to_zero_and_empty() -> None:
-    body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": None}}]}
+async def test_missing_usage_defaults_to_zero() -> None:
+    body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": ""}}]}
     async with canned(reply_with(200, body)) as url:
         completion = await call(url)
     assert completion.text == ""
     assert (completion.prompt_tokens, completion.completion_tokens) == (0, 0)
     assert completion.finish_reason is None
+
+
+@pytest.mark.parametrize(
+    ("message", "said"),
+    [
+        ({"role": "assistant", "content": None}, "content: null"),
+        (
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function"}]},
+            "tool calls instead of text",
+        ),
+        ({"role": "assistant", "content": "I'll look.", "tool_calls": [{"id": "c"}]}, "tool calls"),
+    ],
+)
+async def test_null_content_or_tool_calls_is_an_unusable_answer(message: dict[str, Any], said: str) -> None:
+    """Issue 17 (was: content null read as an empty text, which a role then kept): a retryable
+    ``UnusableAnswer``, so the caller asks again and finally fails the sample with the reason."""
+    from coevol.errors import RetryableError, UnusableAnswer
+
+    async with canned(reply_with(200, {"choices": [{"index": 0, "message": message}]})) as url:
+        error = await failure(url)
+    assert isinstance(error, UnusableAnswer) and isinstance(error, RetryableError)
+    assert said in str(error) and url in str(error)
 
 
 async def test_base_url_trailing_slash_and_endpoint_without_key() -> None:

@@ -17,7 +17,8 @@ CoevolError
     │   ├── RateLimitError      HTTP 429; ``retry_after`` seconds when the server said so
     │   ├── ServerError         HTTP 5xx
     │   ├── APIConnectionError  refused, reset, DNS ...
-    │   └── APITimeoutError     the request ran past ``request_timeout``
+    │   ├── APITimeoutError     the request ran past ``request_timeout``
+│   └── UnusableAnswer      an answer with no text (content null, tool calls, empty): asked again
     └── FatalError              retrying cannot help; fail fast
         ├── AuthenticationError HTTP 401/403
         ├── NotFoundError       HTTP 404 (wrong base URL or model name)
@@ -53,6 +54,7 @@ __all__ = [
     "StoreError",
     "TraceError",
     "TraceSchemaError",
+    "UnusableAnswer",
 ]
 
 
@@ -153,6 +155,11 @@ class APIConnectionError(RetryableError):
 
 class APITimeoutError(RetryableError):
     """No answer within the request timeout; the request was cancelled."""
+
+
+class UnusableAnswer(RetryableError):
+    """An answer a role cannot use (``content: null``, tool calls instead of text, an empty string):
+    a failed call, asked again like a transient failure, then the sample fails with this reason."""
 
 
 class FatalError(LLMError):

@@ -39,6 +39,7 @@ from coevol.errors import (
     RateLimitError,
     ResponseTooLarge,
     ServerError,
+    UnusableAnswer,
 )
 from coevol.llm.types import ChatRequest, Choice, Completion
 from coevol.llm.urls import has_userinfo, masked_url, url_secrets
@@ -97,6 +98,19 @@ def _choice(choice: Mapping[str, object]) -> Choice:
         raise TypeError("content is not text")
     reason = choice.get("finish_reason")
     return Choice(text, reason if reason is None or isinstance(reason, str) else str(reason))
+
+
+def _unusable(choice: Mapping[str, object]) -> str | None:
+    """Why the first choice holds no text a role can use (issue 17), or None: a retried failure,
+    never an empty answer that a role would keep."""
+    message = choice["message"]
+    if not isinstance(message, Mapping):
+        return None  # malformed: ``_choice`` says so
+    if message.get("tool_calls"):
+        return "tool calls instead of text"
+    if "content" in message and message["content"] is None:
+        return "content: null (no text)"
+    return None
 
 
 def _join(base_url: str, path: str) -> str:
@@ -255,6 +269,7 @@ class OpenAIHTTPBackend:
         try:
             data = orjson.loads(raw)
             listed = data["choices"]
+            unusable = _unusable(listed[0])
             usage = data.get("usage") or {}
             prompt_tokens = int(usage.get("prompt_tokens") or 0)
             completion_tokens = int(usage.get("completion_tokens") or 0)
@@ -262,6 +277,8 @@ class OpenAIHTTPBackend:
             first, *more = [_choice(c) for c in listed[: max(1, request.params.n)]]
         except (orjson.JSONDecodeError, LookupError, TypeError, AttributeError, ValueError):
             raise ServerError(self._malformed(raw), status=200) from None
+        if unusable is not None:
+            raise UnusableAnswer(f"{self._shown(self._url)} answered {unusable}", status=200)
         return Completion(first.text, prompt_tokens, completion_tokens, first.finish_reason, more=tuple(more))
 
     async def list_models(self, *, within: float | None = None) -> list[str]:
