@@ -113,7 +113,11 @@ def check_outputs(input: Path | None, output: Path, others: dict[str, Path], pai
     """
     named = {"the output": output, **others}
     if input is not None:
-        for what, path in named.items():
+        written = dict(named)
+        for what, path in [*named.items(), *([("--pairs", pairs)] if pairs is not None else [])]:
+            partial = path.with_name(path.name + ".partial")
+            written[f"the partial file of {what.removeprefix('the ')}"] = partial
+        for what, path in written.items():
             if _same(input, path):
                 raise OutputError(f"refusing to run: {what} {path} is the input file {input}")
         if pairs is not None and _same(input, pairs):
@@ -142,8 +146,11 @@ def check_derived(writes: dict[str, Path], reads: dict[str, Path]) -> None:
             if _same(path, read):
                 raise OutputError(f"refusing to write {what} {path}: it is {read_what}")
     check_not_running(writes.values())
-    for path in writes.values():
-        _check_writable(path)
+    for what, path in writes.items():
+        folder = path.parent if str(path.parent) else Path(".")
+        if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            why = "it is a folder" if path.is_dir() else f"the folder {folder} is missing or not writable"
+            raise OutputError(f"cannot write {what} {path}: {why}")
 
 
 _RUN_SUFFIXES = (

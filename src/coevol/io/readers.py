@@ -8,7 +8,9 @@ and a duplicate key or a row nested too deep is a bad row.
 
 from __future__ import annotations
 
+import codecs
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,7 +26,15 @@ from coevol.io.hub import open_hub_rows, parse_hub
 from coevol.io.jsonarray import BOM, WHITESPACE, scan_array
 from coevol.io.parquet import PARQUET_BATCH, import_pyarrow
 
-__all__ = ["FILE_FORMATS", "count_rows", "hub_id", "parquet_schema", "read_examples"]
+__all__ = [
+    "FILE_FORMATS",
+    "count_rows",
+    "guess_encoding",
+    "hub_id",
+    "parquet_schema",
+    "read_examples",
+    "require_usable_row",
+]
 
 FILE_FORMATS: tuple[str, ...] = ("jsonl", "json", "parquet", "hf-disk", "hf")
 """Input kinds: JSON Lines, a JSON array, Parquet, a ``save_to_disk`` folder, a Hub id (``hf://``)."""
@@ -129,6 +139,8 @@ def read_examples(
         p = Path(path)
         if not p.is_file():
             raise file_error(path, "no such file")
+        if kind != "parquet":
+            _check_encoding(p)
         if kind == "parquet":
             rows = _parquet_rows(_open_parquet(p), offset)
             offset = 0
@@ -144,6 +156,113 @@ def read_examples(
             else:
                 raise file_error(path, "the top-level JSON value is not an array of rows")
     return _items(rows, fmt, offset, limit)
+
+
+_WIDE_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32 (little-endian, with a byte order mark)"),
+    (b"\x00\x00\xfe\xff", "UTF-32 (big-endian, with a byte order mark)"),
+    (b"\xff\xfe", "UTF-16 (little-endian, with a byte order mark)"),
+    (b"\xfe\xff", "UTF-16 (big-endian, with a byte order mark)"),
+)
+_SNIFF = 4096
+
+
+def guess_encoding(head: bytes) -> str | None:
+    """The name of a text encoding that is not UTF-8, told from a file's first bytes; None when
+    they read as UTF-8. Pure. UTF-16/32 by byte order mark or by where the NUL bytes of ASCII text
+    fall; other bytes that are not UTF-8 as the usual single-byte code pages."""
+    for bom, name in _WIDE_BOMS:
+        if head.startswith(bom):
+            return name
+    sample = head[:_SNIFF]
+    if sample.count(0) * 4 >= len(sample) > 0:
+        quarters = [sample[i::4].count(0) for i in range(4)]
+        halves = [sample[i::2].count(0) for i in range(2)]
+        if min(quarters[1:]) * 4 >= len(sample[1::4]) * 3 and quarters[0] < len(sample[::4]) // 2:
+            return "UTF-32 (little-endian)"
+        if min(quarters[:3]) * 4 >= len(sample[::4]) * 3 and quarters[3] < len(sample[3::4]) // 2:
+            return "UTF-32 (big-endian)"
+        return "UTF-16 (little-endian)" if halves[1] > halves[0] else "UTF-16 (big-endian)"
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        decoder.decode(sample, final=len(head) <= _SNIFF)
+    except UnicodeDecodeError:
+        if any(0x80 <= b <= 0x9F for b in sample):
+            return "a single-byte code page such as Windows-1252, not UTF-8"
+        return "a single-byte code page such as Latin-1 (ISO-8859-1), not UTF-8"
+    return None
+
+
+def _check_encoding(path: Path) -> None:
+    """Refuse a UTF-16 or UTF-32 file at once: none of its lines could ever parse."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(_SNIFF + 1)
+    except OSError:
+        return  # the reader itself reports it
+    name = guess_encoding(head)
+    if name is not None and name.startswith("UTF-"):
+        raise file_error(
+            path,
+            f"the file is {name}; coevol reads UTF-8. Convert it first, e.g. "
+            f"iconv -f {name.split()[0].rstrip(',')} -t UTF-8 IN > OUT",
+        )
+
+
+def require_usable_row(
+    path: PathLike,
+    *,
+    fmt: str | None = None,
+    file_format: str | None = None,
+    offset: int = 0,
+    limit: int | None = None,
+) -> None:
+    """Refuse, before anything is created or sent, an input in which not one row can be refined
+    (an empty file, a pretty-printed JSON array named ``.jsonl``, one object holding the rows, a
+    wrong encoding ...): say what was found. Reading stops at the first usable row."""
+    if limit == 0 or hub_id(path) is not None:
+        return
+    count = 0
+    first: BadRow | None = None
+    for item in read_examples(path, fmt=fmt, offset=offset, limit=limit):
+        if isinstance(item, Example):
+            return
+        count += 1
+        first = first or item
+    raise file_error(path, _no_usable_row(Path(path), count, first, offset))
+
+
+def _no_usable_row(path: Path, count: int, first: BadRow | None, offset: int) -> str:
+    if first is None:
+        if offset:
+            return f"no row at or after --offset {offset}: nothing to refine"
+        if path.is_file() and path.stat().st_size == 0:
+            return "the file is empty: nothing to refine"
+        return "the file holds no rows: nothing to refine"
+    found = f"no usable row: all {count} rows were rejected (the first, line {first.line}: {first.error})"
+    hint = _shape_hint(path)
+    return f"{found}. {hint}" if hint else found
+
+
+def _shape_hint(path: Path) -> str:
+    """What the file looks like when it is not a list of rows (for the no-usable-row message)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(_SNIFF + 1)
+    except OSError:
+        return ""
+    encoding = guess_encoding(head)
+    if encoding is not None:
+        return f"The file looks like {encoding}: convert it to UTF-8"
+    start = head.removeprefix(BOM).lstrip(WHITESPACE)
+    if start.startswith(b"[") and path.suffix.lower() in (".jsonl", ".ndjson"):
+        return "It looks like a JSON array: name the file .json (or pass --input-format json)"
+    if start.startswith(b"{") and re.match(rb'\{\s*"[^"]{1,100}"\s*:\s*\[', start):
+        return (
+            "It looks like one JSON object holding the rows under a key: give the rows themselves "
+            "(e.g. jq '.KEY' FILE > rows.json)"
+        )
+    return ""
 
 
 def _check_first_line(path: Path) -> None:
