@@ -179,6 +179,7 @@ def run(ns: argparse.Namespace) -> int:
             if task is not None:
                 task.cancel()
 
+        previous = signal.getsignal(signal.SIGTERM)  # asyncio restores SIG_DFL, not this
         loop.add_signal_handler(signal.SIGTERM, on_sigterm)
         try:
             with _Display(err, ns.quiet) as display:
@@ -193,6 +194,7 @@ def run(ns: argparse.Namespace) -> int:
                 )
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, previous)
 
     try:
         result = asyncio.run(go())

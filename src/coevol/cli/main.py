@@ -317,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     err = stderr_console()
     try:
+        _arm_interrupt()
         return _run(ns, err)
     except CoevolError as exc:
         print_error(err, str(exc))
@@ -332,6 +333,16 @@ def main(argv: list[str] | None = None) -> int:
         if debug_enabled():
             print_traceback(err, exc)
     return EXIT_ERROR
+
+
+def _arm_interrupt() -> None:
+    """From here on Ctrl-C is a ``KeyboardInterrupt`` that every command turns into a clean stop
+    (``python -m coevol`` exits at once before this point; see ``coevol.__main__``)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _quiet_stdout() -> None:

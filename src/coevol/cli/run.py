@@ -153,6 +153,7 @@ def refine_command(ns: argparse.Namespace, config: Config, err: Any) -> int:
             if task is not None:
                 task.cancel()
 
+        previous = signal.getsignal(signal.SIGTERM)  # asyncio restores SIG_DFL, not this
         loop.add_signal_handler(signal.SIGTERM, on_sigterm)
         code = EXIT_OK
         result = None
@@ -184,6 +185,7 @@ def refine_command(ns: argparse.Namespace, config: Config, err: Any) -> int:
             code = EXIT_ERROR
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, previous)  # a SIGTERM during the summary still exits 143
         paths = RunPaths.beside(ns.input, ns.output, ns.pairs)
         if getattr(ns, "executor", "local") == "ray":  # its stores live in the shards' folder
             paths = dataclasses.replace(paths, store=ns.work_dir or Path(f"{ns.output}.shards"))
