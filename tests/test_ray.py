@@ -325,3 +325,12 @@ def test_sigterm_on_ray_exits_143_and_names_no_store_it_never_created(
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
     assert "coevol.db" not in err and "out.jsonl.shards" in err and "Traceback" not in err
+
+
+def test_random_signals_then_a_rerun_end_byte_identical_on_ray(cluster: Any, tmp_path: Path) -> None:
+    """Issue 17's signal loop with ``--executor ray`` (a bounded, seeded number of tries)."""
+    from .test_signal_loop import signal_loop
+
+    address = ray.get_runtime_context().gcs_address
+    extra = ["--executor", "ray", "--ray-address", address, "--ray-workers", "2", "--shard-rows", "3"]
+    signal_loop(tmp_path, extra, tries=3, window=6.0)  # each output's shards beside it

@@ -450,10 +450,42 @@ def _explain(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""A configuration is a page of settings; a file past this is refused before it is parsed."""
+MAX_CONFIG_NODES = 100_000
+"""Values in the document once every alias is expanded: bounds a "billion laughs" file."""
+
+
+def _expanded(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values ``node`` stands for with its aliases expanded (each shared node counted
+    once per use), in time linear in the document."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = 1  # a node that refers to itself counts once
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        total += sum(_expanded(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total += sum(_expanded(k, memo) + _expanded(v, memo) for k, v in node.value)
+    memo[key] = total
+    return total
+
+
 def _parse_yaml(text: str, source: str) -> Any:
-    """``yaml.safe_load`` with every way it fails (syntax, hostile nesting) as a ``ConfigError``."""
+    """``yaml.safe_load`` with every way it fails (syntax, hostile nesting, aliases that expand past
+    ``MAX_CONFIG_NODES``) as a ``ConfigError``."""
+    loader = yaml.SafeLoader(text)
     try:
-        return yaml.safe_load(text) or {}
+        node = loader.get_single_node()
+        if node is None:
+            return {}
+        if _expanded(node, {}) > MAX_CONFIG_NODES:
+            raise ConfigError(
+                f"{source}: refusing a configuration whose aliases expand past {MAX_CONFIG_NODES:,} "
+                "values (a YAML alias bomb?)"
+            )
+        return loader.construct_document(node) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
@@ -461,17 +493,29 @@ def _parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
     except RecursionError:
         raise ConfigError(f"{source}: not valid YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
+        if path.exists():  # a folder, a FIFO (would hang), a device such as /dev/zero (endless)
+            raise ConfigError(f"{path}: a configuration must be a regular file")
         raise ConfigError(f"config file not found: {path}")
     try:
-        text = path.read_text("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path}: a configuration file larger than {MAX_CONFIG_BYTES >> 20} MiB is refused "
+            "(is it the right file?)"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     loaded = _parse_yaml(text, str(path))
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
