@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,26 @@ def test_override_with_unknown_slot_or_name_is_rejected(tmp_path: Path) -> None:
     (tmp_path / "advisr.txt").write_text("x")
     with pytest.raises(ConfigError, match=r"unknown prompt template 'advisr\.txt'"):
         load_prompts(tmp_path)
+
+
+def test_override_must_hold_every_slot_be_utf8_and_say_something(tmp_path: Path) -> None:
+    """Issue 17: a judge template without ``{new_resp}`` would never show the edit; a template of
+    comments only, or not UTF-8, is refused with its name (never "internal error")."""
+    judge = tmp_path / "judge.txt"
+    judge.write_text("Question: {sample_request}\nAnswer: {pre_resp}\nWhich is better?")
+    with pytest.raises(ConfigError, match=r"judge.txt: missing slot\(s\) \{new_resp\}"):
+        load_prompts(tmp_path)
+    judge.write_text("#: only a comment\n#: {new_resp}\n")
+    with pytest.raises(ConfigError, match=r"judge.txt: the template is empty \(only comment lines\?\)"):
+        load_prompts(tmp_path)
+    judge.write_bytes("Frage: {sample_request} {pre_resp} {new_resp} \u00fcber".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"judge.txt: not UTF-8 text \(byte 46\)"):
+        load_prompts(tmp_path)
+    judge.unlink()
+    os.mkfifo(tmp_path / "editor.txt")
+    with pytest.raises(ConfigError, match=r"editor\.txt: a prompt template must be a regular file"):
+        load_prompts(tmp_path)
+    (tmp_path / "editor.txt").unlink()
+    full = "{sample_request} {pre_resp} {new_resp}"
+    judge.write_text(full)
+    assert load_prompts(tmp_path)["judge"] == full

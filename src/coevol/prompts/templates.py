@@ -166,11 +166,49 @@ def _builtin(name: str) -> str:
     return resources.files("coevol.prompts").joinpath("templates", f"{name}.txt").read_text("utf-8")
 
 
+def _override_text(path: Path) -> str:
+    """A template file's text without comments: a regular UTF-8 file with something in it."""
+    if not path.is_file():  # a FIFO would hang the read, a link to a device never end
+        raise ConfigError(f"{path}: a prompt template must be a regular file")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read prompt template {path}: {exc.strerror or exc}") from None
+    try:
+        text = _strip_comments(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the template as UTF-8") from None
+    if not text.strip():
+        raise ConfigError(
+            f"{path}: the template is empty (only comment lines?); remove the file to use the default"
+        )
+    return text
+
+
+def _check_slots(path: Path, name: str, text: str) -> None:
+    """Exactly the slots the role fills: an unknown one would be sent as ``{smaple}``, a missing one
+    would hide part of the task (a judge without ``{new_resp}`` never sees the edit)."""
+    allowed = _SLOTS.get(name, frozenset())
+    used = set(_SLOT_RE.findall(text))
+    unknown = sorted(used - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown slot(s) {', '.join('{' + u + '}' for u in unknown)}; "
+            f"this template can use: {', '.join(sorted(allowed)) or 'none'}"
+        )
+    missing = sorted(allowed - used)
+    if missing:
+        raise ConfigError(
+            f"{path}: missing slot(s) {', '.join('{' + m + '}' for m in missing)}; this template must "
+            f"contain every one of: {', '.join('{' + a + '}' for a in sorted(allowed))}"
+        )
+
+
 def load_prompts(override_dir: Path | str | None = None) -> PromptSet:
     """The paper's prompts, with any ``<name>.txt`` in ``override_dir`` taking precedence.
 
-    Overrides are validated: an unknown file name or a slot the template cannot fill is an error,
-    so a typo fails before the first request instead of silently sending ``{smaple}``.
+    Overrides are validated: an unknown file name, a slot the template cannot fill, a slot it
+    lacks, an empty or non-UTF-8 file is an error, before the first request.
     """
     texts = {name: _strip_comments(_builtin(name)) for name in TEMPLATE_NAMES}
     if override_dir is not None:
@@ -182,13 +220,7 @@ def load_prompts(override_dir: Path | str | None = None) -> PromptSet:
             if name not in texts:
                 known = ", ".join(TEMPLATE_NAMES)
                 raise ConfigError(f"unknown prompt template {path.name!r}; known: {known}")
-            text = _strip_comments(path.read_text("utf-8"))
-            allowed = _SLOTS.get(name, frozenset())
-            unknown = sorted(set(_SLOT_RE.findall(text)) - allowed)
-            if unknown:
-                raise ConfigError(
-                    f"{path}: unknown slot(s) {', '.join('{' + u + '}' for u in unknown)}; "
-                    f"this template can use: {', '.join(sorted(allowed)) or 'none'}"
-                )
+            text = _override_text(path)
+            _check_slots(path, name, text)
             texts[name] = text
     return PromptSet(texts)
