@@ -18,7 +18,7 @@ import orjson
 
 from coevol.cli.exit_codes import EXIT_OK
 from coevol.errors import ConfigError, DataError, OutputError
-from coevol.io.guard import check_derived
+from coevol.io.guard import check_derived, regular_file
 from coevol.io.writers import write_whole
 from coevol.report.stats import DEFAULT_DIRECTION_LINES
 from coevol.textsafe import inert_line
@@ -148,6 +148,7 @@ def run(ns: argparse.Namespace) -> int:
     files = RunFiles.beside(ns.output)
     if not files.trace.exists():
         raise DataError(f"no trace beside {ns.output}: expected {files.trace} (run coevol refine first)")
+    regular_file(files.trace, "trace")  # a FIFO would hang the read, a link to /dev/zero never end
     options = ReportOptions(
         tokenizer=ns.tokenizer,
         directions=not ns.no_directions,

@@ -38,7 +38,7 @@ from coevol.io import jsonrow
 from coevol.io.guard import check_not_links
 from coevol.llm.types import Choice, Completion
 
-__all__ = ["Store", "connect_read_only"]
+__all__ = ["Store", "bound_time", "connect_read_only", "schema_problem"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
@@ -72,6 +72,45 @@ CREATE TABLE IF NOT EXISTS samples (
     created REAL NOT NULL
 );
 """
+
+_COLUMNS = {
+    "calls": (
+        "key",
+        "role",
+        "model",
+        "text",
+        "prompt_tokens",
+        "completion_tokens",
+        "finish_reason",
+        "created",
+    ),
+    "call_failures": ("key", "role", "error_type", "message", "created"),
+    "samples": ("sample_key", "status", "payload", "created"),
+}
+
+
+def schema_problem(db: sqlite3.Connection) -> str | None:
+    """Why the open database is not a coevol store (its tables replaced by views, extra triggers,
+    other columns), or None. A hostile file must be refused before a query runs on it: a
+    recursive view named ``calls`` never finishes a ``COUNT(*)``."""
+    objects = db.execute("SELECT type, name FROM sqlite_master WHERE type IN ('table', 'view', 'trigger')")
+    for kind, name in objects.fetchall():
+        if kind == "trigger":
+            return f"it holds a trigger ({name!r}), which coevol never creates"
+        if name in _COLUMNS and kind != "table":
+            return f"{name!r} is a {kind}, not a table"
+    for table, expected in _COLUMNS.items():
+        found = tuple(row[1] for row in db.execute(f"PRAGMA table_info({table})").fetchall())
+        if found and found != expected:
+            return f"the table {table!r} has the columns {', '.join(found)}"
+    return None
+
+
+def bound_time(db: sqlite3.Connection, seconds: float) -> None:
+    """Interrupt any statement on ``db`` that runs past ``seconds`` (it raises ``OperationalError``)."""
+    deadline = time.monotonic() + seconds
+    db.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+
 
 _PUT_CALL = "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _PUT_CHOICE = "INSERT OR REPLACE INTO call_choices VALUES (?, ?, ?, ?)"
@@ -150,6 +189,9 @@ class Store:
         db = sqlite3.connect(self.path, isolation_level=None)
         try:
             db.execute("PRAGMA busy_timeout=5000")
+            problem = schema_problem(db)
+            if problem is not None:
+                raise sqlite3.DatabaseError(f"not a coevol store: {problem}")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
             db.executescript(_SCHEMA)
