@@ -384,15 +384,19 @@ async def test_rows_that_match_no_format_are_rejects_naming_their_line(tmp_path:
 
 
 async def test_format_flag_forces_the_format(tmp_path: Path) -> None:
+    """Every row of another format: no usable row, refused before anything is written (issue 17;
+    this run wrote an empty output and exited 0 before)."""
     src = write_rows(tmp_path / "data.json", ALPACA[:2])
     out = tmp_path / "refined.json"
-    await refine(src, out, "--format", "sharegpt", expect_requests=0)
-    assert read_rows(out) == []
-    rejects = read_jsonl(Path(f"{out}.rejects.jsonl"))
-    assert [(r["line"], r["error"]) for r in rejects] == [
-        (1, "row is in alpaca format, expected sharegpt"),
-        (2, "row is in alpaca format, expected sharegpt"),
-    ]
+    async with FakeOpenAIServer(CoEvolResponder()) as server:
+        code, _, err = await coevol_cli(
+            "refine", str(src), "-o", str(out), "--base-url", server.base_url, "--model", "m", "-q",
+            "--format", "sharegpt",
+        )  # fmt: skip
+        assert len(server.requests) == 0
+    assert code == 1
+    assert "no usable row: all 2 rows were rejected (the first, line 1: row is in alpaca format, " in err
+    assert "expected sharegpt)" in err and not out.exists()
 
 
 @pytest.mark.parametrize(
