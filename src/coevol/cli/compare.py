@@ -13,6 +13,7 @@ import asyncio
 import re
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,20 +113,37 @@ def _config(ns: argparse.Namespace) -> Config:
 def _dry_run(ns: argparse.Namespace, config: Config) -> int:
     from coevol.compare.dryrun import estimate_units, format_estimates
     from coevol.compare.run import judge_config, plan_comparison
+    from coevol.compare.units import Misaligned
     from coevol.prompts.templates import load_prompts
 
     cfg = judge_config(config)
     prompts = load_prompts(cfg.prompts_dir)
-    plan = plan_comparison(
-        ns.baseline,
-        ns.candidates,
-        prompts,
-        input_format=ns.input_format,
-        window_rounds=cfg.conversation.window_rounds,
-    )
-    estimates = [estimate_units(c.name, c.units, prompts, cfg) for c in plan.candidates]
+    window = cfg.conversation.window_rounds
+    estimates = []
+    for cand in ns.candidates:
+        try:  # in step with the baseline, holding no row (like refine's dry run)
+            estimate = estimate_units(str(cand), _streamed_units(ns, cand, prompts, window), prompts, cfg)
+        except Misaligned:  # ids listed in another order: matched through an index, as a run does
+            plan = plan_comparison(
+                ns.baseline, [cand], prompts, input_format=ns.input_format, window_rounds=window
+            )
+            estimate = estimate_units(str(cand), plan.candidates[0].units, prompts, cfg)
+        estimates.append(estimate)
     sys.stdout.write(inert(format_estimates(estimates)))
     return EXIT_OK
+
+
+def _streamed_units(ns: argparse.Namespace, candidate: Path, prompts: Any, window: int) -> Iterator[Any]:
+    from coevol.compare.units import row_units, stream_pairs
+    from coevol.domain import Example
+    from coevol.io.readers import read_examples
+
+    def rows(path: Path) -> Iterator[Example]:
+        return (r for r in read_examples(path, fmt=ns.input_format) if isinstance(r, Example))
+
+    pairs = stream_pairs(rows(ns.baseline), rows(candidate), str(ns.baseline), str(candidate))
+    for position, b, c in pairs:
+        yield from row_units(prompts, position, b, c, window)
 
 
 class _Display:

@@ -9,6 +9,7 @@ are not subtracted: the estimate is what a fresh run costs.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from coevol.compare.units import Unit
@@ -46,25 +47,23 @@ def _prompt_tokens(prompts: PromptSet, unit: Unit, kind: str) -> int:
     )
 
 
-def estimate_units(name: str, units: list[Unit], prompts: PromptSet, config: Config) -> CandidateEstimate:
-    judged = [u for u in units if not u.identical]
-    calls = 2 * len(judged)
+def estimate_units(name: str, units: Iterable[Unit], prompts: PromptSet, config: Config) -> CandidateEstimate:
+    """The estimate for one candidate; ``units`` is consumed once (a stream is never held)."""
+    total = judged = prompt = 0
+    for unit in units:
+        total += 1
+        if not unit.identical:
+            judged += 1
+            prompt += _prompt_tokens(prompts, unit, config.judge)
+    calls = 2 * judged
     role = config.role("judge")
     max_tokens = role.max_tokens or config.max_tokens
-    prompt = sum(_prompt_tokens(prompts, u, config.judge) for u in judged)
     completion = calls * max_tokens
     cost = None
     if role.price is not None:
         cost = (prompt * role.price.prompt + completion * role.price.completion) / 1e6
     return CandidateEstimate(
-        name,
-        len(units),
-        len(units) - len(judged),
-        calls,
-        calls * (1 + config.judge_reasks),
-        prompt,
-        completion,
-        cost,
+        name, total, total - judged, calls, calls * (1 + config.judge_reasks), prompt, completion, cost
     )
 
 

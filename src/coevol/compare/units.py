@@ -10,8 +10,10 @@ earlier turns as history, so both responses answer the very same conversation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import zip_longest
 from typing import Any
 
 import orjson
@@ -23,7 +25,7 @@ from coevol.prompts.render import Sample
 from coevol.prompts.templates import PromptSet
 from coevol.textsafe import inert_line
 
-__all__ = ["Side", "Unit", "match_rows", "row_units", "units_of"]
+__all__ = ["Misaligned", "Side", "Unit", "match_rows", "row_units", "stream_pairs", "units_of"]
 
 _SHOWN = 60  # characters of a differing text quoted in a mismatch error
 
@@ -124,17 +126,58 @@ def match_rows(baseline: Side, candidate: Side) -> tuple[str, list[tuple[Example
         mode = "id"
     else:
         if len(baseline.rows) != len(candidate.rows):
-            raise DataError(
-                f"{baseline.name} has {len(baseline.rows)} rows and {candidate.name} "
-                f"{len(candidate.rows)}: rows without an id are matched by position, so both must "
-                "have the same rows (give every row an id to compare a subset)",
-                source=candidate.name,
-            )
+            raise _count_mismatch(baseline.name, len(baseline.rows), candidate.name, len(candidate.rows))
         pairs = list(zip(baseline.rows, candidate.rows, strict=True))
         mode = "position"
     for position, (b, c) in enumerate(pairs):
         check_same_request(position, b, c, baseline.name, candidate.name)
     return mode, pairs
+
+
+def _count_mismatch(bname: str, brows: int, cname: str, crows: int) -> DataError:
+    return DataError(
+        f"{bname} has {brows} rows and {cname} {crows}: rows without an id are matched by position, "
+        "so both must have the same rows (give every row an id to compare a subset)",
+        source=cname,
+    )
+
+
+class Misaligned(Exception):
+    """Every row has an id but the two files do not list them in the same order (or count): the
+    rows can only be matched through an index of one file (``match_rows``)."""
+
+
+def stream_pairs(
+    baseline: Iterable[Example], candidate: Iterable[Example], bname: str, cname: str
+) -> Iterator[tuple[int, Example, Example]]:
+    """``match_rows`` in one pass over both files, holding no row: pairs by position, checked as
+    ``match_rows`` checks them. When every row so far has an id, the ids must be equal position by
+    position (then matching by id gives the same pairs) and unique; the first that differ raise
+    ``Misaligned``. Memory: a 16-byte digest per id while every row has one, nothing otherwise."""
+    seen: set[bytes] | None = set()
+    counts = [0, 0]
+    pairs = zip_longest(baseline, candidate)
+    for position, (b, c) in enumerate(pairs):
+        if b is None or c is None:
+            if seen is not None:
+                raise Misaligned
+            counts = [position + (b is not None), position + (c is not None)]
+            for rest_b, rest_c in pairs:
+                counts[0] += rest_b is not None
+                counts[1] += rest_c is not None
+            raise _count_mismatch(bname, counts[0], cname, counts[1])
+        if seen is not None and _has_id(b) and _has_id(c):
+            key = _id_key(b.raw["id"])
+            if key != _id_key(c.raw["id"]):
+                raise Misaligned
+            digest = hashlib.blake2b(key, digest_size=16).digest()
+            if digest in seen:
+                raise Misaligned  # a duplicate id: match_rows names both lines
+            seen.add(digest)
+        else:
+            seen = None  # a row without an id: matched by position, as match_rows would
+        check_same_request(position, b, c, bname, cname)
+        yield position, b, c
 
 
 def _where(position: int, b: Example, c: Example, bname: str, cname: str) -> str:
