@@ -23,7 +23,7 @@ from coevol.cli.console import (
 )
 from coevol.cli.exit_codes import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
 from coevol.config import STRATEGIES, Config, load_config
-from coevol.errors import CoevolError
+from coevol.errors import CoevolError, ConfigError
 from coevol.io.formats import FORMATS
 from coevol.loop import MODES
 from coevol.roles.agents import JUDGE_KINDS
@@ -288,8 +288,14 @@ def _parser() -> argparse.ArgumentParser:
 def _run(ns: argparse.Namespace, err: Any) -> int:
     if ns.command == "show":
         from coevol.cli.show import show_trace
+        from coevol.io.guard import regular_file
 
-        show_trace(ns.trace, indices=ns.index, limit=ns.limit)
+        if ns.limit < 0:
+            raise ConfigError(f"--limit must be 0 or more, got {ns.limit}")
+        if ns.trace.exists() and not ns.trace.is_dir():  # the reader names a missing file or a folder
+            regular_file(ns.trace, "trace")  # a FIFO would hang the read, a link to /dev/zero never end
+        if ns.limit:  # --limit 0 shows nothing
+            show_trace(ns.trace, indices=ns.index, limit=ns.limit)
         return EXIT_OK
     if ns.command == "compare":
         from coevol.cli.compare import run as compare_run
