@@ -106,6 +106,9 @@ def schema_problem(db: sqlite3.Connection) -> str | None:
     return None
 
 
+_READ_SECONDS = 30.0  # a read-only query on a real store takes well under a second
+
+
 def bound_time(db: sqlite3.Connection, seconds: float) -> None:
     """Interrupt any statement on ``db`` that runs past ``seconds`` (it raises ``OperationalError``)."""
     deadline = time.monotonic() + seconds
@@ -153,10 +156,24 @@ def connect_read_only(path: Path) -> sqlite3.Connection:
     A store that a run closed cleanly has no WAL: it is opened ``immutable``, which never creates
     the shared-memory file SQLite would otherwise leave beside it. A store with a WAL (a run in
     progress, or one that was killed) is opened plainly read-only, so its latest commits are seen.
+    Only a regular file is opened (a FIFO would hang), every statement is interrupted after
+    ``_READ_SECONDS``, and a file that is not a coevol store (``schema_problem``) raises
+    ``sqlite3.DatabaseError`` before any query runs on it.
     """
+    if not path.is_file():
+        raise sqlite3.OperationalError(f"{path.name} is not a regular file")
     uri = path.resolve().as_uri()
     wal = path.with_name(path.name + "-wal")
-    return sqlite3.connect(uri + ("?mode=ro" if wal.exists() else "?mode=ro&immutable=1"), uri=True)
+    db = sqlite3.connect(uri + ("?mode=ro" if wal.exists() else "?mode=ro&immutable=1"), uri=True)
+    try:
+        bound_time(db, _READ_SECONDS)
+        problem = schema_problem(db)
+        if problem is not None:
+            raise sqlite3.DatabaseError(f"not a coevol store: {problem}")
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 class Store:
