@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from coevol.api import refine_file
 from coevol.cli.main import main
+from coevol.config import Config
+from coevol.errors import OutputError
 from coevol.io.readers import guess_encoding
 
 ROWS = [{"instruction": "Name a prime.", "input": "", "output": "Nine."}] * 2
@@ -86,6 +89,10 @@ def test_an_input_named_like_the_outputs_partial_file_is_never_touched(
     data = tmp_path / "z.jsonl.partial"
     data.write_text(TEXT)
     assert main(["refine", str(data), "-o", str(tmp_path / "z.jsonl"), *FLAGS]) == 1
-    err = capsys.readouterr().err
-    assert "the partial file of output" in err and "is the input file" in err
+    assert "error: " in capsys.readouterr().err
+    assert data.read_text() == TEXT
+    with pytest.raises(
+        OutputError, match=r"the partial file of output .*z\.jsonl\.partial is the input file"
+    ):
+        refine_file(data, tmp_path / "z.jsonl", Config(base_url="http://127.0.0.1:9/v1", model="m"))
     assert data.read_text() == TEXT

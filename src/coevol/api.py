@@ -37,7 +37,7 @@ from coevol.errors import DataError, OutputError
 from coevol.extras import check_extras
 from coevol.io.formats import parse_example, render_example
 from coevol.io.guard import RunLock, check_cache, check_not_links, check_outputs
-from coevol.io.readers import hub_id, read_examples, require_usable_row
+from coevol.io.readers import hub_id, read_examples
 from coevol.io.writers import output_kind, recover
 from coevol.llm.types import Backend
 from coevol.multiturn import refine_example
@@ -199,7 +199,6 @@ async def arefine_file(
     cache_path = Path(cache) if cache is not None else cfg.cache
     check_extras([paths.input, paths.output, paths.pairs], embedded=uses_embedded(cfg))
     prepare(paths, cache_path)
-    require_usable_row(paths.input, fmt=input_format, offset=offset, limit=limit)
     pairs_lock = [paths.pairs] if paths.pairs is not None else []
     with RunLock(paths.lock, f"coevol refine {paths.input} -o {paths.output}", also=pairs_lock):
         recovered = recover(paths.journal, paths.finals())

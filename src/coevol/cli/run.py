@@ -25,7 +25,7 @@ from coevol.config import ROLES, Config
 from coevol.engine.dispatch import RunStats
 from coevol.engine.runner import RunPaths, RunSummary
 from coevol.errors import BudgetExceeded, CoevolError
-from coevol.io.readers import count_rows
+from coevol.io.readers import count_rows, require_usable_row
 from coevol.textsafe import inert_line
 
 __all__ = ["refine_command"]
@@ -135,6 +135,9 @@ def refine_command(ns: argparse.Namespace, config: Config, err: Any) -> int:
         from coevol.executors import file_runner
 
         arefine_file = file_runner(ns)  # --executor: this process, or shards on Ray
+        # An input with nothing to refine is refused before anything is created (an empty output
+        # and exit 0 would pass for a finished run); a Ray shard of only bad rows is fine.
+        require_usable_row(ns.input, fmt=ns.input_format, offset=ns.offset, limit=ns.limit)
 
         display = RunDisplay(
             err,

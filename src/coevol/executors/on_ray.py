@@ -462,7 +462,6 @@ async def arefine_file_ray(
     """``arefine_file`` on Ray: the same files, byte for byte, and the same ``FileRun``."""
     from coevol.api import FileRun, prepare
     from coevol.io.guard import RunLock
-    from coevol.io.readers import require_usable_row
     from coevol.io.writers import recover
 
     ray = import_ray()
@@ -470,7 +469,6 @@ async def arefine_file_ray(
     check_ray_config(config)
     paths = RunPaths.beside(Path(input), Path(output), Path(pairs) if pairs is not None else None)
     prepare(paths, None)
-    require_usable_row(paths.input, fmt=input_format, offset=offset, limit=limit)
     work_dir = options.work_dir or paths.output.with_name(paths.output.name + ".shards")
     summary, stats = RunSummary(), RunStats()
     started = time.monotonic()
