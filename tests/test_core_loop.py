@@ -317,13 +317,17 @@ async def test_one_empty_answer_then_a_usable_one_goes_on() -> None:
 async def test_stored_empty_answers_are_replayed_then_asked_anew() -> None:
     """``--retry-failed`` after a server answered nothing: the stored empty answers cost nothing and
     do not count, so fresh re-asks follow instead of the same failure forever."""
+    from collections.abc import Sequence
     from dataclasses import replace
 
+    from coevol.llm.types import Completion, Message
     from coevol.roles.agents import edit
 
     agents = careless(["", "", "", "", BETTER])
 
-    async def replaying(role: str, messages: Any, *, attempt: int = 0) -> Any:
+    async def replaying(
+        role: str, messages: Sequence[Message], *, attempt: int = 0, seed: int | None = None, n: int = 1
+    ) -> Completion:
         answer = await agents(role, messages, attempt=attempt)
         return replace(answer, cached=attempt < 3)  # attempts 0-2 are in the store
 
