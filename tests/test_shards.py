@@ -326,3 +326,66 @@ def test_a_dead_node_stops_the_run_with_one_line_instead_of_hanging(
         driver.run([shard], lambda *a: None)
     assert "\n" not in str(info.value) and "rerun the same command" in str(info.value)
     on_ray.check_cluster(_FakeRay([{"NodeID": "local", "Alive": True}]))  # a live node: nothing to say
+
+
+class NodeDiedError(Exception):
+    """Stands for ``ray.exceptions.NodeDiedError``."""
+
+
+class _LosingCluster:
+    """A cluster whose node dies under the first actor: its task fails with ``NodeDiedError``."""
+
+    class exceptions:  # as ray.exceptions
+        pass
+
+    exceptions.NodeDiedError = NodeDiedError  # type: ignore[attr-defined]
+
+    def __init__(self) -> None:
+        self.actors = 0
+        self.submitted: list[int] = []
+
+    def remote(self, **kwargs: Any) -> Any:
+        cluster = self
+
+        class _Method:
+            def remote(self, spec: Any) -> Any:
+                cluster.submitted.append(spec["shard"].number)
+                return (len(cluster.submitted), spec["shard"].number)
+
+        class _Worker:
+            run = _Method()
+
+        class _Cls:
+            @staticmethod
+            def remote() -> _Worker:
+                cluster.actors += 1
+                return _Worker()
+
+        return lambda cls: _Cls
+
+    def wait(self, refs: list[Any], num_returns: int, timeout: float) -> tuple[list[Any], list[Any]]:
+        return refs[:1], refs[1:]
+
+    def get(self, ref: Any) -> Any:
+        submission, _ = ref
+        if submission == 1:
+            raise NodeDiedError("the node running this actor died")
+        from coevol.engine.dispatch import RunStats
+
+        return {"summary": summary_to_json(RunSummary(rows=1)), "stats": RunStats()}
+
+    def kill(self, actor: Any) -> None:
+        pass
+
+
+def test_the_shard_of_a_lost_node_is_resubmitted_to_a_fresh_actor(tmp_path: Path) -> None:
+    from coevol.executors import on_ray
+    from coevol.executors.shards import Shard
+
+    cluster = _LosingCluster()
+    driver = on_ray._Driver(cluster, on_ray.RayOptions(), 1, {})
+    done: list[int] = []
+    shards = [Shard(i, i, 1, i, tmp_path / f"s{i}.jsonl", None, "d") for i in range(2)]
+    driver.run(list(shards), lambda shard, *_: done.append(shard.number))
+    assert cluster.submitted == [0, 0, 1]  # shard 0 again, after its node died
+    assert sorted(done) == [0, 1] and cluster.actors == 2 and driver.deaths[0] == 1
