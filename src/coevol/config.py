@@ -422,6 +422,16 @@ class Config(_Strict):
         except ValidationError as exc:
             raise ConfigError(_explain(exc, source)) from None
 
+    def prices(self) -> dict[str, tuple[float, float]] | None:
+        """Each priced role's dollars per million (prompt, completion) tokens; None when no role
+        has a price (the live cost, the report's cost and the dry run's expected figure read it)."""
+        found = {}
+        for role in (*ROLES, *TREE_ROLES):
+            price = self.role(role).price
+            if price is not None:
+                found[role] = (price.prompt, price.completion)
+        return found or None
+
     def api_key(self, role: str) -> str | None:
         """Read the role's key from its environment variable; never stored in the config."""
         env = self.role(role).api_key_env

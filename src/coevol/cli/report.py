@@ -25,7 +25,6 @@ from coevol.textsafe import inert_line
 
 __all__ = ["add_parser", "check_report_targets", "open_hint", "report_paths", "run"]
 
-_ROLES = ("positive", "critical", "advisor", "editor", "judge", "critic", "refiner")
 _JSON_HEAD = re.compile(rb'^\s*\{\s*"schema"\s*:\s*"coevol\.report/1"')
 _PAGE_HEAD = re.compile(
     rb'^<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="Content-Security-Policy"'
@@ -122,13 +121,7 @@ def _prices(path: Path | None) -> dict[str, tuple[float, float]] | None:
         return None
     from coevol.config import load_config
 
-    config = load_config(path, {})
-    out = {}
-    for role in _ROLES:
-        price = config.role(role).price
-        if price is not None:
-            out[role] = (price.prompt, price.completion)
-    return out or None
+    return load_config(path, {}).prices()
 
 
 def run(ns: argparse.Namespace) -> int:

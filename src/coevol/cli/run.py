@@ -21,7 +21,7 @@ from coevol.cli.exit_codes import (
     EXIT_PARTIAL,
     EXIT_TERMINATED,
 )
-from coevol.config import ROLES, Config
+from coevol.config import Config
 from coevol.engine.dispatch import RunStats
 from coevol.engine.runner import RunPaths, RunSummary
 from coevol.errors import BudgetExceeded, CoevolError
@@ -61,18 +61,8 @@ def _dry_run(ns: argparse.Namespace, config: Config) -> int:
     store = config.cache or RunPaths.beside(ns.input, ns.output).store
     measured = measured_rows(Path(store))
     if measured is not None and est.examples:
-        sys.stdout.write(format_expected(measured, est.examples, _prices(config) or {}) + "\n")
+        sys.stdout.write(format_expected(measured, est.examples, config.prices() or {}) + "\n")
     return EXIT_OK
-
-
-def _prices(config: Config) -> dict[str, tuple[float, float]] | None:
-    """Each priced role's dollars per million (prompt, completion) tokens, for the live cost."""
-    prices = {}
-    for role in ROLES:
-        price = config.role(role).price
-        if price is not None:
-            prices[role] = (price.prompt, price.completion)
-    return prices or None
 
 
 def _calls_per_row(config: Config) -> float:
@@ -143,7 +133,7 @@ def refine_command(ns: argparse.Namespace, config: Config, err: Any) -> int:
             err,
             total=_total(ns),
             quiet=ns.quiet,
-            prices=_prices(config),
+            prices=config.prices(),
             calls_per_row=_calls_per_row(config),
         )
         live = _Live(display)
