@@ -3,15 +3,18 @@ does, and says what waits and until when."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -130,3 +133,60 @@ def test_dollars_so_far_and_for_the_run() -> None:
     assert describe_spend(stats, prices, rows=3, total=30) == "$0.2100 so far, ~$2.1000 for the run"
     assert describe_spend(stats, prices, rows=0, total=30) == "$0.2100 so far"
     assert describe_spend(stats, None, rows=3, total=30) == ""
+
+
+def test_ctrl_c_is_acknowledged_before_the_calls_in_flight_end(tmp_path: Path) -> None:
+    """Every call takes 120 s: the first Ctrl-C is answered at once with what it waits for, and the
+    run stops (exit 130) long before any call could have finished."""
+    with ThreadedServer(responder=CoEvolResponder(accept_up_to(3)), latency=120.0) as server:
+        term = Terminal(
+            "refine",
+            str(_input(tmp_path)),
+            "-o",
+            str(tmp_path / "out.jsonl"),
+            "--base-url",
+            server.base_url,
+            "--model",
+            "m",
+        )
+        try:
+            term.read_until(r"0 answered, [1-9]\d* in flight", timeout=60)
+            term.proc.send_signal(signal.SIGINT)
+            screen = term.read_until(
+                r"stopping: waiting for [1-9]\d* calls? in flight, Ctrl-C again to abandon them", timeout=30
+            )
+            assert term.proc.wait(timeout=60) == 130, screen
+        finally:
+            term.close()
+
+
+def test_a_second_ctrl_c_abandons_the_calls_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An embedded model's call cannot be cancelled and can take minutes: the second Ctrl-C exits."""
+    import asyncio
+
+    from rich.console import Console
+
+    from coevol.cli import run as cli_run
+    from coevol.engine.dispatch import RunStats
+
+    class Task:
+        cancelled = 0
+
+        def cancel(self) -> None:
+            self.cancelled += 1
+
+    exits: list[int] = []
+    monkeypatch.setattr(os, "_exit", exits.append)
+    out = io.StringIO()
+    live = cli_run._Live(object())
+    live.stats = RunStats(sending={1: ("editor", 0.0)})
+    task = Task()
+    interrupt = cli_run._Interrupt(Console(file=out, width=200), live, cast(asyncio.Task[Any], task))
+    interrupt()
+    assert task.cancelled == 1 and exits == []
+    interrupt()
+    assert exits == [130]
+    assert out.getvalue().splitlines() == [
+        "stopping: waiting for 1 call in flight, Ctrl-C again to abandon them",
+        "abandoned 1 call in flight; finished work is kept: rerun the same command to resume",
+    ]

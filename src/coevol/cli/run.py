@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import signal
 import sys
 from pathlib import Path
@@ -111,6 +112,40 @@ class _Live:
             self.display.__exit__(None, None, None)
 
 
+class _Interrupt:
+    """Ctrl-C during a run: the first is acknowledged at once and stops the run cleanly (calls in
+    flight finish or are cancelled, finished work is kept); the second abandons what is still in
+    flight and exits within a moment, as after ``kill -9`` (every answered call is already stored).
+    An embedded model's call can take minutes, which is what the second Ctrl-C is for."""
+
+    def __init__(self, err: Any, live: _Live, task: asyncio.Task[Any] | None) -> None:
+        self.err = err
+        self.live = live
+        self.task = task
+        self.pressed = 0
+
+    def __call__(self) -> None:
+        self.pressed += 1
+        in_flight = len(self.live.stats.sending)
+        calls = "call" if in_flight == 1 else "calls"
+        if self.pressed == 1:
+            self.err.print(
+                f"stopping: waiting for {in_flight} {calls} in flight, Ctrl-C again to abandon them",
+                highlight=False,
+                markup=False,
+            )
+            if self.task is not None:
+                self.task.cancel()
+            return
+        self.err.print(
+            f"abandoned {in_flight} {calls} in flight; finished work is kept: rerun the same command "
+            "to resume",
+            highlight=False,
+            markup=False,
+        )
+        os._exit(EXIT_INTERRUPTED)
+
+
 def refine_command(ns: argparse.Namespace, config: Config, err: Any) -> int:
     if ns.dry_run:
         return _dry_run(ns, config)
@@ -148,6 +183,8 @@ def refine_command(ns: argparse.Namespace, config: Config, err: Any) -> int:
 
         previous = signal.getsignal(signal.SIGTERM)  # asyncio restores SIG_DFL, not this
         loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        previous_int = signal.getsignal(signal.SIGINT)
+        loop.add_signal_handler(signal.SIGINT, _Interrupt(err, live, task))
         code = EXIT_OK
         result = None
         try:
@@ -179,6 +216,8 @@ def refine_command(ns: argparse.Namespace, config: Config, err: Any) -> int:
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
             signal.signal(signal.SIGTERM, previous)  # a SIGTERM during the summary still exits 143
+            loop.remove_signal_handler(signal.SIGINT)
+            signal.signal(signal.SIGINT, previous_int)
         paths = RunPaths.beside(ns.input, ns.output, ns.pairs)
         if getattr(ns, "executor", "local") == "ray":  # its stores live in the shards' folder
             paths = dataclasses.replace(paths, store=ns.work_dir or Path(f"{ns.output}.shards"))
