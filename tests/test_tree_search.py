@@ -240,3 +240,31 @@ def test_pairwise_value_asks_the_critic_once_per_expanded_node_for_the_refiners_
     tree = result.tree
     assert tree is not None and len(tree.nodes[0].critiques) == 5 and tree.nodes[0].value == 0.5
     assert result.stop_reason is StopReason.TREE_PASS and [n.value for n in tree.nodes[1:]] == [1.0] * 3
+
+
+def test_a_conversation_gets_a_tree_per_assistant_turn_seeing_the_refined_turns_before() -> None:
+    from coevol.conversation import ConversationSettings
+    from coevol.domain import Example, Turn
+    from coevol.multiturn import refine_example
+
+    turns = [
+        Turn("user", "Say hi."),
+        Turn("assistant", "hello"),
+        Turn("user", "Again, louder."),
+        Turn("assistant", "hello!"),
+    ]
+    example = Example(0, 1, "messages", turns, {})
+    responder = TreeResponder(by_depth(1, yes=5))
+    calls = Recorder(responder.as_generate())
+    outcome = asyncio.run(
+        refine_example(example, calls, P, LoopSettings(tree=TreeSettings()), ConversationSettings())
+    )
+    assert [t.tree is not None for t in outcome.record.turns] == [True, True]
+    assert outcome.accepted_rounds == 2 and len(calls.of("refiner")) == 6 and len(calls.of("critic")) == 8
+    first = outcome.turns[1].content
+    assert first.startswith("hello|") and outcome.turns[3].content.startswith("hello!|")
+    # the second turn's critic saw the refined first turn in the conversation window
+    second_critic = [c for c in calls.of("critic") if "Again, louder." in c.messages[0]["content"]]
+    assert second_critic and all(first in c.messages[0]["content"] for c in second_critic)
+    assert [p["rejected"][0]["content"] for p in outcome.pairs] == ["hello", "hello!"]
+    assert outcome.pairs[1]["prompt"][1] == {"role": "assistant", "content": first}
