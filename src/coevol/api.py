@@ -22,17 +22,19 @@ everything in order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coevol.config import Config, uses_embedded
-from coevol.engine.build import build_engine
+from coevol.config import Config
+from coevol.domain import BadRow, Example
 from coevol.engine.dispatch import RunStats
-from coevol.engine.runner import ProgressFn, Runner, RunPaths, RunSummary, role_routes
+from coevol.engine.job import Job
+from coevol.engine.runner import ProgressFn, Refined, RefineWork, Runner, RunPaths, RunSummary
+from coevol.engine.runplan import RunPlan
 from coevol.errors import DataError, OutputError
 from coevol.extras import check_extras
 from coevol.io.formats import parse_example, render_example
@@ -40,10 +42,8 @@ from coevol.io.guard import RunLock, check_cache, check_not_links, check_outputs
 from coevol.io.readers import hub_id, read_examples
 from coevol.io.writers import output_kind, recover
 from coevol.llm.types import Backend
-from coevol.multiturn import refine_example
-from coevol.store.sqlite import Store
 
-__all__ = ["FileRun", "Result", "arefine", "arefine_file", "refine", "refine_file"]
+__all__ = ["FileRun", "Result", "Results", "arefine", "arefine_file", "refine", "refine_file"]
 
 PathArg = str | os.PathLike[str]
 
@@ -83,51 +83,71 @@ def _config(config: Config | None, overrides: dict[str, Any]) -> Config:
     return Config.from_mapping({**base, **overrides}, source="refine()")
 
 
+class Results(list[Result]):
+    """The results of ``arefine``, in input order (a plain list), with the run's ``summary``
+    (counts, the judge audit behind the judge finding) and its call counters (``stats``)."""
+
+    def __init__(self, summary: RunSummary, stats: RunStats) -> None:
+        super().__init__()
+        self.summary = summary
+        self.stats = stats
+
+
+def _parsed(rows: Iterable[dict[str, Any]]) -> Iterator[Example | BadRow]:
+    """The rows as the row runner's items, parsed lazily; one that cannot be parsed is a bad row."""
+    for index, obj in enumerate(rows):
+        try:
+            yield parse_example(obj, None, index=index, line=index + 1)
+        except DataError as exc:
+            yield BadRow(index + 1, str(exc), "")
+
+
+def _result(item: Example | BadRow, done: Refined) -> Result:
+    outcome = done.outcome
+    if outcome is None:
+        assert isinstance(item, BadRow)
+        return Result(None, "rejected", 0, {"index": item.line - 1, "error": item.error}, item.error)
+    assert isinstance(item, Example)
+    failure = outcome.failure
+    return Result(
+        render_example(item, outcome.turns),
+        outcome.status.value,
+        outcome.accepted_rounds,
+        outcome.record.to_dict(),
+        None if failure is None else failure.message,
+    )
+
+
 async def arefine(
     rows: Iterable[dict[str, Any]],
     config: Config | None = None,
     *,
     cache: Path | str | None = None,
     **overrides: Any,
-) -> list[Result]:
+) -> Results:
     """Refine ``rows`` concurrently; results come back in input order.
 
     ``overrides`` are ``Config`` fields (``base_url=``, ``model=``, ``max_rounds=`` ...).
-    ``cache`` names a SQLite store so that a second call with the same rows costs nothing.
+    ``cache`` names a SQLite store of calls, so that a second call with the same rows costs nothing.
+
+    The rows go through the same row runner and stop rules as ``refine_file``: ``max_budget``
+    (with prices) and ``max_errors`` raise ``BudgetExceeded``, and a judge without usable verdicts
+    (``max_unparseable``) raises ``ConfigError``, each after a clean stop (every call still in
+    flight cancelled; with ``cache`` every answer received is kept, so a rerun does not pay for it
+    again). Cancelling the task stops the same way. There is no output file, so no file refusals
+    and no lock apply, and finished rows are not replayed as a whole, only their calls.
     """
-    cfg = _config(config, overrides)
-    store = Store(cache) if cache is not None else None
-    engine = await build_engine(cfg, store=store)
-    settings, conv = cfg.loop_settings(), cfg.conversation_settings()
-    window = asyncio.Semaphore(cfg.samples_in_flight or (1 if engine.local else cfg.concurrency))
-    roles = role_routes(engine.dispatcher)
-
-    async def one(index: int, obj: dict[str, Any]) -> Result:
+    plan = RunPlan.of(_config(config, overrides))
+    async with await Job.open(plan, cache=Path(cache) if cache is not None else None) as job:
+        results = Results(RunSummary(), job.engine.dispatcher.stats)
+        work = RefineWork(job, results.summary)
+        started = time.monotonic()
         try:
-            example = parse_example(obj, None, index=index, line=index + 1)
-        except DataError as exc:
-            return Result(None, "rejected", 0, {"index": index, "error": str(exc)}, str(exc))
-        async with window:
-            outcome = await refine_example(
-                example, engine.dispatcher, engine.prompts, settings, conv, roles=roles
-            )
-        row = render_example(example, outcome.turns)
-        failure = outcome.failure
-        return Result(
-            row,
-            outcome.status.value,
-            outcome.accepted_rounds,
-            outcome.record.to_dict(),
-            None if failure is None else failure.message,
-        )
-
-    try:
-        return list(await asyncio.gather(*(one(i, obj) for i, obj in enumerate(rows))))
-    finally:
-        await engine.dispatcher.drain()  # a failed sample's detached call must not outlive the engine
-        await engine.aclose()
-        if store is not None:
-            store.close()
+            await job.runner(work, lambda item, done: results.append(_result(item, done))).run(_parsed(rows))
+        finally:
+            results.summary.elapsed = time.monotonic() - started
+        results.summary.complete = True
+        return results
 
 
 def refine(
@@ -136,7 +156,7 @@ def refine(
     *,
     cache: Path | str | None = None,
     **overrides: Any,
-) -> list[Result]:
+) -> Results:
     """Synchronous ``arefine`` (not for use inside a running event loop: await ``arefine`` there)."""
     return asyncio.run(arefine(rows, config, cache=cache, **overrides))
 
@@ -194,48 +214,32 @@ async def arefine_file(
     refused path or a held lock before anything is sent, and why a run stopped
     (``BudgetExceeded``, ``ConfigError`` ...) after a clean stop.
     """
-    cfg = _config(config, overrides)
+    plan = RunPlan.of(_config(config, overrides))
     paths = RunPaths.beside(Path(input), Path(output), Path(pairs) if pairs is not None else None)
-    cache_path = Path(cache) if cache is not None else cfg.cache
-    check_extras([paths.input, paths.output, paths.pairs], embedded=uses_embedded(cfg))
+    cache_path = Path(cache) if cache is not None else plan.cache
+    check_extras([paths.input, paths.output, paths.pairs], embedded=bool(plan.local_roles()))
     prepare(paths, cache_path)
     pairs_lock = [paths.pairs] if paths.pairs is not None else []
     with RunLock(paths.lock, f"coevol refine {paths.input} -o {paths.output}", also=pairs_lock):
         recovered = recover(paths.journal, paths.finals())
-        with contextlib.ExitStack() as stores:
-            store = stores.enter_context(Store(paths.store))
-            calls = stores.enter_context(Store(cache_path)) if cache_path is not None else store
-            engine = await build_engine(cfg, store=calls, backends=dict(backends) if backends else None)
-            try:
-                if engine.local and cfg.samples_in_flight is None:
-                    cfg.samples_in_flight = 1  # one llama.cpp worker: finish samples one by one
-                runner = Runner(
-                    cfg,
-                    engine.dispatcher,
-                    engine.prompts,
-                    paths,
-                    run_fingerprint=engine.fingerprint,
-                    input_format=input_format,
-                    output_format=output_format,
-                    offset=offset,
-                    limit=limit,
-                    retry_failed=retry_failed,
-                    progress=progress,
-                )
-                if progress is not None:
-                    progress(runner.summary, engine.dispatcher.stats)
-                await runner.run(store)
-            finally:
-                await engine.aclose()
-    return FileRun(
-        paths,
-        runner.summary,
-        engine.dispatcher.stats,
-        runner.dataset_info,
-        recovered,
-        store.commits,
-        engine.dispatcher.peak,
-    )
+        async with await Job.open(plan, store=paths.store, cache=cache_path, backends=backends) as job:
+            runner = Runner(
+                job,
+                paths,
+                input_format=input_format,
+                output_format=output_format,
+                offset=offset,
+                limit=limit,
+                retry_failed=retry_failed,
+                progress=progress,
+            )
+            stats = job.engine.dispatcher.stats
+            if progress is not None:
+                progress(runner.summary, stats)
+            await runner.run()
+            store, peak = job.store, job.engine.dispatcher.peak
+    assert store is not None
+    return FileRun(paths, runner.summary, stats, runner.dataset_info, recovered, store.commits, peak)
 
 
 def refine_file(input: PathArg, output: PathArg, config: Config | None = None, **kwargs: Any) -> FileRun:

@@ -11,7 +11,6 @@ the ``judge`` role of the configuration is used, for every call.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,19 +23,21 @@ from coevol.audit import JudgeAudit
 from coevol.compare.decide import Outcome, Rule, Tally, finding, outcome
 from coevol.compare.result import candidate_document, compare_document, unit_record
 from coevol.compare.units import Side, Unit, match_rows, units_of
-from coevol.config import ROLES, Config, RoleConfig, uses_embedded
+from coevol.config import ROLES, Config, RoleConfig
 from coevol.domain import Example, JudgeTrace
-from coevol.engine.build import Engine, build_engine
 from coevol.engine.dispatch import RunStats
-from coevol.errors import BudgetExceeded, ConfigError, LLMError, OutputError
+from coevol.engine.job import Job
+from coevol.engine.rows import StopTally
+from coevol.engine.runplan import RunPlan
+from coevol.errors import ConfigError, LLMError, OutputError
 from coevol.extras import check_extras
 from coevol.io.guard import RunLock, check_cache, check_not_links, check_outputs
 from coevol.io.readers import read_examples
 from coevol.io.writers import write_whole
 from coevol.llm.types import Backend, Generate
+from coevol.loop import LoopSettings
 from coevol.prompts.templates import PromptSet, load_prompts
 from coevol.roles.agents import judge
-from coevol.store.sqlite import Store
 
 __all__ = [
     "CandidatePlan",
@@ -168,46 +169,48 @@ def _prepare(baseline: Path, candidates: Sequence[Path], paths: ComparePaths, ca
     check_not_links([paths.lock, paths.partial])
 
 
-def _cost(config: Config, stats: RunStats) -> float:
-    total = 0.0
-    for role, usage in stats.usage.items():
-        price = config.role(role).price
-        if price is not None:
-            total += (usage.prompt_tokens * price.prompt + usage.completion_tokens * price.completion) / 1e6
-    return total
+Judged = tuple[dict[str, Any], JudgeTrace | None]
+"""One unit's record in the document, and the judge's trace when it was asked."""
 
 
-async def _judge_unit(
-    generate: Generate, prompts: PromptSet, unit: Unit, config: Config, rule: Rule
-) -> tuple[dict[str, Any], JudgeTrace | None]:
-    if unit.identical:
-        return unit_record(unit, Outcome.TIE, None), None
-    try:
-        trace = await judge(
-            generate, prompts, unit.sample, unit.candidate, kind=config.judge, reasks=config.judge_reasks
-        )
-    except LLMError as exc:
-        return unit_record(unit, Outcome.FAILED, None, f"{type(exc).__name__}: {exc}"), None
-    return unit_record(unit, outcome(trace, rule), trace), trace
+class JudgeWork:
+    """The work of a comparison for the row runner (``coevol.engine.rows.Work``): an identical
+    pair is a tie without a call, any other is judged in both orders; a failed call is the pair's
+    own failure (counted for ``--max-errors``), an unparseable verdict counts for
+    ``--max-unparseable``."""
 
+    def __init__(
+        self, generate: Generate, prompts: PromptSet, loop: LoopSettings, rule: Rule, done: Callable[[], None]
+    ) -> None:
+        self.generate = generate
+        self.prompts = prompts
+        self.kind = loop.judge
+        self.reasks = loop.judge_reasks
+        self.rule = rule
+        self._done = done
 
-async def _gather(jobs: list[Any], done: Callable[[], None]) -> list[Any]:
-    """Run the jobs; the first exception that is not a unit's own failure (a budget, a cancel)
-    cancels the rest and propagates once they have stopped."""
-    tasks = [asyncio.ensure_future(j) for j in jobs]
-    for t in tasks:
-        t.add_done_callback(lambda _t: done())
-    try:
-        finished, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for t in finished:
-            error = t.exception()
-            if error is not None:
-                raise error
-        return [t.result() for t in tasks]
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    def ready(self, unit: Unit) -> Judged | None:
+        return (unit_record(unit, Outcome.TIE, None), None) if unit.identical else None
+
+    async def run(self, unit: Unit) -> Judged:
+        try:
+            trace = await judge(
+                self.generate, self.prompts, unit.sample, unit.candidate, kind=self.kind, reasks=self.reasks
+            )
+        except LLMError as exc:
+            return unit_record(unit, Outcome.FAILED, None, f"{type(exc).__name__}: {exc}"), None
+        return unit_record(unit, outcome(trace, self.rule), trace), trace
+
+    def finish(self, unit: Unit, result: Judged) -> StopTally:
+        self._done()
+        record, trace = result
+        result_ = Outcome(record["outcome"])
+        if result_ is Outcome.FAILED:
+            error = record["error"] or ""
+            return StopTally(failure=(error.partition(":")[0], error))
+        if trace is None:
+            return StopTally()
+        return StopTally(judged=1, unparseable=int(result_ is Outcome.UNPARSEABLE))
 
 
 def _summaries(
@@ -258,8 +261,11 @@ async def acompare_files(
     """Compare each candidate file with ``baseline`` and write the ``coevol.compare/1`` document.
 
     Raises ``OutputError`` for a refused path or a held lock and ``DataError`` for rows that do not
-    match, before anything is sent; ``BudgetExceeded`` after a clean stop on ``--max-budget`` (the
-    finished calls are in the store: rerunning resumes).
+    match, before anything is sent. The pairs go through the one row runner, under the same stop
+    rules as a refine run: ``BudgetExceeded`` after a clean stop on ``--max-budget`` or
+    ``--max-errors`` (pairs whose calls failed), ``ConfigError`` when the judge gives no usable
+    verdict in more than ``max_unparseable`` of the pairs; no result is written then, and the
+    finished calls are in the store, so rerunning resumes.
     """
     if not candidates:
         raise ConfigError("give at least one candidate file to compare with the baseline")
@@ -267,54 +273,36 @@ async def acompare_files(
         rule_ = Rule(rule)
     except ValueError:
         raise ConfigError(f"unknown rule {rule!r}; expected eq4 or conservative") from None
-    cfg = judge_config(config if config is not None else Config())
+    cfg = config if config is not None else Config()
+    plan = RunPlan.of(cfg, roles=("judge",))  # a comparison asks the judge alone
     base, cands = Path(baseline), [Path(c) for c in candidates]
     paths = ComparePaths.beside(Path(result))
-    cache_path = Path(cache) if cache is not None else cfg.cache
-    check_extras([base, *cands], embedded=uses_embedded(cfg))
+    cache_path = Path(cache) if cache is not None else plan.cache
+    check_extras([base, *cands], embedded=bool(plan.local_roles()))
     _prepare(base, cands, paths, cache_path)
-    plan = plan_comparison(
+    comparison = plan_comparison(
         base,
         cands,
-        load_prompts(cfg.prompts_dir),
+        load_prompts(plan.prompts_dir),
         input_format=input_format,
-        window_rounds=cfg.conversation.window_rounds,
+        window_rounds=plan.conversation.window_rounds,
     )
     with RunLock(paths.lock, f"coevol compare {base} -o {paths.result}"):
-        with contextlib.ExitStack() as stores:
-            store = stores.enter_context(Store(paths.store))
-            calls = stores.enter_context(Store(cache_path)) if cache_path is not None else store
-            engine = await build_engine(cfg, store=calls, backends=dict(backends) if backends else None)
-            try:
-                document = await _run(engine, cfg, plan, rule_, progress)
-            finally:
-                await engine.dispatcher.drain()
-                await engine.aclose()
+        async with await Job.open(
+            plan, store=paths.store, cache=cache_path, backends=backends, items="pairs"
+        ) as job:
+            document = await _run(job, comparison, rule_, progress)
+            stats = job.engine.dispatcher.stats
         write_result(paths, document)
-    return CompareRun(document, paths, engine.dispatcher.stats)
+    return CompareRun(document, paths, stats)
 
 
-async def _run(
-    engine: Engine, cfg: Config, plan: Plan, rule: Rule, progress: ProgressFn | None
-) -> dict[str, Any]:
+async def _run(job: Job, plan: Plan, rule: Rule, progress: ProgressFn | None) -> dict[str, Any]:
+    """Judge every unit through the row runner (the job's window, stop rules and clean stop)."""
+    engine = job.engine
     dispatcher = engine.dispatcher
     stats = dispatcher.stats
-    if cfg.max_budget is not None:
-        budget = cfg.max_budget
-
-        def check_spend() -> None:
-            spent = _cost(cfg, stats)
-            if spent >= budget:
-                raise BudgetExceeded(f"spent ${spent:.4f} of --max-budget ${budget}")
-
-        dispatcher.after_send = check_spend
-    # One llama.cpp worker answers one call at a time: finish pairs one by one, as refine does.
-    window = asyncio.Semaphore(cfg.samples_in_flight or (1 if engine.local else cfg.concurrency))
     total, counter = plan.units, [0]
-
-    async def one(unit: Unit) -> tuple[dict[str, Any], JudgeTrace | None]:
-        async with window:
-            return await _judge_unit(dispatcher, engine.prompts, unit, cfg, rule)
 
     def done() -> None:
         counter[0] += 1
@@ -323,15 +311,18 @@ async def _run(
 
     if progress is not None:
         progress(0, total, stats)
-    results = await _gather([one(u) for c in plan.candidates for u in c.units], done)
+    results: list[Judged] = []
+    work = JudgeWork(dispatcher, engine.prompts, job.plan.loop, rule, done)
+    units = (u for c in plan.candidates for u in c.units)
+    await job.runner(work, lambda _unit, judged: results.append(judged)).run(units)
     route = dispatcher.routes["judge"]
     return compare_document(
         rule=rule.value,
         judge={
             "model": route.model,
             "endpoint": route.shown,
-            "kind": cfg.judge,
-            "reasks": cfg.judge_reasks,
+            "kind": job.plan.loop.judge,
+            "reasks": job.plan.loop.judge_reasks,
         },
         baseline={"path": plan.baseline, "rows": plan.baseline_rows, "bad_rows": plan.baseline_bad_rows},
         candidates=_summaries(plan, results, rule),

@@ -1,4 +1,4 @@
-"""Turn a ``Config`` into live parts: one backend per distinct endpoint, a route per role.
+"""Turn a run plan into live parts: one backend per distinct endpoint, a route per role.
 
 This is the only place that reads API keys (from the environment variables the config names),
 and it hands them straight to the HTTP client; they never enter the config, the store or a log.
@@ -9,13 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from coevol.config import Config, EndpointConfig
+from coevol.config import Config
 from coevol.engine.capacity import learn_capacity
 from coevol.engine.dispatch import Dispatcher, RetryPolicy, Route
 from coevol.engine.endpoints import EndpointGroup
+from coevol.engine.runplan import RolePlan, RunPlan, Server
 from coevol.errors import ConfigError
 from coevol.llm.model_asset import EMBEDDED_MODEL_NAME
-from coevol.llm.types import Backend, GenParams
+from coevol.llm.types import Backend
 from coevol.multiturn import fingerprint
 from coevol.prompts.templates import PromptSet, load_prompts
 from coevol.store.sqlite import Store
@@ -25,9 +26,9 @@ __all__ = ["EMBEDDED_MODEL_NAME", "Engine", "build_engine", "key_hint"]
 
 @dataclass(slots=True)
 class Engine:
-    """Everything a run needs, built from one config; ``aclose()`` releases the backends."""
+    """Everything a run needs, built from one run plan; ``aclose()`` releases the backends."""
 
-    config: Config
+    plan: RunPlan
     prompts: PromptSet
     dispatcher: Dispatcher
     backends: list[Backend | EndpointGroup]
@@ -39,11 +40,11 @@ class Engine:
             await backend.aclose()
 
 
-async def _local_backend(config: Config) -> Backend:
+async def _local_backend(plan: RunPlan) -> Backend:
     """Load the model now, so a missing extra or a corrupt file fails before any work starts."""
     from coevol.llm.local import LlamaCppBackend
 
-    backend = LlamaCppBackend(config.model_path, n_ctx=config.n_ctx, n_threads=config.n_threads)
+    backend = LlamaCppBackend(plan.model_path, n_ctx=plan.n_ctx, n_threads=plan.n_threads)
     await backend.load()
     return backend
 
@@ -60,26 +61,26 @@ def key_hint(api_key_env: str | None, key_set: bool, roles: str) -> str:
     return f"no key was sent: ${api_key_env} is not set"
 
 
-def _http_backend(
-    config: Config, base_url: str, api_key_env: str | None, limit: int | None = None
-) -> Backend:
+def _http_backend(plan: RunPlan, server: Server) -> Backend:
     import os
 
     from coevol.llm.openai_http import OpenAIHTTPBackend
 
+    base_url, api_key_env = server.base_url, server.api_key_env
     key = os.environ.get(api_key_env) if api_key_env else None
     roles = [
         r
-        for r in config.active_roles()
-        if any((e.base_url, e.api_key_env) == (base_url, api_key_env) for e in config.role_endpoints(r)[0])
+        for r, rp in plan.roles.items()
+        if any((s.base_url, s.api_key_env) == (base_url, api_key_env) for s in rp.servers)
     ]
+    limits = plan.limits
     return OpenAIHTTPBackend(
         base_url,
         api_key=key,
-        request_timeout=config.request_timeout,
-        max_connections=max(limit or config.concurrency, 16),
+        request_timeout=limits.request_timeout,
+        max_connections=max(server.concurrency or limits.concurrency, 16),
         key_hint=key_hint(api_key_env, bool(key), ", ".join(f"roles.{r}" for r in roles)),
-        max_answer_bytes=config.max_answer_bytes,
+        max_answer_bytes=limits.max_answer_bytes,
     )
 
 
@@ -114,36 +115,33 @@ GroupKey = tuple[str | None, tuple[tuple[str, str | None], ...]]
 
 
 async def _member(
-    config: Config, e: EndpointConfig, given: dict[str, Backend], own: list[Backend | EndpointGroup]
+    plan: RunPlan, server: Server, given: dict[str, Backend], own: list[Backend | EndpointGroup]
 ) -> Backend:
-    backend = given.get(e.base_url)
+    backend = given.get(server.base_url)
     if backend is None:
-        backend = _http_backend(config, e.base_url, e.api_key_env, e.concurrency)  # pool: <= --concurrency
+        backend = _http_backend(plan, server)  # pool: <= --concurrency
         own.append(backend)
         await _checked(backend)
     return backend
 
 
 async def _build_group(
-    config: Config,
-    endpoints: list[EndpointConfig],
-    group: str | None,
-    given: dict[str, Backend],
-    own: list[Backend | EndpointGroup],
+    plan: RunPlan, role: RolePlan, given: dict[str, Backend], own: list[Backend | EndpointGroup]
 ) -> EndpointGroup:
     """The endpoint group of a role's servers (one server is a group of one), its requests cached
     under the group's name (``pool:NAME``, default ``pool:pool``), never a server's URL: a rerun
     against another host name or other servers replays what was paid for. Each server that
     reports its slots is capped at them (``coevol.engine.capacity``)."""
-    members = [await _member(config, e, given, own) for e in endpoints]
-    share = -(-config.concurrency // len(endpoints))  # --concurrency is the whole group's
+    servers, group, limits = role.servers, role.group, plan.limits
+    members = [await _member(plan, s, given, own) for s in servers]
+    share = -(-limits.concurrency // len(servers))  # --concurrency is the whole group's
     pool = EndpointGroup(
         members,
         name=group or "pool",
         shown=_shown(group, members),
-        limits=[e.concurrency or share for e in endpoints],
-        rpms=[e.rpm for e in endpoints],
-        max_retry_after=config.max_retry_after,
+        limits=[s.concurrency or share for s in servers],
+        rpms=[s.rpm for s in servers],
+        max_retry_after=limits.max_retry_after,
     )
     if len(members) == 1 and group is None:
         pool.former = members[0].endpoint  # what coevol 0.2 keyed a single server's calls by
@@ -160,7 +158,7 @@ def _shown(group: str | None, members: list[Backend]) -> str:
 
 
 async def _routes(
-    config: Config,
+    plan: RunPlan,
     made: dict[GroupKey, Backend | EndpointGroup],
     given: dict[str, Backend],
     own: list[Backend | EndpointGroup],
@@ -168,54 +166,54 @@ async def _routes(
     """A route per role; backends are created into ``made`` (those created here also into ``own``)."""
     routes: dict[str, Route] = {}
     served: set[tuple[GroupKey, str]] = set()  # groups whose servers were checked for a model
-    for role in config.active_roles():
-        rc = config.role(role)
-        endpoints, group = config.role_endpoints(role)
-        key: GroupKey = (group, tuple((e.base_url, e.api_key_env) for e in endpoints))
-        if not endpoints:
+    for role, rp in plan.roles.items():
+        key: GroupKey = (rp.group, tuple((s.base_url, s.api_key_env) for s in rp.servers))
+        if not rp.servers:
             if key not in made:
-                made[key] = await _local_backend(config)
+                made[key] = await _local_backend(plan)
                 own.append(made[key])
-            model = rc.model or EMBEDDED_MODEL_NAME
+            model = rp.model or EMBEDDED_MODEL_NAME
         else:
             if key not in made:
-                made[key] = await _build_group(config, endpoints, group, given, own)
-            model = rc.model or await _resolve_model(made[key])
-            if rc.model and (key, rc.model) not in served:
-                await _serving(made[key], rc.model)
-                served.add((key, rc.model))
-        assert rc.max_tokens is not None and rc.temperature is not None and rc.top_p is not None
-        params = GenParams(max_tokens=rc.max_tokens, temperature=rc.temperature, top_p=rc.top_p, seed=rc.seed)
-        routes[role] = Route(made[key], model, params, bool(rc.merge_system))
+                made[key] = await _build_group(plan, rp, given, own)
+            model = rp.model or await _resolve_model(made[key])
+            if rp.model and (key, rp.model) not in served:
+                await _serving(made[key], rp.model)
+                served.add((key, rp.model))
+        routes[role] = Route(made[key], model, rp.params, rp.merge_system)
     return routes
 
 
 async def build_engine(
-    config: Config, *, store: Store | None = None, backends: dict[str, Backend] | None = None
+    plan: RunPlan | Config, *, store: Store | None = None, backends: dict[str, Backend] | None = None
 ) -> Engine:
     """Build backends and routes. ``backends`` maps a base URL to a ready backend (tests, fakes).
 
+    A ``Config`` is resolved into its run plan first (callers that hold one, such as tests).
     When building fails (a refused key, a wrong base URL, no model), the backends made so far are
     closed before the error propagates: no pooled session is left for the garbage collector.
     """
-    prompts = load_prompts(config.prompts_dir)
+    if isinstance(plan, Config):
+        plan = RunPlan.of(plan)
+    prompts = load_prompts(plan.prompts_dir)
     made: dict[GroupKey, Backend | EndpointGroup] = {}
     own: list[Backend | EndpointGroup] = []
     try:
-        routes = await _routes(config, made, backends or {}, own)
+        routes = await _routes(plan, made, backends or {}, own)
     except BaseException:
         for backend in own:
             await backend.aclose()
         raise
     local = any(not servers for _, servers in made)
     pools = [b for b in made.values() if isinstance(b, EndpointGroup) and len(b.servers) > 1]
+    limits = plan.limits
     dispatcher = Dispatcher(
         routes,
         store=store,
-        max_in_flight=config.concurrency,
-        retry=RetryPolicy(max_retries=config.max_retries, max_retry_after=config.max_retry_after),
-        rpm=config.rpm,
-        tpm=config.tpm,
+        max_in_flight=limits.concurrency,
+        retry=RetryPolicy(max_retries=limits.max_retries, max_retry_after=limits.max_retry_after),
+        rpm=limits.rpm,
+        tpm=limits.tpm,
     )
     dispatcher.stats.pools = pools
     parts: list[Any] = [
@@ -224,10 +222,6 @@ async def build_engine(
             role: [r.backend.endpoint, r.model, r.params.as_body(), r.merge_system]
             for role, r in routes.items()
         },
-        [config.mode, config.max_rounds, config.judge, config.judge_reasks, config.judge_early_exit],
-        config.conversation.model_dump(),
+        *plan.fingerprint_parts(),
     ]
-    tree = config.tree_settings()
-    if tree is not None:  # only then: a CoEvol run's fingerprint (and resume) stays as it was
-        parts.append(["tree", tree.to_dict()])
-    return Engine(config, prompts, dispatcher, list(made.values()), fingerprint(parts), local)
+    return Engine(plan, prompts, dispatcher, list(made.values()), fingerprint(parts), local)

@@ -1,18 +1,16 @@
-"""Run a whole dataset: stream rows in, refine many at once, write results out in input order.
+"""Refine rows: the work of a refine job, and the file run that writes its results in order.
 
-The parts, each small enough to hold in mind:
+``RefineWork`` is what every refine entry point (a file, rows in memory, a Ray Data batch, each
+Ray shard) hands the one row runner (``coevol.engine.rows``): a bad row or a row finished before
+under the same settings is ready at once (replayed from the store, with this run's position),
+any other is refined and stored. ``Runner`` is the file run on top of it:
 
-- **admission** (``_Window``): at most ``samples_in_flight`` examples run at once, and finished
-  results may run at most ``4 x`` that far ahead of the slowest unfinished row, so memory stays
-  flat whatever the input size;
-- **resume lookup** (``Runner._lookup``): a row whose content was finished before under the same
-  settings is replayed from the store, with this run's position;
-- **ordered emission** (``_Reorder`` then ``Runner._emit``): the one reorder buffer; each result
-  is written once every earlier row is;
 - **writer lifecycle** (``_Outputs``): output, trace, pairs, rejects and the LLaMA-Factory entry
   are ``.partial`` files until the whole input is done, then renamed into place as one set;
-- **stop handling** (``Runner._stop``): cancel what runs, wait for it, drain the dispatcher, keep
-  the partial files, say why and whether a rerun can succeed.
+- **ordered emission** (``Runner._emit``): the row runner hands each result over once every
+  earlier row has been, so each row is written once, in input order;
+- **stop handling**: the row runner stops cleanly (see there); the partial files are kept, and
+  the summary says why and whether a rerun can succeed.
 
 Every finished example goes to the store, so a rerun replays it without a call and rewrites every
 file from scratch: a row is never lost or written twice.
@@ -24,7 +22,7 @@ import asyncio
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,19 +30,29 @@ from typing import Any
 import orjson
 
 from coevol.audit import JudgeAudit
-from coevol.config import Config
-from coevol.domain import SCHEMA, BadRow, Example, RoleRoute, Status, StopReason
+from coevol.domain import SCHEMA, BadRow, Example, RoleRoute, Status, StopReason, TraceRecord
 from coevol.engine.dispatch import Dispatcher, RunStats
+from coevol.engine.job import Job
+from coevol.engine.rows import StopTally
 from coevol.errors import BudgetExceeded, ConfigError, DataError, NoSpace, RetryableError, TraceSchemaError
 from coevol.io import jsonrow
 from coevol.io.formats import dataset_info_entry, render_example
 from coevol.io.readers import parquet_schema, read_examples
 from coevol.io.writers import AtomicFile, RowWriter, commit
 from coevol.multiturn import ExampleOutcome, refine_example
-from coevol.prompts.templates import PromptSet
 from coevol.store.sqlite import Store
 
-__all__ = ["ProgressFn", "RunPaths", "RunSummary", "Runner", "resume_key", "role_routes"]
+__all__ = [
+    "ProgressFn",
+    "RefineWork",
+    "Refined",
+    "RunPaths",
+    "RunSummary",
+    "Runner",
+    "judge_counts",
+    "resume_key",
+    "role_routes",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +149,9 @@ class RunSummary:
         for turn in record.turns:
             self.rounds[turn.accepted_rounds] += 1
             self.stop_reasons[turn.stop_reason.value] += 1
-            self.judged += sum(1 for it in turn.iterations if it.judge is not None)
-            self.unparseable += turn.stop_reason is StopReason.JUDGE_UNPARSEABLE
+        judged, unparseable = judge_counts(record)
+        self.judged += judged
+        self.unparseable += unparseable
 
     def add_bad_row(self) -> None:
         self.rows += 1
@@ -163,6 +172,15 @@ class RunSummary:
         self.failure_causes["cannot convert"] += 1
 
 
+def judge_counts(record: TraceRecord) -> tuple[int, int]:
+    """(iterations that reached the judge, turns stopped by a verdict that stayed unparseable)."""
+    judged = unparseable = 0
+    for turn in record.turns:
+        judged += sum(1 for it in turn.iterations if it.judge is not None)
+        unparseable += turn.stop_reason is StopReason.JUDGE_UNPARSEABLE
+    return judged, unparseable
+
+
 ProgressFn = Callable[[RunSummary, RunStats], None]
 
 
@@ -170,15 +188,6 @@ def resume_key(example: Example, run_fingerprint: str) -> str:
     """Resume key: the row's content (exact, keys sorted) under this run's settings and trace schema."""
     row = jsonrow.canonical(example.raw)
     return hashlib.sha256(row + run_fingerprint.encode() + SCHEMA.encode()).hexdigest()
-
-
-def _cost(config: Config, stats: RunStats) -> float:
-    total = 0.0
-    for role, usage in stats.usage.items():
-        price = config.role(role).price
-        if price is not None:
-            total += (usage.prompt_tokens * price.prompt + usage.completion_tokens * price.completion) / 1e6
-    return total
 
 
 def _resumable(exc: BaseException) -> bool:
@@ -195,47 +204,89 @@ def _raw_text(example: Example) -> str:
         return orjson.dumps(example.raw, default=str).decode()
 
 
-Entry = tuple[Example | BadRow, ExampleOutcome | None]
+@dataclass(frozen=True, slots=True)
+class Refined:
+    """One row's result: its outcome (``None`` for a row that could not be parsed) and whether it
+    was replayed from the store."""
+
+    outcome: ExampleOutcome | None
+    resumed: bool = False
 
 
-class _Reorder:
-    """The one reorder buffer: results come in any order, ``ready()`` gives them in input order."""
+class RefineWork:
+    """The work of every refine job, for the row runner (``coevol.engine.rows.Work``).
 
-    def __init__(self) -> None:
-        self._waiting: dict[int, Entry] = {}
-        self._next = 0
+    With a ``store``, a row finished before under the same settings (``fingerprint``) is replayed
+    and every refined row is stored; without one (rows in memory) only calls are cached.
+    Counts go to ``summary``.
+    """
 
-    def __len__(self) -> int:
-        return len(self._waiting)
+    def __init__(
+        self,
+        job: Job,
+        summary: RunSummary,
+        *,
+        store: Store | None = None,
+        retry_failed: bool = False,
+        roles: Mapping[str, RoleRoute] | None = None,
+    ) -> None:
+        engine = job.engine
+        self.dispatcher = engine.dispatcher
+        self.prompts = engine.prompts
+        self.fingerprint = engine.fingerprint
+        self.settings = job.plan.loop
+        self.conversation = job.plan.conversation
+        self.summary = summary
+        self.store = store
+        self.retry_failed = retry_failed
+        self.roles = dict(roles) if roles is not None else role_routes(engine.dispatcher)
 
-    def put(self, position: int, entry: Entry) -> None:
-        self._waiting[position] = entry
+    def ready(self, item: Example | BadRow) -> Refined | None:
+        if isinstance(item, BadRow):
+            return Refined(None)
+        if self.store is None:
+            return None
+        replayed = self._lookup(self.store, resume_key(item, self.fingerprint), item)
+        return None if replayed is None else Refined(replayed, resumed=True)
 
-    def ready(self) -> Iterator[Entry]:
-        while self._next in self._waiting:
-            entry = self._waiting.pop(self._next)
-            self._next += 1
-            yield entry
+    def _lookup(self, store: Store, key: str, example: Example) -> ExampleOutcome | None:
+        """Resume lookup: the stored outcome of this row's content, placed at this run's position."""
+        cached = store.get_sample(key)
+        if cached is None or (self.retry_failed and cached[0] == Status.FAILED.value):
+            return None
+        try:
+            outcome = ExampleOutcome.from_payload(cached[1])
+        except TraceSchemaError:
+            return None  # damaged or of another version: refine again, replaying the stored calls
+        # The stored record describes where the row was when it was refined; a duplicate row or an
+        # input edited since must still point at this run's row.
+        outcome.record.index = example.index
+        outcome.record.line = example.line
+        return outcome
 
+    async def run(self, item: Example | BadRow) -> Refined:
+        assert isinstance(item, Example)  # a bad row is always ready
+        outcome = await refine_example(
+            item, self.dispatcher, self.prompts, self.settings, self.conversation, roles=self.roles
+        )
+        if self.store is not None:
+            self.store.put_sample(
+                resume_key(item, self.fingerprint), outcome.status.value, outcome.to_payload()
+            )
+        return Refined(outcome)
 
-class _Window:
-    """Admission: how many examples run, and how far finished results may run ahead."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.ahead = 4 * size  # finished results allowed to wait for a slower earlier row
-        self.active = 0
-        self._room = asyncio.Condition()
-
-    async def wait_until(self, ok: Callable[[], bool]) -> None:
-        if not ok():
-            async with self._room:
-                await self._room.wait_for(ok)
-
-    async def done(self) -> None:
-        self.active -= 1
-        async with self._room:
-            self._room.notify_all()
+    def finish(self, item: Example | BadRow, result: Refined) -> StopTally:
+        outcome = result.outcome
+        if outcome is None:
+            self.summary.add_bad_row()
+            return StopTally()
+        self.summary.add(outcome, resumed=result.resumed)
+        failure = None
+        if not result.resumed and outcome.status is Status.FAILED:  # replayed failures are old news
+            f = outcome.failure
+            failure = (f.type, f.message) if f is not None else ("unknown", "")
+        judged, unparseable = judge_counts(outcome.record)
+        return StopTally(failure, judged, unparseable)
 
 
 class _Outputs:
@@ -280,70 +331,57 @@ class _Outputs:
 
 
 class Runner:
-    """Drives one dataset through the loop with a shared dispatcher."""
+    """The file run: one job's rows, read lazily from the input and written in order beside the
+    output, committed as a set when every row is done."""
 
     def __init__(
         self,
-        config: Config,
-        dispatcher: Dispatcher,
-        prompts: PromptSet,
+        job: Job,
         paths: RunPaths,
         *,
-        run_fingerprint: str,
         input_format: str | None = None,
         output_format: str | None = None,
         offset: int = 0,
         limit: int | None = None,
         retry_failed: bool = False,
         progress: ProgressFn | None = None,
-        roles: Mapping[str, RoleRoute] | None = None,
     ) -> None:
-        self.config = config
-        self.dispatcher = dispatcher
-        self.prompts = prompts
+        self.job = job
         self.paths = paths
-        self.fingerprint = run_fingerprint
         self.input_format = input_format
         self.output_format = output_format
         self.offset = offset
         self.limit = limit
-        self.retry_failed = retry_failed
         self.progress = progress
-        self.roles = dict(roles) if roles is not None else role_routes(dispatcher)
         self.summary = RunSummary()
+        self.work = RefineWork(job, self.summary, store=job.store, retry_failed=retry_failed)
         # What the written output holds, for its LLaMA-Factory entry: its format and every column
         # any row has (LLaMA-Factory reads only the columns it is told of).
         self.output_fmt: str | None = None
         self.output_columns: set[str] = set()
         self.dataset_info: Path | None = None
-        self._fresh_causes: Counter[str] = Counter()  # failures of this run, by error type
-        self._cause_example: dict[str, str] = {}
-        self.settings = config.loop_settings()
-        self.conversation = config.conversation_settings()
-        self._window = _Window(config.samples_in_flight or config.concurrency)
-        self._reorder = _Reorder()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._stop_error: list[BaseException] = []
         self._out: _Outputs | None = None
-        if config.max_budget is not None:
-            dispatcher.after_send = self._check_spend
 
-    # the run -----------------------------------------------------------------------------------
-    async def run(self, store: Store) -> RunSummary:
+    async def run(self) -> RunSummary:
         """Process the whole input. Raises why it stopped early, after a clean stop."""
         started = time.monotonic()
+        stats = self.job.engine.dispatcher.stats
+        progress = self.progress
         try:
             self._out = _Outputs(self.paths, self._input_schema())
-            await self._feed(store)
-            while self._tasks and not self._stop_error:
-                await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
-            if self._stop_error:
-                raise self._stop_error[0]
-            await self.dispatcher.drain()
+            rows = read_examples(
+                self.paths.input, fmt=self.input_format, offset=self.offset, limit=self.limit
+            )
+            runner = self.job.runner(
+                self.work,
+                self._emit,
+                progress=None if progress is None else lambda: progress(self.summary, stats),
+            )
+            await runner.run(rows)
             self.dataset_info = self._out.commit(self.output_fmt, self.output_columns)
             self.summary.complete = True
         except BaseException as exc:
-            await self._stop(exc)
+            self._stopped(exc)
             raise
         finally:
             self.summary.elapsed = time.monotonic() - started
@@ -354,93 +392,14 @@ class Runner:
         same_shape = self.output_format is None or self.output_format == self.input_format
         return parquet_schema(self.paths.input) if same_shape else None
 
-    async def _feed(self, store: Store) -> None:
-        """Admission: read rows lazily and start each one when there is room for it."""
-        window = self._window
-        rows = read_examples(self.paths.input, fmt=self.input_format, offset=self.offset, limit=self.limit)
-        for position, item in enumerate(rows):
-            # Replayed and rejected rows finish at once; they must not pile up behind a slow one.
-            await window.wait_until(lambda: bool(self._stop_error) or len(self._reorder) < window.ahead)
-            if self._stop_error:
-                return
-            if isinstance(item, BadRow):
-                self._finish(position, item, None, resumed=False)
-                continue
-            key = resume_key(item, self.fingerprint)
-            replayed = self._lookup(store, key, item)
-            if replayed is not None:
-                self._finish(position, item, replayed, resumed=True)
-                continue
-            await window.wait_until(
-                lambda: (
-                    bool(self._stop_error)
-                    or (window.active < window.size and len(self._reorder) < window.ahead)
-                )
-            )
-            if self._stop_error:
-                return
-            window.active += 1
-            task = asyncio.create_task(self._work(store, position, item, key))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    def _lookup(self, store: Store, key: str, example: Example) -> ExampleOutcome | None:
-        """Resume lookup: the stored outcome of this row's content, placed at this run's position."""
-        cached = store.get_sample(key)
-        if cached is None or (self.retry_failed and cached[0] == Status.FAILED.value):
-            return None
-        try:
-            outcome = ExampleOutcome.from_payload(cached[1])
-        except TraceSchemaError:
-            return None  # damaged or of another version: refine again, replaying the stored calls
-        # The stored record describes where the row was when it was refined; a duplicate row or an
-        # input edited since must still point at this run's row.
-        outcome.record.index = example.index
-        outcome.record.line = example.line
-        return outcome
-
-    async def _work(self, store: Store, position: int, example: Example, key: str) -> None:
-        try:
-            outcome = await refine_example(
-                example, self.dispatcher, self.prompts, self.settings, self.conversation, roles=self.roles
-            )
-            store.put_sample(key, outcome.status.value, outcome.to_payload())
-            self._finish(position, example, outcome, resumed=False)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            self._stop_error.append(exc)
-        finally:
-            await self._window.done()
-
-    def _finish(
-        self, position: int, item: Example | BadRow, outcome: ExampleOutcome | None, *, resumed: bool
-    ) -> None:
-        if outcome is None:
-            self.summary.add_bad_row()
-        else:
-            self.summary.add(outcome, resumed=resumed)
-        self._reorder.put(position, (item, outcome))
-        for ready in self._reorder.ready():
-            self._emit(*ready)
-        if self.progress is not None:
-            self.progress(self.summary, self.dispatcher.stats)
-        if not resumed and outcome is not None and outcome.status is Status.FAILED:
-            failure = outcome.failure
-            cause = failure.type if failure is not None else "unknown"
-            self._fresh_causes[cause] += 1
-            self._cause_example.setdefault(cause, failure.message if failure is not None else "")
-        self._check_budgets()
-        self._check_judge()
-
-    # ordered emission --------------------------------------------------------------------------
-    def _emit(self, item: Example | BadRow, outcome: ExampleOutcome | None) -> None:
+    def _emit(self, item: Example | BadRow, result: Refined) -> None:
         """Write one finished row; every earlier row is already written."""
         out = self._out
         assert out is not None
         if isinstance(item, BadRow):
             out.reject(item.line, item.error, item.raw)
             return
+        outcome = result.outcome
         assert outcome is not None
         try:
             row = render_example(item, outcome.turns, self.output_format)
@@ -460,20 +419,9 @@ class Runner:
             for pair in outcome.pairs:
                 out.pairs.write(pair)
 
-    # stop handling -----------------------------------------------------------------------------
-    async def _stop(self, exc: BaseException) -> None:
-        """Cancel every sample, wait for each to unwind (even through a second Ctrl-C), drain the
-        dispatcher so no call outlives the run, and keep the partial files."""
-        for task in self._tasks:
-            task.cancel()
-        pending = set(self._tasks)
-        while pending:
-            try:
-                _, pending = await asyncio.wait(pending)
-            except asyncio.CancelledError:
-                for task in pending:
-                    task.cancel()
-        await self.dispatcher.drain()
+    def _stopped(self, exc: BaseException) -> None:
+        """The row runner has stopped cleanly: keep the partial files, say why and whether a rerun
+        can succeed."""
         if self._out is not None:
             self._out.abort()
         self.summary.resumable = _resumable(exc)
@@ -484,44 +432,7 @@ class Runner:
         else:
             self.summary.stopped = f"{type(exc).__name__}: {exc}"
 
-    def _check_budgets(self) -> None:
-        """Stop on ``--max-errors`` (failures of this run; replayed ones are old news) or ``--max-budget``."""
-        limit = self.config.max_errors
-        failed = sum(self._fresh_causes.values())
-        if limit is not None and failed > limit:
-            causes = "; ".join(
-                f"{n} x {cause}: {_shorten(self._cause_example[cause])}"
-                for cause, n in self._fresh_causes.most_common()
-            )
-            raise BudgetExceeded(f"{failed} samples failed, more than --max-errors {limit} ({causes})")
-        self._check_spend()
-
-    def _check_spend(self) -> None:
-        """``--max-budget``: checked after every sent call as well as after every sample."""
-        budget = self.config.max_budget
-        if budget is not None:
-            spent = _cost(self.config, self.dispatcher.stats)
-            if spent >= budget:
-                raise BudgetExceeded(f"spent ${spent:.4f} of --max-budget ${budget}")
-
-    def _check_judge(self) -> None:
-        """A judge that never gives a usable verdict is a setup problem, not a run of kept rows."""
-        threshold = self.config.max_unparseable
-        s = self.summary
-        if threshold is None or s.judged < self.config.min_judged or s.unparseable_rate <= threshold:
-            return
-        raise ConfigError(
-            f"the judge gave no usable verdict in {s.unparseable} of {s.judged} comparisons "
-            f"({s.unparseable_rate:.0%}, more than max_unparseable {threshold:.0%}): check the judge "
-            "model (it must answer with the verdict on its first line) and its prompt"
-        )
-
 
 def role_routes(dispatcher: Dispatcher) -> dict[str, RoleRoute]:
     """Which model and endpoint serves each role, for the trace."""
     return {role: RoleRoute(r.model, r.shown) for role, r in dispatcher.routes.items()}
-
-
-def _shorten(text: str, width: int = 160) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 3] + "..."

@@ -32,9 +32,10 @@ import orjson
 
 from coevol import errors
 from coevol.audit import JudgeAudit
-from coevol.config import ROLES, Config
+from coevol.config import Config
 from coevol.engine.dispatch import RunStats
 from coevol.engine.runner import ProgressFn, RunPaths, RunSummary
+from coevol.engine.runplan import RunPlan
 from coevol.errors import CoevolError, ConfigError, MissingExtra, OutputError
 from coevol.executors.shards import Shard, done_marker, merge_shards, plan_shards, verify_shard
 from coevol.io.writers import write_whole
@@ -65,7 +66,7 @@ class RayOptions:
 
 def check_ray_config(config: Config) -> None:
     """Refuse what cannot run on a cluster, before anything starts."""
-    local = [r for r in ROLES if not config.role_endpoints(r)[0]]
+    local = RunPlan.of(config).local_roles()
     if local:
         raise ConfigError(
             f"--executor ray needs a server for every role ({', '.join(local)} would use the embedded "

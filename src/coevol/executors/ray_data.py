@@ -12,28 +12,41 @@
     )
     ds.write_parquet("s3://bucket/sft-refined/")
 
-Each actor builds one engine (one HTTP session per server, the ordinary dispatcher with its limits,
-retries and cache) on its own event loop and keeps it for every batch; the rows of a batch are
-refined concurrently, up to ``samples_in_flight``. Rows keep their format (Alpaca, ShareGPT or
-``messages``) and extra columns; ``coevol_status`` says what became of each row (``refined``,
-``kept``, ``failed``, ``rejected``), and a row that cannot be parsed comes back unchanged. With
+Each actor opens one job (one HTTP session per server, the ordinary dispatcher with its limits,
+retries and cache) on its own event loop and keeps it for every batch; the rows of a batch go
+through the one row runner, up to ``samples_in_flight`` at once, under the run's stop rules:
+``max_budget`` and ``max_errors`` raise ``BudgetExceeded`` and a judge without usable verdicts
+(``max_unparseable``) raises ``ConfigError``, which fails the pipeline. Each actor counts its own
+calls and rows (actors share nothing), so these limits hold per actor: give each actor its share
+(``max_budget`` divided by the number of actors) for a limit on the whole pipeline. There is no
+output file (the pipeline writes the rows), so no file refusal or lock applies.
+
+Rows keep their format (Alpaca, ShareGPT or ``messages``) and extra columns; ``coevol_status``
+says what became of each row (``refined``, ``kept``, ``failed``, ``rejected``), and a row that
+cannot be parsed comes back unchanged. With
 ``store_dir`` each actor takes a store of its own there (the first one no other actor holds), so
 a rerun replays the calls already paid for; SQLite is never shared between processes or hosts.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coevol.config import Config
+from coevol.domain import BadRow, Example
+from coevol.engine.runner import Refined, RunSummary
+from coevol.engine.runplan import RunPlan
 from coevol.errors import DataError, OutputError
 from coevol.executors.on_ray import check_ray_config
+from coevol.io.formats import parse_example, render_example
+
+if TYPE_CHECKING:
+    from coevol.engine.job import Job
 
 __all__ = ["RefineBatches"]
 
@@ -90,13 +103,13 @@ class RefineBatches:
         base = config.model_dump() if isinstance(config, Config) else dict(config or {})
         self.config = Config.from_mapping({**base, **overrides}, source="RefineBatches")
         check_ray_config(self.config)
+        self.plan = RunPlan.of(self.config)
         self.store_dir = Path(store_dir) if store_dir is not None else None
         self.input_format = input_format
         self.status_column = status_column
-        self._engine: Any = None
-        self._store: Any = None
+        self.summary = RunSummary()  # this actor's rows, across its batches
+        self._job: Job | None = None
         self._lock_fd: int | None = None
-        self._window: asyncio.Semaphore | None = None
 
     def _own_store(self) -> Path:
         """The first store under ``store_dir`` that no other actor holds (an ``flock`` says so)."""
@@ -117,54 +130,51 @@ class RefineBatches:
             return self.store_dir / f"actor-{k:04d}.coevol.db"
         raise OutputError(f"{self.store_dir}: every actor store is held")
 
-    async def _ready(self) -> Any:
-        if self._engine is None:
-            from coevol.engine.build import build_engine
-            from coevol.store.sqlite import Store
+    async def _ready(self) -> Job:
+        if self._job is None:
+            from coevol.engine.job import Job
 
-            if self.store_dir is not None:
-                self._store = Store(self._own_store())
-            self._engine = await build_engine(self.config, store=self._store)
-            cfg = self.config
-            self._window = asyncio.Semaphore(cfg.samples_in_flight or cfg.concurrency)
-        return self._engine
+            store = self._own_store() if self.store_dir is not None else None
+            self._job = await Job.open(self.plan, cache=store)  # the actor's calls, kept for a rerun
+        return self._job
 
-    async def _one(self, index: int, row: dict[str, Any]) -> dict[str, Any]:
-        from coevol.io.formats import parse_example, render_example
-        from coevol.multiturn import refine_example
+    async def __call__(self, batch: Any) -> Any:
+        """Refine one batch through the one row runner, under the actor's stop rules (they count
+        across the actor's batches: once tripped, every later batch stops at once)."""
+        from coevol.engine.runner import RefineWork
 
-        engine = self._engine
-        try:
-            example = parse_example(row, self.input_format, index=index, line=index + 1)
-        except DataError:
-            return self._with_status(row, "rejected")
-        assert self._window is not None
-        async with self._window:
-            outcome = await refine_example(
-                example, engine.dispatcher, engine.prompts, self.config.loop_settings(),
-                self.config.conversation_settings(),
-            )  # fmt: skip
-        return self._with_status(render_example(example, outcome.turns), outcome.status.value)
+        rows, kind = batch_rows(batch)
+        job = await self._ready()
+        done: list[dict[str, Any]] = []
+
+        def emit(item: Example | BadRow, result: Refined) -> None:
+            row = rows[len(done)]  # results come in input order
+            outcome = result.outcome
+            if outcome is None:
+                done.append(self._with_status(row, "rejected"))
+            else:
+                assert isinstance(item, Example)
+                done.append(self._with_status(render_example(item, outcome.turns), outcome.status.value))
+
+        await job.runner(RefineWork(job, self.summary), emit).run(self._parsed(rows))
+        return rows_batch(done, kind)
+
+    def _parsed(self, rows: list[dict[str, Any]]) -> Iterator[Example | BadRow]:
+        for index, row in enumerate(rows):
+            try:
+                yield parse_example(row, self.input_format, index=index, line=index + 1)
+            except DataError as exc:
+                yield BadRow(index + 1, str(exc), "")
 
     def _with_status(self, row: dict[str, Any], status: str) -> dict[str, Any]:
         return {**row, self.status_column: status} if self.status_column else row
 
-    async def __call__(self, batch: Any) -> Any:
-        rows, kind = batch_rows(batch)
-        await self._ready()
-        done = await asyncio.gather(*(self._one(i, row) for i, row in enumerate(rows)))
-        return rows_batch(list(done), kind)
-
     async def aclose(self) -> None:
         """Close the sessions and the store and free the store for another actor (Ray ends an
         actor's process anyway; call this when using the class yourself)."""
-        engine, self._engine = self._engine, None
-        if engine is not None:
-            await engine.dispatcher.drain()
-            await engine.aclose()
-        store, self._store = self._store, None
-        if store is not None:
-            store.close()
+        job, self._job = self._job, None
+        if job is not None:
+            await job.aclose()
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
             os.close(fd)
