@@ -334,3 +334,23 @@ def test_random_signals_then_a_rerun_end_byte_identical_on_ray(cluster: Any, tmp
     address = ray.get_runtime_context().gcs_address
     extra = ["--executor", "ray", "--ray-address", address, "--ray-workers", "2", "--shard-rows", "3"]
     signal_loop(tmp_path, extra, tries=3, window=6.0)  # each output's shards beside it
+
+
+def test_a_ray_run_stops_on_the_budget_split_between_its_shards(
+    cluster: Any, server: ThreadedServer, data: Path, reference: tuple[Path, int], tmp_path: Path
+) -> None:
+    """Each shard counts its own spend under its share of ``--max-budget``; the run stops."""
+    from coevol.errors import BudgetExceeded
+
+    cfg = load_config(
+        None,
+        {"base_url": server.base_url, "model": "fake", "concurrency": 2, "samples_in_flight": 1,
+         "price": {"prompt": 1.0, "completion": 1.0}, "max_budget": 1e-6},
+    )  # fmt: skip
+    start = server.count()
+    with pytest.raises(BudgetExceeded, match=r"of --max-budget \$1\.25e-07"):  # 1e-6 over 8 shards
+        asyncio.run(
+            arefine_file_ray(data, tmp_path / "out.jsonl", cfg, options=RayOptions(shard_rows=5, workers=2))
+        )
+    assert server.count() - start < reference[1] // 4
+    assert not (tmp_path / "out.jsonl").exists()

@@ -67,9 +67,12 @@ def no_output(entry: str, tmp_path: Path) -> None:
 
 
 async def quiet_after(server: FakeOpenAIServer) -> None:
-    """Nothing is sent once the entry point has returned: every call was drained."""
+    """Nothing is sent once the entry point has returned: every call was drained (no retry or
+    detached call goes on). The server may still be reading a request sent before the stop, so
+    it is given a moment first."""
+    await asyncio.sleep(0.2)
     sent = len(server.requests)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.6)  # longer than the first retry's backoff (0.5 s at most)
     assert len(server.requests) == sent
 
 
@@ -150,6 +153,7 @@ async def test_sync_refine_with_a_budget_raises_after_a_few_calls() -> None:
         # One answer costs $2 here, past the budget at once: only the requests in flight (at most
         # 4) and those that took a freed slot before the stop follow it, not 20 rows' worth.
         assert len(server.requests) <= 2 * 4
+        await quiet_after(server)
 
 
 async def test_sync_refine_with_max_errors_stops_against_a_failing_server() -> None:
@@ -163,6 +167,7 @@ async def test_sync_refine_with_max_errors_stops_against_a_failing_server() -> N
         # The report: 254 failing requests and 20 results. Now: 4 failed samples at most 4 more in
         # flight, each 2 calls sent twice, against 80 for every row.
         assert len(server.requests) <= (4 + 4) * 2 * 2
+        await quiet_after(server)
 
 
 async def test_the_api_results_carry_the_summary_and_the_judge_audit() -> None:

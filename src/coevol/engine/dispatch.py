@@ -153,9 +153,10 @@ class Dispatcher:
         # too: remember it, and fail those without sending them.
         self._refused: dict[tuple[str, str | None], FatalError] = {}
         self._callers: set[asyncio.Task[object]] = set()  # tasks waiting in ``__call__``
-        # Called after every answer actually sent; may raise (the runner stops on --max-budget here,
-        # so a run overshoots by at most the calls in flight, not by whole samples).
-        self.after_send: Callable[[], None] | None = None
+        # Called with the role and the answer after every answer actually sent; may raise (a job
+        # stops on --max-budget here, so it overshoots by at most the calls in flight, not by
+        # whole samples).
+        self.after_send: Callable[[str, Completion], None] | None = None
 
     def _group(self, max_in_flight: int, backpressure: Backpressure | None) -> dict[str, EndpointGroup]:
         """Each role's endpoint group; routes sharing a backend share its group (and its limits)."""
@@ -267,7 +268,7 @@ class Dispatcher:
                 raise
             outcome = completion
             if self.after_send is not None:
-                self.after_send()
+                self.after_send(role, completion)
             return completion
         finally:
             del self._in_flight[key]

@@ -64,7 +64,7 @@ class Job:
         except BaseException:
             stores.close()
             raise
-        guard = Guard(plan.stops, plan.prices(), engine.dispatcher.stats, items=items)
+        guard = Guard(plan.stops, plan.prices(), items=items)
         if plan.stops.max_budget is not None:
             engine.dispatcher.after_send = guard.after_send
         return cls(plan, engine, guard, own, stores)

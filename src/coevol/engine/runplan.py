@@ -16,10 +16,10 @@ from typing import Any
 
 from coevol.config import Config
 from coevol.conversation import ConversationSettings
-from coevol.llm.types import GenParams, Usage
+from coevol.llm.types import GenParams
 from coevol.loop import LoopSettings
 
-__all__ = ["Limits", "RolePlan", "RunPlan", "Server", "StopRules", "spend"]
+__all__ = ["Limits", "RolePlan", "RunPlan", "Server", "StopRules"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,16 +164,3 @@ def _role_plan(config: Config, role: str) -> RolePlan:
         merge_system=bool(rc.merge_system),
         price=price,
     )
-
-
-def spend(prices: Mapping[str, tuple[float, float]], usage: Mapping[str, Usage]) -> float:
-    """Dollars spent on ``usage`` (tokens of calls actually sent, by role) at ``prices``.
-
-    O(priced roles) from running token totals: cheap enough to run after every call. Pure.
-    """
-    total = 0.0
-    for role, (prompt, completion) in prices.items():
-        u = usage.get(role)
-        if u is not None:
-            total += (u.prompt_tokens * prompt + u.completion_tokens * completion) / 1e6
-    return total

@@ -2,8 +2,9 @@
 
 A ``Guard`` is the dispatcher's ``after_send`` hook (``--max-budget`` is checked after every call
 actually sent, so a run overshoots by at most the calls in flight, not by whole samples) and is
-told about every finished item (a refined row, a judged pair). It keeps running counts, so each
-check costs a few additions whatever the run's size; once tripped it stays tripped, so a job that
+told about every finished item (a refined row, a judged pair). It keeps running counts (the spend
+from per-role prices resolved once in the run plan), so each check is O(1) whatever the run's
+size; once tripped it stays tripped, so a job that
 goes on (the next Ray Data batch) stops at its first check.
 """
 
@@ -12,9 +13,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 
-from coevol.engine.dispatch import RunStats
-from coevol.engine.runplan import StopRules, spend
+from coevol.engine.runplan import StopRules
 from coevol.errors import BudgetExceeded, ConfigError
+from coevol.llm.types import Completion
 
 __all__ = ["Guard"]
 
@@ -23,16 +24,11 @@ class Guard:
     """Raises ``BudgetExceeded`` (budget, errors) or ``ConfigError`` (a judge without verdicts)."""
 
     def __init__(
-        self,
-        rules: StopRules,
-        prices: Mapping[str, tuple[float, float]],
-        stats: RunStats,
-        *,
-        items: str = "samples",
+        self, rules: StopRules, prices: Mapping[str, tuple[float, float]], *, items: str = "samples"
     ) -> None:
         self.rules = rules
         self._prices = dict(prices)
-        self._stats = stats
+        self._spent = 0.0  # dollars x 1e6: exact sums of token counts x whole-dollar prices
         self._items = items  # what failed, in the message: "samples", "pairs"
         self.failures: Counter[str] = Counter()  # fresh failed items by cause
         self._example: dict[str, str] = {}
@@ -41,16 +37,20 @@ class Guard:
 
     @property
     def spent(self) -> float:
-        """Dollars spent on the calls this job sent (0 without prices)."""
-        return spend(self._prices, self._stats.usage) if self._prices else 0.0
+        """Dollars spent on the answers this job was sent (0 without prices)."""
+        return self._spent / 1e6
 
-    def after_send(self) -> None:
-        """``--max-budget``: the dispatcher calls this after every answer it was sent."""
+    def after_send(self, role: str, completion: Completion) -> None:
+        """The dispatcher's hook after every answer it was sent: add its price, check the budget."""
+        price = self._prices.get(role)
+        if price is not None:
+            self._spent += completion.prompt_tokens * price[0] + completion.completion_tokens * price[1]
+        self._check_budget()
+
+    def _check_budget(self) -> None:
         budget = self.rules.max_budget
-        if budget is not None:
-            spent = self.spent
-            if spent >= budget:
-                raise BudgetExceeded(f"spent ${spent:.4f} of --max-budget ${budget}")
+        if budget is not None and self._spent >= budget * 1e6:
+            raise BudgetExceeded(f"spent ${self.spent:.4f} of --max-budget ${budget}")
 
     def after_item(
         self, *, failure: tuple[str, str] | None = None, judged: int = 0, unparseable: int = 0
@@ -72,7 +72,7 @@ class Guard:
     def check(self) -> None:
         """Every rule against the counts so far."""
         self._check_errors()
-        self.after_send()
+        self._check_budget()
         self._check_judge()
 
     def _check_errors(self) -> None:

@@ -7,7 +7,11 @@ a bounded number of times. Each actor runs the ordinary engine (``arefine_file``
 its own event loop and HTTP sessions, its share of every server's concurrency, and its own store
 beside its shard's files, so a rerun resumes a half-done shard without re-sending a finished call.
 An error inside a sample stays that sample's failure, as locally; an error that stops a shard
-(``--max-budget``, a refused key) stops the run.
+(``--max-budget``, ``--max-errors``, a judge without verdicts, a refused key) stops the run.
+Each shard runs the one row runner with the run's stop rules, counting its own calls and rows:
+``--max-budget`` is split evenly between the shards this run starts, so their total stays within
+it; ``--max-errors`` and ``--max-unparseable`` hold per shard (a shard cannot see another's
+failures while they run).
 
 The embedded model is never loaded once per actor: on Ray every role must name a server.
 """
@@ -394,7 +398,10 @@ async def _complete(
     for attempt in range(2):
         if pending:
             n = min(workers, len(pending))
-            driver = _Driver(ray, options, n, {**base, "config": share_config(base["config"], n)})
+            shared = share_config(base["config"], n)
+            if shared.max_budget is not None:  # each shard's run counts its own spend
+                shared = shared.model_copy(update={"max_budget": shared.max_budget / len(pending)})
+            driver = _Driver(ray, options, n, {**base, "config": shared})
             try:
                 await asyncio.to_thread(driver.run, pending, totals.from_thread)
             finally:
