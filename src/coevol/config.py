@@ -31,7 +31,6 @@ __all__ = [
     "Price",
     "RoleConfig",
     "load_config",
-    "uses_embedded",
 ]
 
 ROLES: tuple[str, ...] = ("positive", "critical", "advisor", "editor", "judge")
@@ -436,11 +435,6 @@ class Config(_Strict):
         """Read the role's key from its environment variable; never stored in the config."""
         env = self.role(role).api_key_env
         return os.environ.get(env) if env else None
-
-
-def uses_embedded(config: Config) -> bool:
-    """Whether some role has no server and so runs on the embedded model."""
-    return any(not config.role_endpoints(role)[0] for role in ROLES)
 
 
 def _explain(exc: ValidationError, source: str) -> str:
