@@ -23,7 +23,7 @@ from coevol.config import Config, Price
 from coevol.errors import BudgetExceeded, ConfigError
 from coevol.executors.ray_data import RefineBatches
 from coevol.testing import FakeOpenAIServer, FaultKind, Reply, always
-from coevol.testing.responders import CoEvolResponder, GarbleFirstJudge
+from coevol.testing.responders import CoEvolResponder, GarbleFirstJudge, identify_role
 
 from .engine_support import ThreadedServer, alpaca_rows, write_jsonl
 
@@ -177,6 +177,21 @@ async def test_the_api_results_carry_the_summary_and_the_judge_audit() -> None:
     assert results.summary.refined + results.summary.kept == 4
     assert results.summary.judged == results.summary.audit.comparisons > 0
     assert results.stats.sent == len(server.requests)
+    assert results.finding is None  # 4 comparisons: too few for a finding
+
+
+async def test_the_api_results_name_a_position_biased_judge() -> None:
+    """The judge finding holds in memory too: a judge that always prefers the second response."""
+    from .compare_support import always as always_prefers
+
+    inner = CoEvolResponder()
+
+    def second_wins(body: dict[str, Any]) -> str:
+        return always_prefers("2")(body) if identify_role(body["messages"]) == "judge" else inner(body)
+
+    async with FakeOpenAIServer(second_wins) as server:
+        results = await arefine(alpaca_rows(12, seed=37), base_url=server.base_url, model="m")
+    assert results.finding is not None and "second" in results.finding
 
 
 async def test_refine_batches_counts_across_batches_and_stays_stopped(tmp_path: Path) -> None:

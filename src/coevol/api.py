@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coevol.audit import judge_finding
 from coevol.config import Config
 from coevol.domain import BadRow, Example
 from coevol.engine.dispatch import RunStats
@@ -85,12 +86,18 @@ def _config(config: Config | None, overrides: dict[str, Any]) -> Config:
 
 class Results(list[Result]):
     """The results of ``arefine``, in input order (a plain list), with the run's ``summary``
-    (counts, the judge audit behind the judge finding) and its call counters (``stats``)."""
+    (counts, the judge audit), its judge ``finding`` and its call counters (``stats``)."""
 
     def __init__(self, summary: RunSummary, stats: RunStats) -> None:
         super().__init__()
         self.summary = summary
         self.stats = stats
+
+    @property
+    def finding(self) -> str | None:
+        """The judge finding ``coevol refine`` prints (e.g. a judge that prefers whichever response
+        comes second), or None (also until enough comparisons are in)."""
+        return judge_finding(self.summary.audit.to_dict())
 
 
 def _parsed(rows: Iterable[dict[str, Any]]) -> Iterator[Example | BadRow]:
