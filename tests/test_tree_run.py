@@ -136,3 +136,28 @@ def test_the_coevol_tree_end_to_end_with_exact_calls(
         assert turn.final.endswith(" [edit]")
         assert [n.same_as for n in turn.tree.nodes[1:]] == [None, 1, 1]
         assert turn.tree.nodes[1].iteration is not None and turn.tree.nodes[1].iteration.debate is not None
+
+
+async def test_the_fingerprint_names_the_tree_settings_and_leaves_coevols_alone() -> None:
+    """A rerun with other tree settings must not replay the stored outcomes of this one."""
+    from coevol.config import load_config
+    from coevol.engine.build import build_engine
+    from coevol.testing import FakeOpenAIServer
+
+    async with FakeOpenAIServer(model="fake") as server:
+
+        async def fingerprint(**overrides: Any) -> str:
+            engine = await build_engine(
+                load_config(None, {"base_url": server.base_url, "model": "fake", **overrides})
+            )
+            try:
+                return engine.fingerprint
+            finally:
+                await engine.aclose()
+
+        coevol = await fingerprint()
+        tree = await fingerprint(strategy="tree")
+        deeper = await fingerprint(strategy="tree", tree={"depth": 4})
+        spar_rule = await fingerprint(strategy="tree", tree={"label": "spar"})
+        assert len({coevol, tree, deeper, spar_rule}) == 4
+        assert await fingerprint(strategy="coevol") == coevol
