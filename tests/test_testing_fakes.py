@@ -54,6 +54,7 @@ from coevol.testing import (
     ScriptExhausted,
     accept_up_to,
     always,
+    batches,
     cli,
     fakes,
     faults,
@@ -73,7 +74,7 @@ PROMPTS = load_prompts()
 def test_every_public_name_of_the_submodules_is_exported_once() -> None:
     names = coevol.testing.__all__
     assert len(names) == len(set(names))
-    modules = [cli, fakes, faults, responders, server]
+    modules = [batches, cli, fakes, faults, responders, server]
     public = {n for m in modules for n in m.__all__} - {"main", "responder"}  # the CLI's own entries
     assert set(names) == public
     for name in names:

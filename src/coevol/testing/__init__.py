@@ -4,6 +4,9 @@
 - ``coevol.testing.server``: ``FakeOpenAIServer``, a real OpenAI-compatible HTTP peer on loopback
   that models slots and latency, injects faults and records every request with its headers;
   ``ThreadedServer`` runs one on a background thread.
+- ``coevol.testing.batches``: ``FakeBatches``, the server's Files and Batches endpoints (status
+  sequence on a clock the test controls, lines answered out of order, failed and expired lines, a
+  batch that fails whole), answered by the same responder as chat.
 - ``coevol.testing.cli``: ``python -m coevol.testing`` runs that server in its own process
   (``serve_in_subprocess``, ``fetch_stats``, ``reset_stats``).
 - ``coevol.testing.fakes``: in-process fakes, no sockets: ``ScriptedGenerate``, ``Recorder``,
@@ -14,6 +17,14 @@
   response, with or without honouring ``n``) and refiner, falling back to ``CoEvolResponder``.
 """
 
+from coevol.testing.batches import (
+    BatchFault,
+    BatchTimeline,
+    FakeBatches,
+    LineFault,
+    ManualClock,
+    SubmittedBatch,
+)
 from coevol.testing.cli import fetch_stats, reset_stats, serve_in_subprocess
 from coevol.testing.fakes import (
     Answer,
@@ -64,14 +75,19 @@ __all__ = [
     "HOSTILE_TEXT",
     "Answer",
     "BackendScript",
+    "BatchFault",
+    "BatchTimeline",
     "Call",
     "CoEvolResponder",
+    "FakeBatches",
     "FakeOpenAIServer",
     "Fault",
     "FaultKind",
     "FaultPolicy",
     "GarbleFirstJudge",
     "GenerateScript",
+    "LineFault",
+    "ManualClock",
     "RecordedRequest",
     "Recorder",
     "Reply",
@@ -82,6 +98,7 @@ __all__ = [
     "ScriptedBackend",
     "ScriptedGenerate",
     "SentRequest",
+    "SubmittedBatch",
     "ThreadedServer",
     "accept_up_to",
     "always",

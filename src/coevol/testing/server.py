@@ -25,6 +25,7 @@ from typing import Any, Final, Literal, Self
 import orjson
 from aiohttp import web
 
+from coevol.testing.batches import FakeBatches
 from coevol.testing.faults import Fault, FaultKind, FaultPolicy, body_digest
 
 __all__ = [
@@ -153,6 +154,10 @@ class FakeOpenAIServer:
     ``GET /props`` (``total_slots``) and ``GET /slots``; ``"vllm"`` answers ``GET /metrics`` with
     ``vllm:num_requests_running`` and ``vllm:num_requests_waiting``. Without it those paths are 404,
     as on most servers.
+
+    The Files and Batches endpoints are served by ``batches`` (``coevol.testing.batches``; a default
+    one when not given), whose answers come from the same ``responder``; ``batch_api=False`` leaves
+    them out (404), like a plain vLLM server.
     """
 
     def __init__(
@@ -168,6 +173,8 @@ class FakeOpenAIServer:
         model: str = "fake-model",
         api_key: str | None = None,
         reports: Literal["llama.cpp", "vllm"] | None = None,
+        batches: FakeBatches | None = None,
+        batch_api: bool = True,
     ) -> None:
         if slots is not None and slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots}")
@@ -181,6 +188,8 @@ class FakeOpenAIServer:
         self.model = model
         self.reports = reports
         self._api_key = api_key
+        self.batches = batches or FakeBatches()
+        self.batch_api = batch_api
         self.requests: list[RecordedRequest] = []
         self._seen: dict[str, int] = {}
         self._counters = _Counters()
@@ -226,6 +235,8 @@ class FakeOpenAIServer:
             app.router.add_get("/slots", self._slots)
         elif self.reports == "vllm":
             app.router.add_get("/metrics", self._metrics)
+        if self.batch_api:
+            self.batches.install(app, self)
         runner = web.AppRunner(
             app, access_log=None, handler_cancellation=True, shutdown_timeout=_SHUTDOWN_GRACE
         )
