@@ -22,7 +22,9 @@ import itertools
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from coevol.conversation import estimate_tokens
 from coevol.engine.endpoints import EndpointGroup, Server, Wait
@@ -37,6 +39,7 @@ from coevol.errors import (
     RateLimitError,
     RetryableError,
 )
+from coevol.llm.batch import waiting_on_batch
 from coevol.llm.types import Backend, ChatRequest, Completion, GenParams, Message, Usage
 from coevol.prompts.render import merge_system_prompt
 from coevol.store.sqlite import Store
@@ -97,6 +100,7 @@ class RunStats:
     pauses: dict[str, Wait] = field(default_factory=dict)  # server-wide pauses, by server
     sending: dict[int, tuple[str, float]] = field(default_factory=dict)  # token -> (role, monotonic start)
     pools: list[EndpointGroup] = field(default_factory=list)  # groups of several servers (display)
+    batches: list[Any] = field(default_factory=list)  # --batch backends (``coevol.llm.batch``)
 
 
 # What a request already in flight hands to identical requests that wait for it: its answer, its
@@ -241,8 +245,11 @@ class Dispatcher:
             if shared is None:
                 return None
             # The same request is on the wire for another sample (duplicate rows are common in
-            # SFT data): wait for its answer instead of paying for it twice.
-            result = await asyncio.shield(shared)
+            # SFT data): wait for its answer instead of paying for it twice. Through a Batch API,
+            # this sample then waits on that batch as much as the sender does.
+            batched = getattr(self.routes[role].backend, "batched", False)
+            with waiting_on_batch() if batched else nullcontext():
+                result = await asyncio.shield(shared)
             if isinstance(result, Completion):
                 stats.cached += 1
                 _add_usage(stats.cached_usage, role, result)
@@ -289,6 +296,9 @@ class Dispatcher:
         this round; when none is left it backs off (not at all when its server just paused: the
         group holds it until the pause ends) and starts a new round with every server again.
         """
+        backend = self.routes[role].backend
+        if getattr(backend, "batched", False):
+            return await self._batched(backend, request, key, role)  # type: ignore[arg-type]
         retries = 0
         tried: set[Server] = set()
         last: RetryableError | None = None
@@ -316,6 +326,35 @@ class Dispatcher:
                 delay = self.retry.delay(retries - 1, last)
                 if delay > 0:
                     await self._wait(role, _reason(last), delay)
+
+    async def _batched(self, backend: Backend, request: ChatRequest, key: str, role: str) -> Completion:
+        """A call through a Batch API (``--batch``): the provider's queue is its only limit, so no
+        server slot, rate bucket or stall timeout applies. A failed or expired line backs off as
+        any transient failure, then is queued again, alone, for the next batch."""
+        retries = 0
+        while True:
+            if self._refused:
+                self._check_refused(request)
+            try:
+                completion = await backend.complete(request)
+                break
+            except RetryableError as exc:
+                if retries >= self.retry.max_retries:
+                    raise
+                retries += 1
+                self.stats.retries += 1
+                delay = self.retry.delay(retries - 1, exc)
+            except (AuthenticationError, NotFoundError) as exc:
+                self._refused.setdefault((request.endpoint, None), exc)
+                raise
+            if delay > 0:
+                await self._wait(role, _reason(exc), delay)
+        self.stats.sent += 1
+        _add_usage(self.stats.usage, role, completion)
+        if self.store is not None:
+            self.store.put_call(key, role, request.model, completion)
+            await self.store.synced()
+        return completion
 
     async def _attempt(
         self, group: EndpointGroup, server: Server, request: ChatRequest, key: str, role: str

@@ -30,6 +30,7 @@ from typing import Generic, Protocol, TypeVar
 
 from coevol.engine.dispatch import Dispatcher
 from coevol.engine.stops import Guard
+from coevol.llm.batch import work_unit
 
 __all__ = ["RowRunner", "StopTally", "Work"]
 
@@ -164,7 +165,8 @@ class RowRunner(Generic[T, R]):
 
     async def _run(self, position: int, item: T) -> None:
         try:
-            result = await self.work.run(item)
+            with work_unit():  # --batch: a stage is sent once every item in flight waits on it
+                result = await self.work.run(item)
             self._finish(position, item, result)
         except asyncio.CancelledError:
             raise

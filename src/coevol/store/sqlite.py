@@ -30,6 +30,8 @@ import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ from coevol.io import jsonrow
 from coevol.io.guard import check_not_links
 from coevol.llm.types import Choice, Completion
 
-__all__ = ["Store", "bound_time", "connect_read_only", "schema_problem"]
+__all__ = ["OpenBatch", "Store", "bound_time", "connect_read_only", "schema_problem"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
@@ -71,6 +73,19 @@ CREATE TABLE IF NOT EXISTS samples (
     payload BLOB NOT NULL,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS batches (
+    file_id TEXT PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    batch_id TEXT,
+    done INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batch_calls (
+    file_id TEXT NOT NULL,
+    custom_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (file_id, custom_id)
+);
 """
 
 _COLUMNS = {
@@ -86,6 +101,8 @@ _COLUMNS = {
     ),
     "call_failures": ("key", "role", "error_type", "message", "created"),
     "samples": ("sample_key", "status", "payload", "created"),
+    "batches": ("file_id", "endpoint", "batch_id", "done", "created"),
+    "batch_calls": ("file_id", "custom_id", "key"),
 }
 
 
@@ -122,6 +139,20 @@ _PUT_FAILURE = "INSERT INTO call_failures VALUES (?, ?, ?, ?, ?)"
 _PUT_SAMPLE = "INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?)"
 
 CallRow = tuple[str, str, str, str, int, int, str | None, float]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenBatch:
+    """A batch this store submitted (or was about to) and has not finished: resumed, never resent.
+
+    ``batch_id`` is ``None`` when the run stopped between the upload and the provider's answer.
+    """
+
+    file_id: str
+    batch_id: str | None
+    lines: dict[str, str]  # custom_id -> call key
+
+
 SampleRow = tuple[str, str, bytes, float]
 
 
@@ -364,6 +395,54 @@ class Store:
         self._check()
         self._samples[sample_key] = (sample_key, status, jsonrow.dumps(payload), time.time())
         self._written()
+
+    # batches -----------------------------------------------------------------------------------
+    # Written at once, each in its own transaction (they are few): a batch is on disk before it is
+    # created at the provider and its id before it is first polled, so a rerun never pays twice.
+    def put_batch(self, file_id: str, endpoint: str, lines: Iterable[tuple[str, str]]) -> None:
+        """An uploaded input file and its calls (``(custom_id, key)``), before the batch is created."""
+        self._transaction(
+            ("INSERT OR REPLACE INTO batches VALUES (?, ?, NULL, 0, ?)", [(file_id, endpoint, time.time())]),
+            ("INSERT OR REPLACE INTO batch_calls VALUES (?, ?, ?)", [(file_id, c, k) for c, k in lines]),
+        )
+
+    def set_batch_id(self, file_id: str, batch_id: str) -> None:
+        self._transaction(("UPDATE batches SET batch_id = ? WHERE file_id = ?", [(batch_id, file_id)]))
+
+    def finish_batch(self, file_id: str) -> None:
+        """The batch's answers are in ``calls`` (committed first): nothing of it is left to poll."""
+        self.flush()
+        self._transaction(("UPDATE batches SET done = 1 WHERE file_id = ?", [(file_id,)]))
+
+    def open_batches(self, endpoint: str) -> list[OpenBatch]:
+        """The unfinished batches of ``endpoint``, oldest first, with their calls."""
+        try:
+            rows = self._db.execute(
+                "SELECT file_id, batch_id FROM batches WHERE endpoint = ? AND done = 0 ORDER BY created",
+                (endpoint,),
+            ).fetchall()
+            found = []
+            for file_id, batch_id in rows:
+                lines = self._db.execute(
+                    "SELECT custom_id, key FROM batch_calls WHERE file_id = ?", (file_id,)
+                ).fetchall()
+                found.append(OpenBatch(file_id, batch_id, dict(lines)))
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc) from None
+        return found
+
+    def _transaction(self, *statements: tuple[str, list[tuple[Any, ...]]]) -> None:
+        self._check()
+        try:
+            self._db.execute("BEGIN")
+            for sql, rows in statements:
+                self._db.executemany(sql, rows)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+            raise store_error(self.path, exc) from None
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
         """One row of a read, with SQLite's errors translated."""

@@ -138,6 +138,8 @@ class FakeBatches:
         self.batch_faults = batch_faults
         self.max_lines = max_lines
         self.max_bytes = max_bytes
+        # what a batch failed by ``batch_faults`` reports in ``errors.data``
+        self.failure: dict[str, Any] = {"code": "server_error", "message": "the batch could not be run"}
         self.files: dict[str, tuple[str, str, bytes]] = {}  # id -> (purpose, filename, content)
         self.batches: dict[str, SubmittedBatch] = {}
         self.submitted: list[SubmittedBatch] = []  # in creation order
@@ -360,9 +362,7 @@ class FakeBatches:
             return
         if batch.errors is not None or batch.fault == "failed":
             if batch.errors is None:
-                batch.errors = [
-                    {"code": "server_error", "message": "the batch could not be run", "line": None}
-                ]
+                batch.errors = [dict(self.failure)]
             batch.status = "failed"
             batch.stamps["failed_at"] = int(now)
             return
