@@ -37,6 +37,9 @@ ROLES: tuple[str, ...] = ("positive", "critical", "advisor", "editor", "judge")
 RoleName = Literal["positive", "critical", "advisor", "editor", "judge", "critic", "refiner"]
 Strategy = Literal["coevol", "tree"]
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
+BATCH_SAMPLES = 50_000
+"""Samples in flight by default with ``--batch``: a stage of that many samples is one batch round trip;
+past it, rows start as earlier ones finish, so a stage can take a few batches."""
 
 
 class _Strict(BaseModel):
@@ -137,6 +140,10 @@ class Price(_Strict):
     prompt: float = Field(default=0.0, ge=0)
     completion: float = Field(default=0.0, ge=0)
 
+    def halved(self) -> Price:
+        """The usual Batch API price: half the online one."""
+        return Price(prompt=self.prompt / 2, completion=self.completion / 2)
+
 
 class RoleConfig(_Strict):
     """Per-role overrides; anything left out falls back to the top-level value."""
@@ -152,6 +159,8 @@ class RoleConfig(_Strict):
     price: Price | None = None
     endpoints: list[EndpointConfig] = Field(default_factory=list)
     endpoint_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
+    batch: bool | None = None
+    batch_price: Price | None = None
 
     _split = model_validator(mode="before")(_split_endpoint_list)
 
@@ -277,6 +286,13 @@ class Config(_Strict):
     max_unparseable: float | None = Field(default=0.5, ge=0, le=1)
     min_judged: int = Field(default=20, ge=1)
 
+    # The Batch API (``--batch``): every call of a batched role goes through its server's
+    # /v1/files + /v1/batches, polled every ``batch_poll`` seconds. ``batch_price`` defaults to half
+    # the online price. Samples in flight default to ``BATCH_SAMPLES`` so a stage is one batch.
+    batch: bool = False
+    batch_poll: float = Field(default=30.0, gt=0, description="seconds between polls of a batch")
+    batch_price: Price | None = None
+
     _split = model_validator(mode="before")(_split_endpoint_list)
 
     @field_validator("base_url")
@@ -304,6 +320,19 @@ class Config(_Strict):
         if self.strategy != "tree" and self.tree is not None:  # a --tree-* flag would do nothing
             raise ValueError("tree settings (--tree-*, tree:) apply only with --strategy tree")
         return self
+
+    @model_validator(mode="after")
+    def _batch_samples(self) -> Config:
+        if self.samples_in_flight is None and self.batched_roles():
+            object.__setattr__(self, "samples_in_flight", BATCH_SAMPLES)
+        return self
+
+    def batched_roles(self) -> list[str]:
+        """The roles whose calls go through the Batch API."""
+        return [r for r in ROLES if self._batched(self.roles.get(r))]  # type: ignore[call-overload]
+
+    def _batched(self, own: RoleConfig | None) -> bool:
+        return self.batch if own is None or own.batch is None else own.batch
 
     @model_validator(mode="after")
     def _budget_needs_a_price(self) -> Config:
@@ -336,8 +365,21 @@ class Config(_Strict):
             top_p=own.top_p or self.top_p,
             seed=self.seed if own.seed is None else own.seed,
             merge_system=self.merge_system if own.merge_system is None else own.merge_system,
-            price=own.price or self.price,
+            price=self._price(own),
+            batch=self._batched(own),
         )
+
+    def _price(self, own: RoleConfig) -> Price | None:
+        """What a role's calls cost: the batch price when it is batched (default: half online)."""
+        online = own.price or self.price
+        if not self._batched(own):
+            return online
+        return own.batch_price or self.batch_price or (online.halved() if online is not None else None)
+
+    def online_price(self, name: str) -> Price | None:
+        """What a role's calls would cost online (the summary's comparison for a batched run)."""
+        own = self.roles.get(name, RoleConfig())  # type: ignore[call-overload]
+        return own.price or self.price
 
     def role_endpoints(self, name: str) -> tuple[list[EndpointConfig], str | None]:
         """The servers of a role (``[]``: the embedded model) with each one's key variable, and the
@@ -421,12 +463,13 @@ class Config(_Strict):
         except ValidationError as exc:
             raise ConfigError(_explain(exc, source)) from None
 
-    def prices(self) -> dict[str, tuple[float, float]] | None:
+    def prices(self, *, online: bool = False) -> dict[str, tuple[float, float]] | None:
         """Each priced role's dollars per million (prompt, completion) tokens; None when no role
-        has a price (the live cost, the report's cost and the dry run's expected figure read it)."""
+        has a price (the live cost, the report's cost and the dry run's expected figure read it).
+        A batched role's are its batch prices; ``online``: what the same calls would cost online."""
         found = {}
         for role in (*ROLES, *TREE_ROLES):
-            price = self.role(role).price
+            price = self.online_price(role) if online else self.role(role).price
             if price is not None:
                 found[role] = (price.prompt, price.completion)
         return found or None

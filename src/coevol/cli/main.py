@@ -100,6 +100,25 @@ def _add_config_flags(p: argparse.ArgumentParser, *, loop: bool = True) -> None:
         help="a call cache several outputs share: refining the same input again (say, to another "
         "output or format) re-sends nothing (default: none, each output has its own store)",
     )
+    b = p.add_argument_group("Batch API (half the price, minutes to hours of latency)")
+    b.add_argument(
+        "--batch",
+        action="store_true",
+        default=None,
+        help="send every call through the server's Batch API (/v1/files + /v1/batches), stage by stage",
+    )
+    b.add_argument(
+        "--batch-poll", type=float, metavar="S", help="seconds between polls of a batch (default 30)"
+    )
+    b.add_argument(
+        "--batch-price-prompt", type=float, metavar="USD", help="batch dollars per million prompt tokens"
+    )
+    b.add_argument(
+        "--batch-price-completion",
+        type=float,
+        metavar="USD",
+        help="batch dollars per million completion tokens (default: half the online prices)",
+    )
     t.add_argument(
         "--max-unparseable",
         type=float,
@@ -180,7 +199,7 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
         "temperature", "top_p", "seed", "max_rounds", "mode", "judge", "judge_reasks", "judge_early_exit",
         "prompts_dir", "concurrency", "samples_in_flight", "request_timeout", "max_retries", "rpm", "tpm",
         "max_errors", "max_budget", "cache", "max_unparseable", "max_retry_after", "max_answer_bytes",
-        "endpoint_group", "strategy",
+        "endpoint_group", "strategy", "batch", "batch_poll",
     ]  # fmt: skip
     out: dict[str, Any] = {k: getattr(ns, k) for k in keys if getattr(ns, k, None) is not None}
     if isinstance(out.get("base_url"), list) and len(out["base_url"]) == 1:
@@ -189,6 +208,10 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
     price = {k: v for k, v in price.items() if v is not None}
     if price:
         out["price"] = price
+    batch_price = {"prompt": ns.batch_price_prompt, "completion": ns.batch_price_completion}
+    batch_price = {k: v for k, v in batch_price.items() if v is not None}
+    if batch_price:
+        out["batch_price"] = batch_price
     conv = {
         "window_rounds": getattr(ns, "window_rounds", None),
         "max_turns": getattr(ns, "max_turns", None),

@@ -28,6 +28,7 @@ from coevol.audit import judge_finding
 from coevol.engine.dispatch import RunStats
 from coevol.engine.endpoints import describe_pool
 from coevol.engine.runner import RunPaths, RunSummary
+from coevol.llm.batch import describe_batches
 from coevol.textsafe import inert_line
 
 __all__ = ["STALL_AFTER", "RunDisplay", "describe_spend", "describe_waits", "eta_seconds", "spent"]
@@ -137,11 +138,13 @@ class RunDisplay:
         quiet: bool,
         prices: Prices | None = None,
         calls_per_row: float | None = None,
+        online_prices: Prices | None = None,
     ) -> None:
         self.console = console
         self.quiet = quiet
         self.total = total
         self.prices = prices
+        self.online_prices = online_prices  # --batch: what the same calls would cost online
         self.calls_per_row = calls_per_row
         self._state: tuple[RunSummary, RunStats] | None = None
         self._last = 0.0
@@ -160,9 +163,10 @@ class RunDisplay:
         self._detail = Text("", style="dim", no_wrap=True, overflow="ellipsis")
         self._waits = Text("", style="yellow", no_wrap=True, overflow="ellipsis")
         self._endpoints = Text("", style="dim", no_wrap=True, overflow="ellipsis")
+        self._batches = Text("", style="cyan", no_wrap=True, overflow="ellipsis")
         self._finding = Text("", style="bold yellow")
         self._live = Live(
-            Group(self._progress, self._detail, self._waits, self._endpoints, self._finding),
+            Group(self._progress, self._detail, self._waits, self._endpoints, self._batches, self._finding),
             console=console,
             refresh_per_second=10,
         )
@@ -208,6 +212,7 @@ class RunDisplay:
         self._waits.plain = f"  {waits}" if waits else ""
         pools = [describe_pool(pool.states(now)) for pool in stats.pools]
         self._endpoints.plain = "\n".join(f"  {line}" for line in pools if line)
+        self._batches.plain = "\n".join(f"  {inert_line(line)}" for line in batch_lines(stats, now))
         finding = judge_finding(summary.audit.to_dict())  # None until enough comparisons are in
         self._finding.plain = f"  warning: {finding}" if finding else ""
 
@@ -218,7 +223,7 @@ class RunDisplay:
 
     def summary(self, summary: RunSummary, stats: RunStats, paths: RunPaths) -> None:
         c = self.console
-        c.print(summary_table(summary, stats, self.prices))
+        c.print(summary_table(summary, stats, self.prices, self.online_prices))
         finding = judge_finding(summary.audit.to_dict())
         if finding:
             c.print(Text(f"warning: {finding}", style="bold yellow"), highlight=False, soft_wrap=True)
@@ -240,7 +245,18 @@ class RunDisplay:
         c.print(Text(text, style="yellow"), highlight=False, soft_wrap=True)
 
 
-def summary_table(summary: RunSummary, stats: RunStats, prices: Prices | None = None) -> Table:
+def batch_lines(stats: RunStats, now: float) -> list[str]:
+    """``--batch``: one line per batch in flight, and how many were sent so far. Pure."""
+    views = [v for backend in stats.batches for v in backend.views.values()]
+    sent = sum(backend.batches_sent for backend in stats.batches)
+    if not stats.batches:
+        return []
+    return [f"batches: {sent} sent, {len(views)} in flight", *describe_batches(views, now)[:8]]
+
+
+def summary_table(
+    summary: RunSummary, stats: RunStats, prices: Prices | None = None, online: Prices | None = None
+) -> Table:
     """The end-of-run table; every cell is ``Text`` made inert (causes and reasons may quote data)."""
     table = Table(title="coevol run", show_header=False, box=None)
 
@@ -273,5 +289,11 @@ def summary_table(summary: RunSummary, stats: RunStats, prices: Prices | None = 
     cost = spent(stats, prices)
     if cost is not None:
         row("cost (calls sent)", f"${cost:.4f}")
+    if stats.batches:
+        sent = sum(b.batches_sent for b in stats.batches)
+        row("batches sent (--batch)", f"{sent} ({sum(b.lines_sent for b in stats.batches)} lines)")
+        online_cost = spent(stats, online)
+        if online_cost is not None:
+            row("the same calls online", f"${online_cost:.4f}")
     row("elapsed", f"{summary.elapsed:.1f}s")
     return table

@@ -170,6 +170,7 @@ def refine_command(ns: argparse.Namespace, config: Config, err: Any) -> int:
             quiet=ns.quiet,
             prices=config.prices(),
             calls_per_row=_calls_per_row(config),
+            online_prices=config.prices(online=True) if config.batched_roles() else None,
         )
         live = _Live(display)
         ticker = asyncio.create_task(_tick(live))

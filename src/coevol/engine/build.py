@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from coevol.config import Config
+from coevol.config import ROLES, Config
 from coevol.engine.capacity import learn_capacity
 from coevol.engine.dispatch import Dispatcher, RetryPolicy, Route
 from coevol.engine.endpoints import EndpointGroup
@@ -111,7 +111,39 @@ async def _checked(backend: Backend) -> Backend:
     return backend
 
 
-GroupKey = tuple[str | None, tuple[tuple[str, str | None], ...]]
+GroupKey = tuple[str | None, tuple[tuple[str, str | None], ...], bool]
+
+
+async def _batched(
+    plan: RunPlan, online: Backend | EndpointGroup, server: Server, store: Store | None, prompts: PromptSet
+) -> Backend:
+    """``--batch``: the role's server answers through its Batch API (refused first if it has none)."""
+    import os
+
+    from coevol.llm.batch import BatchBackend
+    from coevol.llm.batch_api import BatchAPI
+
+    key = os.environ.get(server.api_key_env) if server.api_key_env else None
+    api = BatchAPI(server.base_url, api_key=key, key_hint=key_hint(server.api_key_env, bool(key), "--batch"))
+    try:
+        await api.probe()
+    except BaseException:
+        await api.aclose()
+        raise
+    roles = {prompts[f"{r}_system"]: r for r in ROLES}
+    return BatchBackend(online, api, store=store, poll=plan.batch_poll, roles=roles)
+
+
+def _check_batchable(role: str, servers: tuple[Server, ...]) -> None:
+    if not servers:
+        raise ConfigError(
+            f"--batch: roles.{role} runs on the embedded model, which has no Batch API; give it a base_url"
+        )
+    if len(servers) > 1:
+        raise ConfigError(
+            f"--batch: roles.{role} has {len(servers)} servers; a batch goes to one server: "
+            "give it one base_url"
+        )
 
 
 async def _member(
@@ -162,13 +194,22 @@ async def _routes(
     made: dict[GroupKey, Backend | EndpointGroup],
     given: dict[str, Backend],
     own: list[Backend | EndpointGroup],
+    batch: tuple[Store | None, PromptSet],
 ) -> dict[str, Route]:
     """A route per role; backends are created into ``made`` (those created here also into ``own``)."""
     routes: dict[str, Route] = {}
     served: set[tuple[GroupKey, str]] = set()  # groups whose servers were checked for a model
     for role, rp in plan.roles.items():
-        key: GroupKey = (rp.group, tuple((s.base_url, s.api_key_env) for s in rp.servers))
-        if not rp.servers:
+        key: GroupKey = (rp.group, tuple((s.base_url, s.api_key_env) for s in rp.servers), rp.batch)
+        if rp.batch:
+            _check_batchable(role, rp.servers)
+            if key not in made:
+                online = await _build_group(plan, rp, given, own)
+                made[key] = await _batched(plan, online, rp.servers[0], *batch)
+                own[:] = [b for b in own if b is not online]
+                own.append(made[key])  # it closes the online group it wraps
+            model = rp.model or await _resolve_model(made[key])
+        elif not rp.servers:
             if key not in made:
                 made[key] = await _local_backend(plan)
                 own.append(made[key])
@@ -199,12 +240,12 @@ async def build_engine(
     made: dict[GroupKey, Backend | EndpointGroup] = {}
     own: list[Backend | EndpointGroup] = []
     try:
-        routes = await _routes(plan, made, backends or {}, own)
+        routes = await _routes(plan, made, backends or {}, own, (store, prompts))
     except BaseException:
         for backend in own:
             await backend.aclose()
         raise
-    local = any(not servers for _, servers in made)
+    local = any(not servers for _, servers, _ in made)
     pools = [b for b in made.values() if isinstance(b, EndpointGroup) and len(b.servers) > 1]
     limits = plan.limits
     dispatcher = Dispatcher(
@@ -216,6 +257,7 @@ async def build_engine(
         tpm=limits.tpm,
     )
     dispatcher.stats.pools = pools
+    dispatcher.stats.batches = [b for b in made.values() if getattr(b, "batched", False)]
     parts: list[Any] = [
         dict(prompts.texts),
         {

@@ -60,7 +60,8 @@ class Route:
     def shown(self) -> str:
         """What served this route, for the trace: the servers (and the group's name, if given)."""
         backend = self.backend
-        return backend.shown if isinstance(backend, EndpointGroup) else backend.endpoint
+        shown = getattr(backend, "shown", None)  # a group's, or that of the group a batch backend wraps
+        return shown if isinstance(shown, str) else backend.endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,12 +344,12 @@ class Dispatcher:
                     raise
                 retries += 1
                 self.stats.retries += 1
-                delay = self.retry.delay(retries - 1, exc)
+                delay, reason = self.retry.delay(retries - 1, exc), _reason(exc)
             except (AuthenticationError, NotFoundError) as exc:
                 self._refused.setdefault((request.endpoint, None), exc)
                 raise
             if delay > 0:
-                await self._wait(role, _reason(exc), delay)
+                await self._wait(role, reason, delay)
         self.stats.sent += 1
         _add_usage(self.stats.usage, role, completion)
         if self.store is not None:

@@ -47,6 +47,7 @@ class RolePlan:
     params: GenParams
     merge_system: bool
     price: tuple[float, float] | None = None
+    batch: bool = False  # --batch: its calls go through the server's Batch API
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,7 @@ class RunPlan:
     n_ctx: int = 4096
     n_threads: int | None = None
     cache: Path | None = None
+    batch_poll: float = 30.0  # seconds between polls of a batch (--batch-poll)
 
     @classmethod
     def of(cls, config: Config, *, roles: Sequence[str] | None = None) -> RunPlan:
@@ -128,6 +130,7 @@ class RunPlan:
             n_ctx=c.n_ctx,
             n_threads=c.n_threads,
             cache=c.cache,
+            batch_poll=c.batch_poll,
         )
 
     def local_roles(self) -> list[str]:
@@ -163,4 +166,5 @@ def _role_plan(config: Config, role: str) -> RolePlan:
         params=GenParams(max_tokens=rc.max_tokens, temperature=rc.temperature, top_p=rc.top_p, seed=rc.seed),
         merge_system=bool(rc.merge_system),
         price=price,
+        batch=bool(rc.batch),
     )

@@ -31,11 +31,11 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, TypeVar
 
 from coevol.errors import LLMError, RetryableError, ServerError
 from coevol.llm.batch_api import TERMINAL, BatchAPI, BatchInfo, input_line, parse_result_line
-from coevol.llm.types import Backend, ChatRequest, Completion
+from coevol.llm.types import ChatRequest, Completion
 
 if TYPE_CHECKING:  # the store is a layer above; only its types are named here
     from coevol.store.sqlite import OpenBatch, Store
@@ -45,6 +45,7 @@ __all__ = [
     "BatchGate",
     "BatchLimits",
     "BatchView",
+    "Online",
     "describe_batches",
     "gate_for",
     "split_lines",
@@ -262,6 +263,14 @@ def describe_batches(views: list[BatchView], now: float) -> list[str]:
 # --- the backend ----------------------------------------------------------------------------------
 
 
+class Online(Protocol):
+    """What a batch backend wraps: the role's online server or group (its name, models, check)."""
+
+    endpoint: str
+
+    async def aclose(self) -> None: ...
+
+
 @dataclass(slots=True)
 class _Call:
     request: ChatRequest
@@ -280,7 +289,7 @@ class BatchBackend:
 
     def __init__(
         self,
-        online: Backend,
+        online: Online,
         api: BatchAPI,
         *,
         store: Store | None = None,
@@ -307,6 +316,12 @@ class BatchBackend:
         self._recovered: dict[str, str] = {}  # key -> file id of a stored batch that will answer it
         self._tasks: set[asyncio.Task[None]] = set()
         self._gate: BatchGate | None = None
+
+    @property
+    def shown(self) -> str:
+        """What the trace says served the role: what the online server or group would say."""
+        shown = getattr(self.online, "shown", None)
+        return shown if isinstance(shown, str) else self.endpoint
 
     @property
     def queued(self) -> int:

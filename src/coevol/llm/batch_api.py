@@ -33,7 +33,7 @@ from coevol.errors import (
     ResponseTooLarge,
     ServerError,
 )
-from coevol.llm.types import ChatRequest, Completion
+from coevol.llm.types import ChatRequest, Choice, Completion
 from coevol.llm.urls import masked_url, url_secrets
 
 __all__ = [
@@ -156,21 +156,27 @@ def _line_error(cid: str, status: Any, body: Any) -> LLMError:
     return BadRequestError(text, status=status_i)
 
 
+def _choice(choice: Any) -> Choice:
+    """One listed choice; a missing content is an empty answer, a non-text one is malformed."""
+    text = choice["message"]["content"]
+    if text is None:
+        text = ""
+    elif not isinstance(text, str):
+        raise TypeError("content is not text")
+    reason = choice.get("finish_reason")
+    return Choice(text, reason if reason is None or isinstance(reason, str) else str(reason))
+
+
 def _completion(cid: str, body: Any) -> Completion | LLMError:
+    """The line's completion: every choice it lists (the body asked for ``n`` of them)."""
     try:
-        choice = body["choices"][0]
-        text = choice["message"]["content"]
         usage = body.get("usage") or {}
         prompt_tokens = int(usage.get("prompt_tokens") or 0)
         completion_tokens = int(usage.get("completion_tokens") or 0)
-        finish = choice.get("finish_reason")
+        first, *more = [_choice(c) for c in body["choices"]]
     except (LookupError, TypeError, AttributeError, ValueError):
         return ServerError(f"batch line {cid}: malformed completion: {_short(repr(body))}", status=200)
-    if text is None:
-        text = ""
-    if not isinstance(text, str):
-        return ServerError(f"batch line {cid}: malformed completion: {_short(repr(body))}", status=200)
-    return Completion(text, prompt_tokens, completion_tokens, None if finish is None else str(finish))
+    return Completion(first.text, prompt_tokens, completion_tokens, first.finish_reason, more=tuple(more))
 
 
 def _join(base_url: str, path: str) -> str:
