@@ -281,6 +281,7 @@ ERROR_FAULTS = [
     Fault(FaultKind.HOSTILE_ERROR, status=404),
     Fault(FaultKind.GARBAGE),
     Fault(FaultKind.DISCONNECT),
+    Fault(FaultKind.ENDLESS, hang_seconds=0.05),
 ]
 ANSWER_FAULTS = [
     Fault(FaultKind.EMPTY),
@@ -289,6 +290,7 @@ ANSWER_FAULTS = [
     Fault(FaultKind.HUGE, size=1001),
     Fault(FaultKind.STALL, hang_seconds=0.01),
     Fault(FaultKind.HANG, hang_seconds=0.01),
+    Fault(FaultKind.DRIP, interval=0.0005),
 ]
 
 

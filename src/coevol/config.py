@@ -268,7 +268,13 @@ class Config(_Strict):
     # Throughput and faults.
     concurrency: int = Field(default=256, ge=1, description="requests in flight")
     samples_in_flight: int | None = Field(default=None, ge=1, description="default: concurrency")
-    request_timeout: float = Field(default=600.0, gt=0)
+    # HTTP timeouts on progress (coevol.llm.timeouts): a connection, the first byte of an answer
+    # (the server's queue and generation count here, so it is long), the longest silence once an
+    # answer has begun; request_timeout caps the whole exchange (a server that drips bytes).
+    connect_timeout: float = Field(default=10.0, gt=0, description="seconds to open a connection")
+    first_byte_timeout: float = Field(default=600.0, gt=0, description="seconds from sending to the answer")
+    idle_timeout: float = Field(default=30.0, gt=0, description="longest silence midway through an answer")
+    request_timeout: float = Field(default=900.0, gt=0, description="cap on one whole exchange, s")
     max_retries: int = Field(default=6, ge=0)
     rpm: float | None = Field(default=None, gt=0)
     tpm: float | None = Field(default=None, gt=0)

@@ -17,8 +17,8 @@ CoevolError
     │   ├── RateLimitError      HTTP 429; ``retry_after`` seconds when the server said so
     │   ├── ServerError         HTTP 5xx
     │   ├── APIConnectionError  refused, reset, DNS ...
-    │   ├── APITimeoutError     the request ran past ``request_timeout``
-│   └── UnusableAnswer      an answer with no text (content null, tool calls, empty): asked again
+    │   ├── APITimeoutError     no progress in time; ``phase``: connect, first_byte, idle or total
+    │   └── UnusableAnswer      an answer with no text (content null, tool calls, empty): asked again
     └── FatalError              retrying cannot help; fail fast
         ├── AuthenticationError HTTP 401/403
         ├── NotFoundError       HTTP 404 (wrong base URL or model name)
@@ -28,6 +28,8 @@ CoevolError
 """
 
 from __future__ import annotations
+
+from typing import Literal, TypeAlias
 
 __all__ = [
     "APIConnectionError",
@@ -52,10 +54,14 @@ __all__ = [
     "RetryableError",
     "ServerError",
     "StoreError",
+    "TimeoutPhase",
     "TraceError",
     "TraceSchemaError",
     "UnusableAnswer",
 ]
+
+TimeoutPhase: TypeAlias = Literal["connect", "first_byte", "idle", "total"]
+"""Which HTTP timeout fired (``APITimeoutError.phase``)."""
 
 
 class CoevolError(Exception):
@@ -154,7 +160,24 @@ class APIConnectionError(RetryableError):
 
 
 class APITimeoutError(RetryableError):
-    """No answer within the request timeout; the request was cancelled."""
+    """No progress within one of the HTTP timeouts; the request was cancelled (its connection closed).
+
+    ``phase`` names the timeout that fired, so a scheduler can tell a stalled server from a busy one:
+    ``"connect"`` (no connection), ``"first_byte"`` (the request was sent and nothing came back: for a
+    non-streaming completion that is the server's queue plus generation, so a busy server looks like
+    this too), ``"idle"`` (the answer had begun and then stopped: a stalled server), ``"total"``
+    (``request_timeout``, the cap on the whole exchange, e.g. a server that drips). ``None`` when
+    unknown. ``stalled`` is true for the phases a busy but healthy server never causes.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, phase: TimeoutPhase | None = None) -> None:
+        super().__init__(message, status=status)
+        self.phase = phase
+
+    @property
+    def stalled(self) -> bool:
+        """Whether the server made no progress where a working one always does (connect or idle)."""
+        return self.phase in ("connect", "idle")
 
 
 class UnusableAnswer(RetryableError):

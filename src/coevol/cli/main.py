@@ -72,7 +72,18 @@ def _add_config_flags(p: argparse.ArgumentParser, *, loop: bool = True) -> None:
     t = p.add_argument_group("throughput and faults")
     t.add_argument("--concurrency", type=int, help="requests in flight (default 256)")
     t.add_argument("--samples-in-flight", type=int, help="samples in flight (default: concurrency)")
-    t.add_argument("--request-timeout", type=float, help="seconds before a request is cancelled and retried")
+    t.add_argument(
+        "--request-timeout", type=float, help="cap on one whole request, s (default 900); then retried"
+    )
+    t.add_argument("--connect-timeout", type=float, help="seconds to open a connection (default 10)")
+    t.add_argument(
+        "--first-byte-timeout",
+        type=float,
+        help="seconds from sending a request to its answer: queue and generation (default 600)",
+    )
+    t.add_argument(
+        "--idle-timeout", type=float, help="longest silence once an answer has begun, s (default 30)"
+    )
     t.add_argument("--max-retries", type=int, help="retries of a transient failure (default 6)")
     t.add_argument("--rpm", type=float, help="requests per minute limit")
     t.add_argument("--tpm", type=float, help="tokens per minute limit")
@@ -197,7 +208,8 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
     keys = [
         "base_url", "model", "api_key_env", "model_path", "n_ctx", "merge_system", "max_tokens",
         "temperature", "top_p", "seed", "max_rounds", "mode", "judge", "judge_reasks", "judge_early_exit",
-        "prompts_dir", "concurrency", "samples_in_flight", "request_timeout", "max_retries", "rpm", "tpm",
+        "prompts_dir", "concurrency", "samples_in_flight", "request_timeout", "connect_timeout",
+        "first_byte_timeout", "idle_timeout", "max_retries", "rpm", "tpm",
         "max_errors", "max_budget", "cache", "max_unparseable", "max_retry_after", "max_answer_bytes",
         "endpoint_group", "strategy", "batch", "batch_poll",
     ]  # fmt: skip

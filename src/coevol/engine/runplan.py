@@ -16,6 +16,7 @@ from typing import Any
 
 from coevol.config import Config
 from coevol.conversation import ConversationSettings
+from coevol.llm.timeouts import Timeouts
 from coevol.llm.types import GenParams
 from coevol.loop import LoopSettings
 
@@ -62,6 +63,7 @@ class Limits:
     tpm: float | None
     max_retry_after: float
     max_answer_bytes: int
+    timeouts: Timeouts = Timeouts()  # the HTTP timeouts on progress (its total is request_timeout)
 
     def samples(self, local: bool) -> int:
         """How many samples run at once: one llama.cpp worker answers one call at a time, so on
@@ -121,6 +123,7 @@ class RunPlan:
                 c.tpm,
                 c.max_retry_after,
                 c.max_answer_bytes,
+                Timeouts(c.connect_timeout, c.first_byte_timeout, c.idle_timeout, c.request_timeout),
             ),
             stops=StopRules(c.max_budget, c.max_errors, c.max_unparseable, c.min_judged),
             loop=c.loop_settings(),

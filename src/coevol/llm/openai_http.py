@@ -1,9 +1,11 @@
 """A lean client for any OpenAI-compatible ``/chat/completions`` server (vLLM, llama.cpp, OpenAI ...).
 
 The engine may run thousands of requests per second through one instance, so the request path is
-kept short: one pooled ``aiohttp`` session per backend, bodies encoded and decoded with ``orjson``, no
-logging, no retries. Provider errors are translated here, once, into ``coevol.errors``; everything
-above this module only sees those classes.
+kept short: one pooled HTTP client per backend (``coevol.llm.transport``), bodies encoded and decoded
+with ``orjson``, no logging, no retries. Timeouts are on progress (connect, first byte, idle between
+reads; ``coevol.llm.timeouts``), with ``request_timeout`` as a cap on the whole exchange. Provider
+errors are translated here, once, into ``coevol.errors``; everything above this module only sees
+those classes.
 
 The API key travels only in the ``Authorization`` header. It is kept out of ``repr()``, exception
 messages and ``endpoint`` (which enters cache keys). A key in the base URL's query string
@@ -23,7 +25,6 @@ from types import TracebackType
 from typing import Final, Self
 from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 import orjson
 from yarl import URL
 
@@ -41,6 +42,16 @@ from coevol.errors import (
     ServerError,
     UnusableAnswer,
 )
+from coevol.llm.aiohttp_transport import AiohttpTransport
+from coevol.llm.timeouts import (
+    DEFAULT_CONNECT,
+    DEFAULT_FIRST_BYTE,
+    DEFAULT_IDLE,
+    DEFAULT_TOTAL,
+    Timeouts,
+    timeout_message,
+)
+from coevol.llm.transport import Broken, Stalled, TooLarge
 from coevol.llm.types import ChatRequest, Choice, Completion
 from coevol.llm.urls import has_userinfo, masked_url, url_secrets
 
@@ -58,8 +69,6 @@ _CONTEXT_MARKERS: Final = (
 _CONTEXT_CODES: Final = frozenset({"context_length_exceeded", "exceed_context_size_error"})
 _BAD_REQUEST_STATUSES: Final = frozenset({400, 413, 422})
 DEFAULT_MAX_ANSWER_BYTES: Final = 8 * 1024 * 1024
-_MAX_ERROR_BODY: Final = 64 * 1024  # an error body is only read for its message
-_CHUNK: Final = 64 * 1024
 _PROBE_TIMEOUT: Final = 30.0  # seconds for GET /models checks: a setup check must not stall a run
 
 
@@ -156,22 +165,21 @@ def _error_details(raw: bytes) -> tuple[str, str | None]:
 class OpenAIHTTPBackend:
     """Answers ``ChatRequest``s by POSTing to ``{base_url}/chat/completions``.
 
-    Bound to the event loop it is first used in (the session is created lazily there). Use as an
-    async context manager or call ``aclose()`` to release pooled connections.
+    Bound to the event loop it is first used in (connections are opened lazily there). Use as an
+    async context manager or call ``aclose()`` to release pooled connections. The timeouts are on
+    progress (``coevol.llm.timeouts``), ``request_timeout`` capping the whole exchange.
     """
 
     __slots__ = (
         "_api_key",
-        "_headers",
         "_key_hint",
         "_max_answer_bytes",
-        "_max_connections",
         "_models",
         "_models_url",
         "_real_base",
         "_secrets",
-        "_session",
-        "_timeout",
+        "_timeouts",
+        "_transport",
         "_url",
         "base_url",
         "endpoint",
@@ -183,7 +191,10 @@ class OpenAIHTTPBackend:
         base_url: str,
         *,
         api_key: str | None = None,
-        request_timeout: float = 600.0,
+        request_timeout: float | None = DEFAULT_TOTAL,
+        connect_timeout: float = DEFAULT_CONNECT,
+        first_byte_timeout: float = DEFAULT_FIRST_BYTE,
+        idle_timeout: float = DEFAULT_IDLE,
         max_connections: int = 1024,
         headers: Mapping[str, str] | None = None,
         key_hint: str | None = None,
@@ -199,12 +210,11 @@ class OpenAIHTTPBackend:
             raise ConfigError(f"base_url is not a valid URL: {shown!r}") from None
         if url.scheme not in ("http", "https") or not url.host:
             raise ConfigError(f"base_url must be an http(s) URL, got {shown!r}")
-        if request_timeout <= 0:
-            raise ConfigError(f"request_timeout must be positive, got {request_timeout}")
         if max_connections < 1:
             raise ConfigError(f"max_connections must be at least 1, got {max_connections}")
         if max_answer_bytes < 1:
             raise ConfigError(f"max_answer_bytes must be at least 1, got {max_answer_bytes}")
+        self._timeouts = Timeouts(connect_timeout, first_byte_timeout, idle_timeout, request_timeout)
         self.base_url = shown  # what may be shown, logged and hashed; the real URL stays private
         self.endpoint = shown
         self.request_timeout = request_timeout
@@ -212,19 +222,21 @@ class OpenAIHTTPBackend:
         self._secrets = url_secrets(base_url)
         self._key_hint = key_hint
         self._max_answer_bytes = max_answer_bytes
-        self._max_connections = max_connections
         self._url = URL(_join(base_url, "/chat/completions"))
         self._models_url = URL(_join(base_url, "/models"))
         self._models: list[str] | None = None
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._api_key = api_key or None
         hdrs = {"Content-Type": "application/json", "Accept": "application/json"}
         if headers:
             hdrs.update(headers)
         if self._api_key:
             hdrs["Authorization"] = f"Bearer {self._api_key}"
-        self._headers = hdrs
-        self._session: aiohttp.ClientSession | None = None
+        self._transport = AiohttpTransport(
+            hdrs,
+            max_connections=max_connections,
+            max_answer_bytes=max_answer_bytes,
+            connect_timeout=connect_timeout,
+        )
 
     def __repr__(self) -> str:
         key = ", api_key=***" if self._api_key else ""
@@ -244,21 +256,8 @@ class OpenAIHTTPBackend:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the pooled connections; a later request opens a new session."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
-    def _open(self) -> aiohttp.ClientSession:
-        # Created here rather than in __init__ so it binds to the running loop.
-        connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            headers=self._headers,
-            timeout=self._timeout,
-            raise_for_status=False,
-        )
-        return self._session
+        """Close the pooled connections; a later request opens new ones."""
+        await self._transport.aclose()
 
     async def complete(self, request: ChatRequest) -> Completion:
         """Send one request; raise only ``LLMError`` subclasses."""
@@ -311,7 +310,7 @@ class OpenAIHTTPBackend:
         and Ollama accept names they do not list); its first 404 lists them.
         """
         try:
-            await self.list_models(within=min(self.request_timeout, _PROBE_TIMEOUT))
+            await self.list_models(within=_PROBE_TIMEOUT)
         except NotFoundError:
             hint = await self._missing_v1_hint()
             if hint:
@@ -353,58 +352,23 @@ class OpenAIHTTPBackend:
         return f"base_url {self.base_url} is missing /v1: the server answers at {self.base_url}/v1"
 
     async def _send(self, method: str, url: URL, data: bytes | None, *, within: float | None = None) -> bytes:
-        """One HTTP exchange (``within`` seconds if given); returns the 2xx body or raises.
+        """One HTTP exchange (no phase longer than ``within`` seconds if given); the 2xx body or raises.
 
         The masked URL for messages is only built on an error path: a success costs no string work.
         """
-        session = self._session or self._open()
-        kwargs = {"timeout": aiohttp.ClientTimeout(total=within)} if within is not None else {}
+        timeouts = self._timeouts if within is None else self._timeouts.within(within)
         try:
-            # Redirects are not followed: the Authorization header (and a key in the query string)
-            # must not travel to a host the configuration never named.
-            async with session.request(method, url, data=data, allow_redirects=False, **kwargs) as resp:  # type: ignore[arg-type]
-                status = resp.status
-                if status < 300:
-                    return await self._read_capped(resp, url)
-                raw = await resp.content.read(_MAX_ERROR_BODY)
-                # Retry-After of a 429, or where a 3xx points (reported, never followed)
-                header = resp.headers.get("Retry-After" if status == 429 else "Location")
-        except TimeoutError:  # before OSError: TimeoutError is one; aiohttp's timeouts subclass it
-            limit = self.request_timeout if within is None else within
-            shown = self._shown(url)
-            raise APITimeoutError(f"no answer from {shown} within {limit:g}s; request cancelled") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise APIConnectionError(
-                self._scrub(f"{method} {self._shown(url)} failed: {type(exc).__name__}: {exc}")
-            ) from None
-        raise self._http_error(status, raw, self._shown(url), header)
-
-    async def _read_capped(self, resp: aiohttp.ClientResponse, url: URL) -> bytes:
-        """The body, never more than ``max_answer_bytes`` of it.
-
-        A body with a ``Content-Length`` at most the cap and no ``Content-Encoding`` is exactly
-        that long on the wire and after decoding, so it is read in one go (the common case, and
-        the cheapest). Anything else (chunked, compressed: a small body may inflate) is read in
-        chunks and abandoned as soon as it passes the cap.
-        """
-        cap = self._max_answer_bytes
-        length = resp.content_length
-        if length is not None:
-            if length > cap:
-                raise self._too_large(url)
-            if "Content-Encoding" not in resp.headers:
-                body = await resp.read()
-                if len(body) <= cap:
-                    return body
-                raise self._too_large(url)
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in resp.content.iter_chunked(_CHUNK):
-            size += len(chunk)
-            if size > cap:
-                raise self._too_large(url)
-            chunks.append(chunk)
-        return b"".join(chunks)
+            answer = await self._transport.exchange(method, url, data, timeouts)
+        except Stalled as exc:
+            message = timeout_message(exc.phase, self._shown(url), exc.seconds)
+            raise APITimeoutError(self._scrub(message), phase=exc.phase) from None
+        except Broken as exc:
+            raise APIConnectionError(self._scrub(f"{method} {self._shown(url)} failed: {exc}")) from None
+        except TooLarge:
+            raise self._too_large(url) from None
+        if answer.status < 300:
+            return answer.body
+        raise self._http_error(answer.status, answer.body, self._shown(url), answer.header)
 
     def _too_large(self, url: URL) -> ResponseTooLarge:
         return ResponseTooLarge(

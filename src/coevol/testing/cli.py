@@ -90,7 +90,9 @@ def _parser() -> argparse.ArgumentParser:
         default=1.0,
         help="Retry-After of rate_limit faults: seconds, or any text sent verbatim",
     )
-    p.add_argument("--hang-seconds", type=float, default=30.0, help="how long hang and stall faults last")
+    p.add_argument(
+        "--hang-seconds", type=float, default=30.0, help="how long hang, stall and endless faults go silent"
+    )
     p.add_argument("--huge-bytes", type=int, default=10_000_000, help="answer size of huge faults")
     p.add_argument("--no-record", action="store_true", help="do not keep request bodies (benchmarks)")
     p.add_argument(

@@ -24,8 +24,9 @@ For example, Algorithm 1 on the deterministic responder, then what the judge was
 Faults map to the errors ``OpenAIHTTPBackend`` raises for the same fault over HTTP (a test pins
 this): a 429 is a ``RateLimitError`` with its ``retry_after``, a disconnect an
 ``APIConnectionError``, HTML a ``ServerError``; ``EMPTY``, ``TRUNCATED`` and ``HUGE`` are answers;
-``HANG`` and ``STALL`` sleep ``hang_seconds`` first. The fakes model what a server sends, not the
-HTTP client's own checks (its timeout, any size cap).
+``HANG`` and ``STALL`` sleep ``hang_seconds`` first, ``DRIP`` one ``interval`` per byte of a short
+answer; ``ENDLESS`` sleeps ``hang_seconds`` and is then the connection error of its closed socket.
+The fakes model what a server sends, not the HTTP client's own checks (its timeout, any size cap).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias
 
 from coevol.errors import (
     APIConnectionError,
@@ -65,6 +66,8 @@ __all__ = [
     "fault_error",
     "to_completion",
 ]
+
+_DRIP_OVERHEAD: Final = 250  # bytes of JSON around a dripped answer's text, roughly as the server sends it
 
 Answer: TypeAlias = str | Reply | Completion | BaseException
 """What a script gives for one call: a text, a ``Reply``, a ``Completion``, or an error to raise."""
@@ -283,6 +286,13 @@ class _FaultyResponder:
         if kind in (FaultKind.HANG, FaultKind.STALL):
             await asyncio.sleep(fault.hang_seconds)
             return to_completion(self._respond(body), messages)
+        if kind is FaultKind.DRIP:
+            reply = self._respond(body)
+            await asyncio.sleep(fault.interval * (len(reply.text) + _DRIP_OVERHEAD))
+            return to_completion(reply, messages)
+        if kind is FaultKind.ENDLESS:
+            await asyncio.sleep(fault.hang_seconds)
+            raise APIConnectionError(f"POST {self.where} failed: the answer ended before it was complete")
         if kind is FaultKind.EMPTY:
             return to_completion(Reply("", completion_tokens=0), messages)
         if kind is FaultKind.HUGE:

@@ -14,8 +14,11 @@ Kinds fall in three groups:
 - answers that parse but must not be trusted: ``EMPTY`` (an empty text), ``TRUNCATED`` (the
   responder's text cut short, ``finish_reason`` "length"), ``HUGE`` (``size`` bytes of text,
   whatever ``max_tokens`` asked);
-- time: ``HANG`` (no byte at all for ``hang_seconds``, then a normal answer) and ``STALL`` (the
-  status line and headers at once, then no byte of the body for ``hang_seconds``).
+- time: ``HANG`` (no byte at all for ``hang_seconds``, then a normal answer), ``STALL`` (the
+  status line and headers at once, then no byte of the body for ``hang_seconds``), ``DRIP`` (the
+  status line and headers at once, then the answer one byte every ``interval`` seconds: progress,
+  but too slow) and ``ENDLESS`` (a chunked answer whose first chunk comes at once and whose
+  terminating chunk never does: after ``hang_seconds`` of silence the connection is closed).
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ class FaultKind(StrEnum):
     HUGE = "huge"
     STALL = "stall"
     HOSTILE_ERROR = "hostile_error"
+    DRIP = "drip"
+    ENDLESS = "endless"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +77,8 @@ class Fault:
 
     ``retry_after`` (``RATE_LIMIT``): the ``Retry-After`` header, seconds or a preformatted string
     (an HTTP-date, or junk to test a client's parser), ``None`` to omit it. ``hang_seconds``
-    (``HANG``, ``STALL``): how long nothing is sent. ``message``: the error text (``HOSTILE_ERROR``
+    (``HANG``, ``STALL``, ``ENDLESS``): how long nothing is sent. ``interval`` (``DRIP``): seconds
+    between two bytes of the answer. ``message``: the error text (``HOSTILE_ERROR``
     defaults to ``HOSTILE_TEXT``). ``size`` (``HUGE``): bytes of answer text. ``keep`` (``TRUNCATED``):
     characters of the responder's text kept, half of it when ``None``. ``status``
     (``HOSTILE_ERROR``): the HTTP status it is sent with (400 fatal, 5xx retryable).
@@ -85,11 +91,14 @@ class Fault:
     size: int = 10_000_000
     keep: int | None = None
     status: int = 400
+    interval: float = 0.05
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", FaultKind(self.kind))
         if self.size < 0 or (self.keep is not None and self.keep < 0):
             raise ValueError("Fault size and keep must not be negative")
+        if self.interval < 0 or self.hang_seconds < 0:
+            raise ValueError("Fault interval and hang_seconds must not be negative")
         if not 400 <= self.status <= 599:
             raise ValueError(f"Fault status must be an HTTP error status, got {self.status}")
 

@@ -205,6 +205,8 @@ class FakeOpenAIServer:
             FaultKind.DISCONNECT: self._disconnect,
             FaultKind.HANG: self._hang,
             FaultKind.STALL: self._stall,
+            FaultKind.DRIP: self._drip,
+            FaultKind.ENDLESS: self._endless,
             FaultKind.EMPTY: self._empty,
             FaultKind.TRUNCATED: self._truncated,
             FaultKind.HUGE: self._huge,
@@ -484,6 +486,30 @@ class FakeOpenAIServer:
         await asyncio.sleep(fault.hang_seconds)  # ... the body only after the stall
         await response.write(payload)
         await response.write_eof()
+        return response
+
+    async def _drip(self, request: web.Request, body: dict[str, Any], fault: Fault) -> web.StreamResponse:
+        reply = self._reply(body)
+        if isinstance(reply, web.Response):
+            return reply
+        payload = self._payload(body, reply)
+        response = web.StreamResponse(status=200, headers={"Content-Type": _JSON})
+        response.content_length = len(payload)
+        await response.prepare(request)
+        for i in range(len(payload)):  # progress, one byte at a time: never idle, never done in time
+            await asyncio.sleep(fault.interval)
+            await response.write(payload[i : i + 1])
+        await response.write_eof()
+        return response
+
+    async def _endless(self, request: web.Request, body: dict[str, Any], fault: Fault) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers={"Content-Type": _JSON})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(b'{"choices": [{"message": {"content": "')  # a first chunk ...
+        await asyncio.sleep(fault.hang_seconds)  # ... and never the terminating one
+        if request.transport is not None:
+            request.transport.close()
         return response
 
     async def _empty(self, request: web.Request, body: dict[str, Any], fault: Fault) -> web.Response:
