@@ -14,6 +14,7 @@ import pytest
 
 from coevol.config import Config
 from coevol.engine.build import Engine, build_engine
+from coevol.llm import openai_http
 from coevol.testing import FakeOpenAIServer
 from coevol.testing.responders import CoEvolResponder, accept_up_to
 
@@ -28,6 +29,14 @@ ALPACA_ROWS: list[dict[str, Any]] = [
     },
     {"id": "a3", "instruction": "Name a prime number.", "input": "<noinput>", "output": "9"},
 ]
+
+
+@pytest.fixture(params=["lean", "aiohttp"])
+def http_transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test once through each HTTP client: the backends it builds default to that one."""
+    name: str = request.param
+    monkeypatch.setattr(openai_http, "DEFAULT_TRANSPORT", name)
+    return name
 
 
 @pytest.fixture

@@ -18,6 +18,9 @@ from coevol.llm.openai_http import OpenAIHTTPBackend
 from coevol.llm.types import ChatRequest, GenParams
 from tests.test_openai_http import canned
 
+# Transport behaviour: every test runs through each HTTP client.
+pytestmark = pytest.mark.usefixtures("http_transport")
+
 MSGS = ({"role": "user", "content": "hi"},)
 
 

@@ -192,6 +192,7 @@ async def test_server_counts_identical_bodies_for_retries() -> None:
     assert stats["distinct_bodies"] == 2
 
 
+@pytest.mark.usefixtures("http_transport")
 async def test_backend_retrying_by_hand_gets_fault_then_answer() -> None:
     faults = [Fault(FaultKind.RATE_LIMIT, retry_after=0.05)]
     async with (
@@ -374,6 +375,7 @@ def test_subprocess_that_cannot_start_raises() -> None:
         pass
 
 
+@pytest.mark.usefixtures("http_transport")
 async def test_backend_against_subprocess_server() -> None:
     with serve_in_subprocess("--latency", "0.01") as base_url:
         async with OpenAIHTTPBackend(base_url) as backend:
@@ -383,6 +385,7 @@ async def test_backend_against_subprocess_server() -> None:
         assert fetch_stats(base_url)["completed"] == 20
 
 
+@pytest.mark.usefixtures("http_transport")
 async def test_server_error_from_responder_reaches_backend_as_server_error() -> None:
     def broken(payload: dict[str, Any]) -> str:
         raise RuntimeError("boom")
@@ -470,6 +473,7 @@ async def test_hang_sends_no_headers_before_the_answer() -> None:
             assert resp.status == 200
 
 
+@pytest.mark.usefixtures("http_transport")
 async def test_stall_past_the_clients_timeout_is_a_timeout_error() -> None:
     stall = Fault(FaultKind.STALL, hang_seconds=5.0)
     async with (
@@ -503,6 +507,7 @@ async def test_rate_limit_retry_after_is_configurable(
     assert value == header
 
 
+@pytest.mark.usefixtures("http_transport")
 @pytest.mark.parametrize(("status", "error"), [(400, BadRequestError), (503, ServerError)])
 async def test_hostile_error_body_carries_markup_and_escapes_verbatim(
     status: int, error: type[LLMError]
@@ -529,6 +534,7 @@ def test_fault_fields_are_checked() -> None:
     assert Fault(FaultKind.HOSTILE_ERROR, message="plain").error_message() == "plain"
 
 
+@pytest.mark.usefixtures("http_transport")
 async def test_each_server_records_the_authorization_header_it_received() -> None:
     async with (
         FakeOpenAIServer() as first,
@@ -548,6 +554,7 @@ async def test_each_server_records_the_authorization_header_it_received() -> Non
     assert "sk-test-first" not in repr(first.requests[0])
 
 
+@pytest.mark.usefixtures("http_transport")
 async def test_api_key_server_refuses_a_wrong_key() -> None:
     async with (
         FakeOpenAIServer(api_key="sk-test-right") as server,

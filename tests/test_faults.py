@@ -32,6 +32,7 @@ async def reference_output(data: Path, tmp_path: Path) -> bytes:
     return (tmp_path / "clean" / "out.jsonl").read_bytes()
 
 
+@pytest.mark.usefixtures("http_transport")
 async def test_transient_faults_and_garbled_verdicts_do_not_change_the_output(
     data: Path, tmp_path: Path
 ) -> None:
@@ -62,6 +63,7 @@ async def test_transient_faults_and_garbled_verdicts_do_not_change_the_output(
     assert "Let me think about both responses" in trace
 
 
+@pytest.mark.usefixtures("http_transport")
 async def test_exhausted_retries_fail_the_sample_and_the_run_goes_on(tmp_path: Path) -> None:
     rows = alpaca_rows(10, seed=3)
     for i in (1, 6):
@@ -152,6 +154,7 @@ def assert_no_leak(logs: str, folder: Path) -> None:
         assert KEY.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.usefixtures("http_transport")
 async def test_a_failed_samples_detached_call_does_not_outlive_the_run(tmp_path: Path) -> None:
     # The positive debater is refused at once while the critical one is still thinking: the sample
     # fails, and the critical call must not keep running (or retrying) after the run has ended.

@@ -25,6 +25,9 @@ from coevol.llm.openai_http import OpenAIHTTPBackend
 from coevol.llm.types import ChatRequest, GenParams
 from coevol.testing import FakeOpenAIServer, Fault, FaultKind, always
 
+# Transport behaviour: every test runs through each HTTP client.
+pytestmark = pytest.mark.usefixtures("http_transport")
+
 QSECRET = "qs-SECRET-9d8e7f6a5b"
 MSGS = ({"role": "user", "content": "hi"},)
 

@@ -14,6 +14,9 @@ from coevol.testing.responders import CoEvolResponder, accept_up_to
 
 from .conftest import ALPACA_ROWS, coevol_cli
 
+# Transport behaviour: every test runs through each HTTP client.
+pytestmark = pytest.mark.usefixtures("http_transport")
+
 TOP = "sk-top-SECRET-1a2b3c"
 JUDGE = "sk-judge-SECRET-4d5e6f"
 MSGS = [{"role": "user", "content": "hello"}]

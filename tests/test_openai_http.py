@@ -30,6 +30,9 @@ from coevol.llm.openai_http import OpenAIHTTPBackend, parse_retry_after
 from coevol.llm.types import ChatRequest, GenParams
 from coevol.testing import FakeOpenAIServer, Fault, FaultKind, Reply, always
 
+# Transport behaviour: every test runs through each HTTP client.
+pytestmark = pytest.mark.usefixtures("http_transport")
+
 SECRET = "sk-test-NEVER-LEAK-7f3a9c2e51"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

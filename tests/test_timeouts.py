@@ -24,6 +24,9 @@ from coevol.llm.timeouts import Clock, Timeouts, timeout_message
 from coevol.llm.types import ChatRequest, GenParams
 from coevol.testing import FakeOpenAIServer, Fault, FaultKind, always
 
+# Transport behaviour: every test runs through each HTTP client.
+pytestmark = pytest.mark.usefixtures("http_transport")
+
 SECRET = "sk-timeout-NEVER-LEAK-31c9"
 MSGS = ({"role": "user", "content": "hi"},)
 

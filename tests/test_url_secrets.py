@@ -15,6 +15,9 @@ from coevol.testing.responders import CoEvolResponder, accept_up_to
 
 from .conftest import ALPACA_ROWS, coevol_cli
 
+# Transport behaviour: every test runs through each HTTP client.
+pytestmark = pytest.mark.usefixtures("http_transport")
+
 QSECRET = "qsk-SECRET-0f1e2d3c4b"
 
 

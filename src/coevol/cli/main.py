@@ -84,6 +84,11 @@ def _add_config_flags(p: argparse.ArgumentParser, *, loop: bool = True) -> None:
     t.add_argument(
         "--idle-timeout", type=float, help="longest silence once an answer has begun, s (default 30)"
     )
+    t.add_argument(
+        "--transport",
+        choices=["auto", "lean", "aiohttp"],
+        help="HTTP client: auto (default: aiohttp) or lean (http:// servers only)",
+    )
     t.add_argument("--max-retries", type=int, help="retries of a transient failure (default 6)")
     t.add_argument("--rpm", type=float, help="requests per minute limit")
     t.add_argument("--tpm", type=float, help="tokens per minute limit")
@@ -209,7 +214,7 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
         "base_url", "model", "api_key_env", "model_path", "n_ctx", "merge_system", "max_tokens",
         "temperature", "top_p", "seed", "max_rounds", "mode", "judge", "judge_reasks", "judge_early_exit",
         "prompts_dir", "concurrency", "samples_in_flight", "request_timeout", "connect_timeout",
-        "first_byte_timeout", "idle_timeout", "max_retries", "rpm", "tpm",
+        "first_byte_timeout", "idle_timeout", "transport", "max_retries", "rpm", "tpm",
         "max_errors", "max_budget", "cache", "max_unparseable", "max_retry_after", "max_answer_bytes",
         "endpoint_group", "strategy", "batch", "batch_poll",
     ]  # fmt: skip

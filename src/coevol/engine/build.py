@@ -81,6 +81,7 @@ def _http_backend(plan: RunPlan, server: Server) -> Backend:
         connect_timeout=limits.timeouts.connect,
         first_byte_timeout=limits.timeouts.first_byte,
         idle_timeout=limits.timeouts.idle,
+        transport=limits.transport,
         max_connections=max(server.concurrency or limits.concurrency, 16),
         key_hint=key_hint(api_key_env, bool(key), ", ".join(f"roles.{r}" for r in roles)),
         max_answer_bytes=limits.max_answer_bytes,

@@ -10,13 +10,14 @@ setting up. The stop rules travel in the plan too, so every entry point enforces
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from coevol.config import Config
 from coevol.conversation import ConversationSettings
 from coevol.llm.timeouts import Timeouts
+from coevol.llm.transport import TransportName
 from coevol.llm.types import GenParams
 from coevol.loop import LoopSettings
 
@@ -63,7 +64,8 @@ class Limits:
     tpm: float | None
     max_retry_after: float
     max_answer_bytes: int
-    timeouts: Timeouts = Timeouts()  # the HTTP timeouts on progress (its total is request_timeout)
+    timeouts: Timeouts = field(default_factory=Timeouts)  # on progress; total is request_timeout
+    transport: TransportName = "auto"  # the HTTP client (coevol.llm.transport)
 
     def samples(self, local: bool) -> int:
         """How many samples run at once: one llama.cpp worker answers one call at a time, so on
@@ -124,6 +126,7 @@ class RunPlan:
                 c.max_retry_after,
                 c.max_answer_bytes,
                 Timeouts(c.connect_timeout, c.first_byte_timeout, c.idle_timeout, c.request_timeout),
+                c.transport,
             ),
             stops=StopRules(c.max_budget, c.max_errors, c.max_unparseable, c.min_judged),
             loop=c.loop_settings(),

@@ -43,6 +43,7 @@ from coevol.errors import (
     UnusableAnswer,
 )
 from coevol.llm.aiohttp_transport import AiohttpTransport
+from coevol.llm.lean_http import LeanTransport
 from coevol.llm.timeouts import (
     DEFAULT_CONNECT,
     DEFAULT_FIRST_BYTE,
@@ -51,11 +52,15 @@ from coevol.llm.timeouts import (
     Timeouts,
     timeout_message,
 )
-from coevol.llm.transport import Broken, Stalled, TooLarge
+from coevol.llm.transport import Broken, Stalled, TooLarge, Transport, TransportName
 from coevol.llm.types import ChatRequest, Choice, Completion
 from coevol.llm.urls import has_userinfo, masked_url, url_secrets
 
-__all__ = ["OpenAIHTTPBackend", "parse_retry_after"]
+__all__ = ["DEFAULT_TRANSPORT", "TRANSPORTS", "OpenAIHTTPBackend", "choose_transport", "parse_retry_after"]
+
+TRANSPORTS: Final[tuple[TransportName, ...]] = ("auto", "lean", "aiohttp")
+DEFAULT_TRANSPORT: TransportName = "auto"
+"""The transport when none is given (the transport tests run through each one by setting it)."""
 
 _MAX_MESSAGE: Final = 300
 # Lower-cased phrases servers use for "prompt too long": vLLM, llama.cpp server, OpenAI, generic.
@@ -122,6 +127,35 @@ def _unusable(choice: Mapping[str, object]) -> str | None:
     return None
 
 
+def choose_transport(name: TransportName, scheme: str) -> TransportName:
+    """The transport a base URL gets: ``auto`` is aiohttp for now (``lean`` is opt-in, http only)."""
+    if name == "auto":
+        return "aiohttp"
+    if name == "lean" and scheme != "http":
+        raise ConfigError("transport 'lean' speaks plain http only; use 'auto' or 'aiohttp' for https")
+    if name not in TRANSPORTS:
+        raise ConfigError(f"transport must be one of {', '.join(TRANSPORTS)}, got {name!r}")
+    return name
+
+
+def _check_header(name: str, value: str) -> None:
+    """Refuse a header that would break the request: a key with a line break would smuggle headers
+    into it, and HTTP/1.1 carries only Latin-1. The value (a key) is never echoed."""
+    text = f"{name}{value}"
+    if any(c in text for c in "\r\n\0") or ":" in name or _not_latin1(text):
+        raise ConfigError(
+            f"header {_truncate(name)!r} has a line break, NUL or a character HTTP cannot carry; refused"
+        )
+
+
+def _not_latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _join(base_url: str, path: str) -> str:
     """``base_url`` + ``path``, keeping the base URL's query string (where a gateway wants its key)."""
     parts = urlsplit(base_url)
@@ -184,6 +218,7 @@ class OpenAIHTTPBackend:
         "base_url",
         "endpoint",
         "request_timeout",
+        "transport",
     )
 
     def __init__(
@@ -199,6 +234,7 @@ class OpenAIHTTPBackend:
         headers: Mapping[str, str] | None = None,
         key_hint: str | None = None,
         max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+        transport: TransportName | None = None,
     ) -> None:
         base_url = base_url.strip().rstrip("/")
         if has_userinfo(base_url):
@@ -231,12 +267,21 @@ class OpenAIHTTPBackend:
             hdrs.update(headers)
         if self._api_key:
             hdrs["Authorization"] = f"Bearer {self._api_key}"
-        self._transport = AiohttpTransport(
-            hdrs,
-            max_connections=max_connections,
-            max_answer_bytes=max_answer_bytes,
-            connect_timeout=connect_timeout,
-        )
+        for name, value in hdrs.items():
+            _check_header(name, value)
+        self.transport = choose_transport(transport or DEFAULT_TRANSPORT, url.scheme)
+        self._transport: Transport
+        if self.transport == "lean":
+            self._transport = LeanTransport(
+                url, hdrs, max_connections=max_connections, max_answer_bytes=max_answer_bytes
+            )
+        else:
+            self._transport = AiohttpTransport(
+                hdrs,
+                max_connections=max_connections,
+                max_answer_bytes=max_answer_bytes,
+                connect_timeout=connect_timeout,
+            )
 
     def __repr__(self) -> str:
         key = ", api_key=***" if self._api_key else ""
