@@ -23,6 +23,7 @@ from run import server, write_rows
 LAYERS = [  # (layer, substrings of the sampled frame's file), first match wins
     ("aiohttp request path (aiohttp, multidict, yarl)", ("aiohttp/", "multidict", "yarl")),
     ("asyncio event loop, tasks, futures", ("asyncio/",)),
+    ("lean HTTP transport (coevol.llm.lean_http, httptools)", ("coevol/llm/lean_http", "httptools")),
     ("coevol store (SQLite)", ("coevol/store",)),
     ("coevol prompts (render, guard)", ("coevol/prompts",)),
     ("coevol HTTP backend, request hash", ("coevol/llm",)),

@@ -20,7 +20,7 @@ from coevol.llm import lean_http
 from coevol.llm.openai_http import OpenAIHTTPBackend, choose_transport
 from coevol.llm.transport import TransportName
 from coevol.llm.types import ChatRequest, GenParams
-from coevol.testing import FakeOpenAIServer
+from coevol.testing import FakeOpenAIServer, ThreadedServer
 
 MSGS = ({"role": "user", "content": "hi"},)
 OK = orjson.dumps({"choices": [{"message": {"content": "fine"}, "finish_reason": "stop"}]})
@@ -101,19 +101,49 @@ def sends(*parts: bytes, delay: float = 0.0) -> Raw:
 # --- which transport ----------------------------------------------------------------------------
 
 
-def test_lean_is_chosen_for_http_only() -> None:
-    assert choose_transport("auto", "http") == "aiohttp"
-    assert choose_transport("lean", "http") == "lean"
+def test_auto_is_lean_for_http_and_aiohttp_for_tls(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_proxy_env(monkeypatch)
+    assert choose_transport("auto", "http") == "lean"
     assert choose_transport("auto", "https") == "aiohttp"
     assert choose_transport("aiohttp", "http") == "aiohttp"
+    assert choose_transport("auto", "http", proxied=True) == "aiohttp"
+    assert choose_transport("lean", "http", proxied=True) == "lean"
     with pytest.raises(ConfigError, match="plain http only"):
         choose_transport("lean", "https")
-    assert OpenAIHTTPBackend("http://127.0.0.1:9/v1", transport="lean").transport == "lean"
+    assert OpenAIHTTPBackend("http://127.0.0.1:9/v1").transport == "lean"
     assert OpenAIHTTPBackend("https://api.example/v1").transport == "aiohttp"
     assert OpenAIHTTPBackend("http://127.0.0.1:9/v1", transport="aiohttp").transport == "aiohttp"
     assert Config(transport="aiohttp").transport == "aiohttp"
     with pytest.raises(ConfigError):
         Config.from_mapping({"transport": "curl"})
+
+
+def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "no_proxy",
+        "NO_PROXY",
+        "all_proxy",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+async def test_a_proxy_in_the_environment_sends_auto_through_aiohttp_and_the_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _no_proxy_env(monkeypatch)
+    async with FakeOpenAIServer() as proxy:  # it answers what it is sent: enough to see it was used
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+        backend = OpenAIHTTPBackend("http://upstream.invalid:9/v1")
+        assert backend.transport == "aiohttp"
+        async with backend:
+            assert await ask(backend) == "ok"
+        assert len(proxy.requests) == 1
+        monkeypatch.setenv("NO_PROXY", "upstream.invalid")
+        assert OpenAIHTTPBackend("http://upstream.invalid:9/v1").transport == "lean"
 
 
 @pytest.mark.parametrize("key", ["sk-x\r\nX-Evil: 1", "sk-x\nHost: evil", "sk-x\x00", "sk-x\u2028z"])
@@ -289,3 +319,17 @@ async def test_an_error_body_is_read_only_for_its_message() -> None:
         with pytest.raises(ServerError) as info:
             await ask(backend)
     assert "HTTP 500" in str(info.value) and len(str(info.value)) < 500
+
+
+def test_a_backend_used_from_a_second_event_loop_opens_a_new_pool() -> None:
+    async def ask_and_close(backend: OpenAIHTTPBackend) -> str:
+        try:
+            return await ask(backend)
+        finally:
+            await backend.aclose()
+
+    with ThreadedServer() as server:
+        backend = OpenAIHTTPBackend(server.base_url, transport="lean")
+        assert asyncio.run(ask_and_close(backend)) == "ok"
+        assert asyncio.run(ask_and_close(backend)) == "ok"
+    assert len(server.requests) == 2

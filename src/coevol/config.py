@@ -275,7 +275,8 @@ class Config(_Strict):
     first_byte_timeout: float = Field(default=600.0, gt=0, description="seconds from sending to the answer")
     idle_timeout: float = Field(default=30.0, gt=0, description="longest silence midway through an answer")
     request_timeout: float = Field(default=900.0, gt=0, description="cap on one whole exchange, s")
-    # The HTTP client (coevol.llm.transport): auto is aiohttp for now; lean is opt-in for http://.
+    # The HTTP client (coevol.llm.transport): auto is the lean one for http://, aiohttp for https://
+    # and for a server the environment's HTTP_PROXY sends through a proxy.
     transport: Literal["auto", "lean", "aiohttp"] = "auto"
     max_retries: int = Field(default=6, ge=0)
     rpm: float | None = Field(default=None, gt=0)

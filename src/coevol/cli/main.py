@@ -87,7 +87,7 @@ def _add_config_flags(p: argparse.ArgumentParser, *, loop: bool = True) -> None:
     t.add_argument(
         "--transport",
         choices=["auto", "lean", "aiohttp"],
-        help="HTTP client: auto (default: aiohttp) or lean (http:// servers only)",
+        help="HTTP client: auto (default) is lean for http:// servers, aiohttp for https:// and proxies",
     )
     t.add_argument("--max-retries", type=int, help="retries of a transient failure (default 6)")
     t.add_argument("--rpm", type=float, help="requests per minute limit")

@@ -1,4 +1,4 @@
-"""The aiohttp transport: TLS (``https://`` servers) and the fallback a user can choose for any URL.
+"""The aiohttp transport: TLS (``https://`` servers), proxies, and the fallback a user can choose.
 
 One pooled ``ClientSession``, created lazily in the loop that first uses it. Redirects are never
 followed. Timeouts are on progress (``coevol.llm.timeouts``): aiohttp bounds the connect; one
@@ -52,6 +52,7 @@ class AiohttpTransport:
             headers=self._headers,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect),
             raise_for_status=False,
+            trust_env=True,  # proxies from HTTP(S)_PROXY / NO_PROXY, as the user's environment says
         )
         return self._session
 

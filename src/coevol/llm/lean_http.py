@@ -22,6 +22,7 @@ backend reports a 3xx).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import zlib
 from collections.abc import Mapping
 from typing import Final
@@ -349,7 +350,8 @@ class LeanTransport:
         self._generation += 1
         idle, self._idle = self._idle, []
         for conn in idle:
-            conn.close()
+            with contextlib.suppress(RuntimeError):  # from a loop that is closed now
+                conn.close()
         self._open = 0
         for waiter in self._waiters:
             if not waiter.done():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+import urllib.request
 from collections.abc import Mapping
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -127,15 +128,23 @@ def _unusable(choice: Mapping[str, object]) -> str | None:
     return None
 
 
-def choose_transport(name: TransportName, scheme: str) -> TransportName:
-    """The transport a base URL gets: ``auto`` is aiohttp for now (``lean`` is opt-in, http only)."""
+def choose_transport(name: TransportName, scheme: str, *, proxied: bool = False) -> TransportName:
+    """The transport a base URL gets: ``auto`` is lean for ``http``, aiohttp for ``https`` (TLS) and
+    for a URL the environment sends through a proxy (``HTTP_PROXY``, ``NO_PROXY``), which aiohttp
+    honours. ``lean`` always connects directly."""
     if name == "auto":
-        return "aiohttp"
+        return "lean" if scheme == "http" and not proxied else "aiohttp"
     if name == "lean" and scheme != "http":
         raise ConfigError("transport 'lean' speaks plain http only; use 'auto' or 'aiohttp' for https")
     if name not in TRANSPORTS:
         raise ConfigError(f"transport must be one of {', '.join(TRANSPORTS)}, got {name!r}")
     return name
+
+
+def _proxied(url: URL) -> bool:
+    """Whether the environment names a proxy for this URL (the rules aiohttp's ``trust_env`` uses)."""
+    proxy = urllib.request.getproxies().get(url.scheme)
+    return bool(proxy) and not urllib.request.proxy_bypass(url.raw_host or "")
 
 
 def _check_header(name: str, value: str) -> None:
@@ -269,7 +278,7 @@ class OpenAIHTTPBackend:
             hdrs["Authorization"] = f"Bearer {self._api_key}"
         for name, value in hdrs.items():
             _check_header(name, value)
-        self.transport = choose_transport(transport or DEFAULT_TRANSPORT, url.scheme)
+        self.transport = choose_transport(transport or DEFAULT_TRANSPORT, url.scheme, proxied=_proxied(url))
         self._transport: Transport
         if self.transport == "lean":
             self._transport = LeanTransport(

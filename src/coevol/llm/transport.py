@@ -29,7 +29,7 @@ __all__ = [
 MAX_ERROR_BODY: Final = 64 * 1024  # an error body is only read for its message
 
 TransportName: TypeAlias = Literal["auto", "lean", "aiohttp"]
-"""``auto``: aiohttp for now; ``lean`` is opt-in for ``http://`` base URLs."""
+"""``auto``: lean for ``http://`` base URLs, aiohttp for ``https://`` and proxied URLs."""
 
 
 class Answer(NamedTuple):
