@@ -242,6 +242,7 @@ class _Connection(asyncio.Protocol):
         if decoder is not None:
             body = decoder.decompress(body, self._limit - self._size + 1)
             if decoder.unconsumed_tail:  # it inflates past the limit
+                self._add(body)
                 self._over_limit()
         self._add(body)
 
@@ -262,10 +263,12 @@ class _Connection(asyncio.Protocol):
         if not body:
             return
         self._size += len(body)
-        if self._size > self._limit:
+        over = self._size > self._limit
+        if over:
             body = body[: len(body) - (self._size - self._limit)]
-            self._over_limit()
         self._chunks.append(body)
+        if over:
+            self._over_limit()
 
     def _over_limit(self) -> None:
         """Past the cap: a success answer fails; an error answer keeps its head for the message."""
