@@ -24,7 +24,7 @@ __all__ = ["AiohttpTransport"]
 class AiohttpTransport:
     """``Transport`` over one ``aiohttp.ClientSession``."""
 
-    __slots__ = ("_connect", "_headers", "_max_answer_bytes", "_max_connections", "_session")
+    __slots__ = ("_connect", "_headers", "_max_answer_bytes", "_max_connections", "_proxied", "_session")
 
     def __init__(
         self,
@@ -33,8 +33,12 @@ class AiohttpTransport:
         max_connections: int,
         max_answer_bytes: int,
         connect_timeout: float,
+        proxied: bool = False,
     ) -> None:
+        """``proxied``: the environment names a proxy for the server, so it is read (``trust_env``);
+        otherwise it is not, since aiohttp would read the environment and ``~/.netrc`` per request."""
         self._headers = dict(headers)
+        self._proxied = proxied
         self._max_connections = max_connections
         self._max_answer_bytes = max_answer_bytes
         self._connect = connect_timeout
@@ -52,7 +56,7 @@ class AiohttpTransport:
             headers=self._headers,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect),
             raise_for_status=False,
-            trust_env=True,  # proxies from HTTP(S)_PROXY / NO_PROXY, as the user's environment says
+            trust_env=self._proxied,
         )
         return self._session
 

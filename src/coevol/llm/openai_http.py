@@ -278,7 +278,8 @@ class OpenAIHTTPBackend:
             hdrs["Authorization"] = f"Bearer {self._api_key}"
         for name, value in hdrs.items():
             _check_header(name, value)
-        self.transport = choose_transport(transport or DEFAULT_TRANSPORT, url.scheme, proxied=_proxied(url))
+        proxied = _proxied(url)
+        self.transport = choose_transport(transport or DEFAULT_TRANSPORT, url.scheme, proxied=proxied)
         self._transport: Transport
         if self.transport == "lean":
             self._transport = LeanTransport(
@@ -290,6 +291,7 @@ class OpenAIHTTPBackend:
                 max_connections=max_connections,
                 max_answer_bytes=max_answer_bytes,
                 connect_timeout=connect_timeout,
+                proxied=proxied,
             )
 
     def __repr__(self) -> str:
