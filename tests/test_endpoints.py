@@ -432,9 +432,7 @@ class Busy(Fake):
 
     async def complete(self, request: ChatRequest) -> Completion:
         self.calls += 1
-        exc = APITimeoutError("no first byte in time")
-        setattr(exc, "stalled", False)  # noqa: B010  (the transport's attribute; not every error has it)
-        raise exc
+        raise APITimeoutError("no first byte in time", phase="first_byte")
 
 
 async def test_a_busy_server_that_times_out_stays_in_rotation_with_a_smaller_limit() -> None:

@@ -167,7 +167,8 @@ class APITimeoutError(RetryableError):
     non-streaming completion that is the server's queue plus generation, so a busy server looks like
     this too), ``"idle"`` (the answer had begun and then stopped: a stalled server), ``"total"``
     (``request_timeout``, the cap on the whole exchange, e.g. a server that drips). ``None`` when
-    unknown. ``stalled`` is true for the phases a busy but healthy server never causes.
+    unknown. ``stalled`` says whether the server stopped making progress (every phase but
+    ``first_byte``, which a busy but healthy server's queue causes too).
     """
 
     def __init__(self, message: str, *, status: int | None = None, phase: TimeoutPhase | None = None) -> None:
@@ -175,9 +176,9 @@ class APITimeoutError(RetryableError):
         self.phase = phase
 
     @property
-    def stalled(self) -> bool:
-        """Whether the server made no progress where a working one always does (connect or idle)."""
-        return self.phase in ("connect", "idle")
+    def stalled(self) -> bool | None:
+        """``True`` for connect, idle and total, ``False`` for first_byte, ``None`` when unknown."""
+        return None if self.phase is None else self.phase != "first_byte"
 
 
 class UnusableAnswer(RetryableError):
