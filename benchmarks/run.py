@@ -463,6 +463,23 @@ def in_the_way(figures: dict[str, float], shares: dict[str, float]) -> list[str]
     return lines
 
 
+# Sections other benchmarks' runs add to RESULTS.md (benchmarks/queueing.py's figures): carried over
+# unchanged when this benchmark rewrites the file.
+KEPT = ("## Servers that queue instead of answering 429",)
+
+
+def kept_sections(path: Path) -> list[str]:
+    """The ``KEPT`` sections of the report at ``path`` as it stands, each up to the next ``## ``."""
+    text = path.read_text() if path.exists() else ""
+    kept = []
+    for heading in KEPT:
+        start = text.find(heading)
+        if start >= 0:
+            end = text.find("\n## ", start + len(heading))
+            kept.append(text[start : len(text) if end < 0 else end].rstrip() + "\n")
+    return kept
+
+
 def cpu_profile(rows: int) -> tuple[list[str], dict[str, float]]:
     from cpu_profile import profile  # beside this file; it imports this module's server()
 
@@ -518,6 +535,7 @@ def main() -> None:
         "",
         *profile_lines,
         "",
+        *kept_sections(args.out),
     ]
     args.out.write_text("\n".join(report))
     print("\n".join(body))
