@@ -22,6 +22,7 @@ import resource
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +89,12 @@ class _Sequential:
         self.lock = asyncio.Lock()
         self.params = GenParams()
 
-    async def __call__(self, role: str, messages: Sequence[Message], *, attempt: int = 0) -> Completion:
+    async def __call__(
+        self, role: str, messages: Sequence[Message], *, attempt: int = 0, seed: int | None = None, n: int = 1
+    ) -> Completion:
+        params = self.params if seed is None and n == 1 else replace(self.params, seed=seed, n=n)
         async with self.lock:
-            request = ChatRequest(self.backend.endpoint, "fake", tuple(messages), self.params, attempt)
+            request = ChatRequest(self.backend.endpoint, "fake", tuple(messages), params, attempt)
             completion = await self.backend.complete(request)
             self.counter[0] += 1
             return completion
