@@ -309,6 +309,7 @@ async def test_rpm_limit_paces_requests() -> None:
     backend = ScriptedBackend()
     d = dispatcher(backend, rpm=1200)  # 20 a second after a burst of 1200
     d._rpm.tokens = 2  # type: ignore[union-attr]  # start with a burst of two
+    d._rpm._stamp = time.monotonic()  # type: ignore[union-attr]  # from now: no refill for the time spent so far
     await asyncio.gather(*(d("judge", [{"role": "user", "content": str(i)}]) for i in range(4)))
     times = [t for _, t in backend.calls]
     assert times[-1] - times[0] >= 2 / 20 - 0.01
