@@ -44,6 +44,7 @@ __all__ = [
     "BadRow",
     "CritiqueTrace",
     "DebateTrace",
+    "DigitProbs",
     "Example",
     "Failure",
     "IterationTrace",
@@ -243,6 +244,47 @@ class DebateTrace:
 
 
 _DEBATE_KEYS = ("positive_stage1", "critical_stage1", "positive_stage2", "critical_stage2")
+
+
+@dataclass(frozen=True, slots=True)
+class DigitProbs:
+    """``--judge prob``, one order: the judge's confidence read at its position digit.
+
+    ``token`` is the first generated token of the verdict line whose text, stripped, is "1" or "2"
+    (``None``: there was none, e.g. ``<equal>``); ``p1``/``p2`` are the probabilities of "1" and "2"
+    at that token (0 when absent from its alternatives), ``top`` its raw ``(token, logprob)``
+    alternatives as the server sent them, ``line`` the verdict line the judge wrote.
+    """
+
+    token: str | None
+    p1: float
+    p2: float
+    top: tuple[tuple[str, float], ...] = ()
+    line: str = ""
+
+    @property
+    def position1(self) -> float:
+        """P(position 1) = p1 / (p1 + p2); 0.5 when no digit was generated (no preference read)."""
+        total = self.p1 + self.p2
+        return 0.5 if self.token is None or total <= 0 else self.p1 / total
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "token": self.token,
+            "p1": self.p1,
+            "p2": self.p2,
+            "position1": self.position1,
+            "top": [[t, lp] for t, lp in self.top],
+            "line": self.line,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> DigitProbs | None:
+        if d is None:
+            return None
+        top = tuple((_str(t), float(lp)) for t, lp in _list(d.get("top") or []))
+        p1, p2 = _opt_num(d["p1"]), _opt_num(d["p2"])
+        return cls(_opt_str(d.get("token")), p1 or 0.0, p2 or 0.0, top, _str(d.get("line", "")))
 
 
 @dataclass(slots=True)

@@ -22,6 +22,7 @@ __all__ = [
     "GenParams",
     "Generate",
     "Message",
+    "TokenLogprob",
     "Usage",
 ]
 
@@ -40,6 +41,10 @@ class GenParams:
     stop: tuple[str, ...] = ()
     n: int = 1
     """Choices asked for in one request (vLLM and OpenAI honour it; llama.cpp answers one)."""
+    top_logprobs: int | None = None
+    """Ask for each generated token's log-probability and this many alternatives (``--judge prob``);
+    ``None`` asks for none. Part of the body, so of the cache key: an answer stored without
+    logprobs is never replayed to a caller that needs them."""
 
     def as_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -53,6 +58,9 @@ class GenParams:
             body["stop"] = list(self.stop)
         if self.n != 1:  # left out when 1, so every earlier cache key stays the same
             body["n"] = self.n
+        if self.top_logprobs is not None:
+            body["logprobs"] = True
+            body["top_logprobs"] = self.top_logprobs
         return body
 
 
@@ -110,11 +118,23 @@ class Choice:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token with its log-probability and the most likely alternatives at that step
+    (``top``: ``(token, logprob)`` pairs as the server listed them)."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Completion:
     """A model's answer. ``cached`` is true when it was replayed from the store, not sent.
 
     ``text`` and ``finish_reason`` are the first choice; ``more`` holds the others when the request
     asked for ``n`` > 1 and the server gave them (a server may give fewer than asked).
+    ``logprobs`` is the answer's tokens when the request asked for them and the server returned
+    them; ``None`` otherwise (a server that ignores the field gives ``None``, never an empty guess).
     """
 
     text: str
@@ -123,6 +143,7 @@ class Completion:
     finish_reason: str | None = None
     cached: bool = False
     more: tuple[Choice, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
     def usage(self) -> Usage:
         return Usage(self.prompt_tokens, self.completion_tokens, 1)
