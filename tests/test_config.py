@@ -91,7 +91,7 @@ def test_role_falls_back_to_the_top_level() -> None:
         ("roles:\n  jduge:\n    model: x\n", "roles.jduge"),
         ("max_rounds: 0\n", "max_rounds: Input should be greater than or equal to 1"),
         ("mode: fast\n", "mode: Input should be 'full', 'debate', 'advise', 'advise-noresp' or 'edit'"),
-        ("judge: scores\n", "judge: Input should be 'verdict' or 'score'"),
+        ("judge: scores\n", "judge: Input should be 'verdict', 'score' or 'prob'"),
         (
             "roles:\n  judge:\n    temperature: 3\n",
             "roles.judge.temperature: Input should be less than or equal to 2",

@@ -92,6 +92,7 @@ EXPECTED: dict[str, Any] = {
                                 "verdict": "assistant 2",
                                 "scores": {"previous": 0.0, "edited": 1.0},
                                 "error": None,
+                                "probs": None,
                             },
                             {
                                 "order": "reverse",
@@ -99,11 +100,13 @@ EXPECTED: dict[str, Any] = {
                                 "verdict": "assistant 1",
                                 "scores": {"previous": 0.0, "edited": 1.0},
                                 "error": None,
+                                "probs": None,
                             },
                         ],
                         "score_previous": 0.0,
                         "score_edited": 1.0,
                         "skipped_reverse": False,
+                        "margin": None,
                     },
                     "accepted": True,
                     "usage": {
@@ -174,6 +177,18 @@ async def test_round_trips_through_json_the_dict_and_the_store_payload() -> None
     assert ExampleOutcome.from_payload(payload) == outcome
 
 
+def test_a_coevol_0_2_line_still_reads() -> None:
+    """A ``coevol.trace/2`` line has no ``--judge prob`` fields; it reads with them absent."""
+    old = copy.deepcopy(EXPECTED)
+    old["schema"] = "coevol.trace/2"
+    judge = old["turns"][0]["iterations"][0]["judge"]
+    del judge["margin"]
+    for order in judge["orders"]:
+        del order["probs"]
+    record = TraceRecord.from_dict(old)
+    assert record.to_dict() == EXPECTED  # written back as the current version
+
+
 @pytest.mark.parametrize(
     "payload",
     [
@@ -217,6 +232,9 @@ IT = ["turns", 0, "iterations", 0]
         ([*IT, "judge", "orders", 0, "order"], "sideways"),
         ([*IT, "judge", "orders", 0], ["x"]),
         ([*IT, "judge", "score_edited"], "1.0"),
+        ([*IT, "judge", "margin"], "0"),
+        ([*IT, "judge", "orders", 0, "probs"], {"token": "2", "p1": "0.1", "p2": 0.9}),
+        ([*IT, "judge", "orders", 0, "probs"], {"token": 2, "p1": 0.1, "p2": 0.9}),
         ([*IT, "usage"], [1]),
         (["roles"], ["judge"]),
         (["failure"], {"type": "ServerError"}),

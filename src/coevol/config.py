@@ -262,6 +262,9 @@ class Config(_Strict):
     judge: JudgeKind = "verdict"
     judge_reasks: int = Field(default=2, ge=0)
     judge_early_exit: bool = False
+    judge_margin: float = Field(
+        default=0.0, ge=0, lt=0.5, description="--judge prob: keep an edit above 0.5 + this"
+    )
     prompts_dir: Path | None = None
     conversation: ConversationConfig = Field(default_factory=ConversationConfig)
 
@@ -440,6 +443,7 @@ class Config(_Strict):
             judge_reasks=self.judge_reasks,
             judge_early_exit=self.judge_early_exit,
             tree=self.tree_settings(),
+            judge_margin=self.judge_margin,
         )
 
     def conversation_settings(self) -> ConversationSettings:

@@ -62,10 +62,12 @@ __all__ = [
 
 SCHEMA = "coevol.trace/3"
 """The trace format version written. Version 1 (coevol 0.1) had no ``schema`` field; version 3 adds
-the tree strategy's record (``TurnTrace.tree``) and its stop reasons."""
+the tree strategy's record (``TurnTrace.tree``) and its stop reasons, and the ``--judge prob``
+fields (``JudgeOrderTrace.probs``, ``JudgeTrace.margin``)."""
 
 READABLE_SCHEMAS = ("coevol.trace/2", SCHEMA)
-"""The versions a reader accepts: a version 2 line (coevol 0.2) reads as a turn without a tree."""
+"""The versions a reader accepts: a version 2 line (coevol 0.2) reads as a turn without a tree and
+a judge without probabilities."""
 
 
 # dataset side ----------------------------------------------------------------------------------
@@ -293,6 +295,7 @@ class JudgeOrderTrace:
 
     ``scores`` are (previous, edited) for this order whatever the presentation, so readers never
     have to undo the swap; ``verdict`` is the parsed text as the judge wrote it (position terms).
+    ``probs`` (``--judge prob`` only) is what was read at the position digit.
     """
 
     order: str  # "forward" | "reverse"
@@ -300,6 +303,7 @@ class JudgeOrderTrace:
     verdict: str | None = None
     scores: tuple[float, float] | None = None
     error: str | None = None
+    probs: DigitProbs | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -308,6 +312,7 @@ class JudgeOrderTrace:
             "verdict": self.verdict,
             "scores": None if self.scores is None else {"previous": self.scores[0], "edited": self.scores[1]},
             "error": self.error,
+            "probs": None if self.probs is None else self.probs.to_dict(),
         }
 
     @classmethod
@@ -319,17 +324,24 @@ class JudgeOrderTrace:
             _opt_str(d.get("verdict")),
             None if s is None else (float(s["previous"]), float(s["edited"])),
             _opt_str(d.get("error")),
+            DigitProbs.from_dict(d.get("probs")),
         )
 
 
 @dataclass(slots=True)
 class JudgeTrace:
-    """Both orders and the Eq. 4 averages; no averages when a verdict stayed unparseable."""
+    """Both orders and the Eq. 4 averages; no averages when a verdict stayed unparseable.
+
+    ``--judge prob``: ``score_edited`` is the mean over both orders of the probability that the
+    edit is preferred (``score_previous`` its complement) and ``margin`` is set; the edit is
+    accepted when that mean is strictly above 0.5 + ``margin``.
+    """
 
     orders: list[JudgeOrderTrace]
     score_previous: float | None = None
     score_edited: float | None = None
     skipped_reverse: bool = False
+    margin: float | None = None
 
     @property
     def decided(self) -> bool:
@@ -338,12 +350,17 @@ class JudgeTrace:
 
     @property
     def accept(self) -> bool:
-        """Eq. 4: the edit wins only when its average is strictly higher."""
-        return (
-            self.score_previous is not None
-            and self.score_edited is not None
-            and self.score_edited > self.score_previous
-        )
+        """Eq. 4: the edit wins only when its average is strictly higher (prob: above 0.5 + margin)."""
+        if self.score_previous is None or self.score_edited is None:
+            return False
+        if self.margin is not None:
+            return self.score_edited > 0.5 + self.margin
+        return self.score_edited > self.score_previous
+
+    @property
+    def prob_mean(self) -> float | None:
+        """``--judge prob``: the mean probability that the edit is preferred; None otherwise."""
+        return self.score_edited if self.margin is not None else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -351,6 +368,7 @@ class JudgeTrace:
             "score_previous": self.score_previous,
             "score_edited": self.score_edited,
             "skipped_reverse": self.skipped_reverse,
+            "margin": self.margin,
         }
 
     @classmethod
@@ -362,6 +380,7 @@ class JudgeTrace:
             _opt_num(d.get("score_previous")),
             _opt_num(d.get("score_edited")),
             bool(d.get("skipped_reverse", False)),
+            _opt_num(d.get("margin")),
         )
 
 

@@ -2,6 +2,7 @@
 
 CoevolError
 ├── ConfigError                 invalid configuration or CLI flags
+│   └── LogprobsMissing         --judge prob against a server that returns no logprobs
 ├── DataError                   a row that cannot be refined (kept as data, see ``BadRow``)
 ├── ParseError                  a model answer we could not parse; carries ``raw``
 ├── BudgetExceeded              ``--max-errors`` / ``--max-budget`` reached
@@ -43,6 +44,7 @@ __all__ = [
     "DataError",
     "FatalError",
     "LLMError",
+    "LogprobsMissing",
     "MissingExtra",
     "ModelAssetError",
     "NoSpace",
@@ -70,6 +72,11 @@ class CoevolError(Exception):
 
 class ConfigError(CoevolError):
     """Invalid configuration, template or command-line flag."""
+
+
+class LogprobsMissing(ConfigError):
+    """``--judge prob`` asked for logprobs and the server answered without them: refused at the
+    first judge call, never a silent fall back to discrete verdicts."""
 
 
 class DataError(CoevolError):

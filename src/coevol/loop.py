@@ -52,6 +52,7 @@ class LoopSettings:
     judge_reasks: int = 2
     judge_early_exit: bool = False
     tree: TreeSettings | None = None  # the tree strategy (``coevol.tree.search``) instead of the loop
+    judge_margin: float = 0.0
 
 
 class UsageLedger:
@@ -172,6 +173,7 @@ async def coevolve(
                     kind=settings.judge,
                     reasks=settings.judge_reasks,
                     early_exit=settings.judge_early_exit,
+                    margin=settings.judge_margin,
                 )
                 stop = judged_stop(it.judge)  # Eq. 4
             it.usage = ledger.take()

@@ -64,7 +64,18 @@ def _add_config_flags(p: argparse.ArgumentParser, *, loop: bool = True) -> None:
     s.add_argument("--top-p", type=float)
     s.add_argument("--seed", type=int)
     a = p.add_argument_group("algorithm" if loop else "judge")
-    a.add_argument("--judge", choices=JUDGE_KINDS, help="judge by verdict (paper) or 1-10 scores")
+    a.add_argument(
+        "--judge",
+        choices=JUDGE_KINDS,
+        help="judge by verdict (paper), 1-10 scores, or prob: the verdict's probability in both orders "
+        "(needs a server that returns logprobs)",
+    )
+    a.add_argument(
+        "--judge-margin",
+        type=float,
+        metavar="M",
+        help="--judge prob: keep an edit only when its mean probability is above 0.5 + M (default 0)",
+    )
     a.add_argument("--judge-reasks", type=int, help="re-asks for an unparseable verdict (default 2)")
     a.add_argument("--prompts", dest="prompts_dir", type=Path, help="folder of template overrides")
     if loop:
@@ -213,8 +224,8 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
     keys = [
         "base_url", "model", "api_key_env", "model_path", "n_ctx", "merge_system", "max_tokens",
         "temperature", "top_p", "seed", "max_rounds", "mode", "judge", "judge_reasks", "judge_early_exit",
-        "prompts_dir", "concurrency", "samples_in_flight", "request_timeout", "connect_timeout",
-        "first_byte_timeout", "idle_timeout", "transport", "max_retries", "rpm", "tpm",
+        "judge_margin", "prompts_dir", "concurrency", "samples_in_flight", "request_timeout",
+        "connect_timeout", "first_byte_timeout", "idle_timeout", "transport", "max_retries", "rpm", "tpm",
         "max_errors", "max_budget", "cache", "max_unparseable", "max_retry_after", "max_answer_bytes",
         "endpoint_group", "strategy", "batch", "batch_poll",
     ]  # fmt: skip

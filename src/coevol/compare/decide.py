@@ -9,6 +9,11 @@ reverse order shows the candidate first, exactly as the loop shows previous and 
 - ``conservative`` (MT-Bench, Zheng et al. 2023): a win or loss only when both orders name the same
   winner; any disagreement, or a tie in either order, is a tie.
 
+With ``--judge prob`` each order gives the probability ``q`` that the candidate is preferred; a
+probability within ``margin`` of 0.5 is a tie. ``eq4`` decides by the mean of both orders' ``q``
+(the loop's rule: a win above 0.5 + margin, a loss below 0.5 - margin), ``conservative`` needs both
+orders beyond the margin on the same side.
+
 Under both rules a judge that always picks the same position gives a tie for every pair: that is
 what position-balancing is for, and ``finding`` says so in words.
 
@@ -73,12 +78,25 @@ def _sign(baseline: float, candidate: float) -> Outcome:
     return Outcome.TIE
 
 
+def _prob_sign(candidate: float, margin: float) -> Outcome:
+    if candidate > 0.5 + margin:
+        return Outcome.WIN
+    if candidate < 0.5 - margin:
+        return Outcome.LOSS
+    return Outcome.TIE
+
+
 def outcome(judge: JudgeTrace, rule: Rule) -> Outcome:
     """The candidate's outcome from both orders' scores, each (baseline, candidate)."""
     scores = _orders(judge)
     if scores is None:
         return Outcome.UNPARSEABLE
     forward, reverse = scores
+    if judge.margin is not None:  # --judge prob: the candidate's probability per order
+        if rule is Rule.EQ4:
+            return _prob_sign((forward[1] + reverse[1]) / 2, judge.margin)
+        first, second = _prob_sign(forward[1], judge.margin), _prob_sign(reverse[1], judge.margin)
+        return first if first == second else Outcome.TIE
     if rule is Rule.EQ4:
         d = decide(forward, reverse)
         return _sign(d.previous, d.edited)

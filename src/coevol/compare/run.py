@@ -186,6 +186,7 @@ class JudgeWork:
         self.prompts = prompts
         self.kind = loop.judge
         self.reasks = loop.judge_reasks
+        self.margin = loop.judge_margin
         self.rule = rule
         self._done = done
 
@@ -195,7 +196,13 @@ class JudgeWork:
     async def run(self, unit: Unit) -> Judged:
         try:
             trace = await judge(
-                self.generate, self.prompts, unit.sample, unit.candidate, kind=self.kind, reasks=self.reasks
+                self.generate,
+                self.prompts,
+                unit.sample,
+                unit.candidate,
+                kind=self.kind,
+                reasks=self.reasks,
+                margin=self.margin,
             )
         except LLMError as exc:
             return unit_record(unit, Outcome.FAILED, None, f"{type(exc).__name__}: {exc}"), None

@@ -44,7 +44,11 @@ async def _local_backend(plan: RunPlan) -> Backend:
     """Load the model now, so a missing extra or a corrupt file fails before any work starts."""
     from coevol.llm.local import LlamaCppBackend
 
-    backend = LlamaCppBackend(plan.model_path, n_ctx=plan.n_ctx, n_threads=plan.n_threads)
+    # --judge prob reads logprobs, which llama.cpp computes only for a model built with every
+    # position's logits: slower and larger for every role, so paid only when the judge reads them.
+    backend = LlamaCppBackend(
+        plan.model_path, n_ctx=plan.n_ctx, n_threads=plan.n_threads, logprobs=plan.loop.judge == "prob"
+    )
     await backend.load()
     return backend
 

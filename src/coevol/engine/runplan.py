@@ -20,6 +20,7 @@ from coevol.llm.timeouts import Timeouts
 from coevol.llm.transport import TransportName
 from coevol.llm.types import GenParams
 from coevol.loop import LoopSettings
+from coevol.roles.prob import JUDGE_TOP_LOGPROBS
 
 __all__ = ["Limits", "RolePlan", "RunPlan", "Server", "StopRules"]
 
@@ -155,6 +156,8 @@ class RunPlan:
             [loop.mode, loop.max_rounds, loop.judge, loop.judge_reasks, loop.judge_early_exit],
             {"window_rounds": conv.window_rounds, "max_turns": conv.max_turns, "max_tokens": conv.max_tokens},
         ]
+        if loop.judge == "prob":  # only then, likewise: the margin decides what a prob judge keeps
+            parts.append(["judge_margin", loop.judge_margin])
         if loop.tree is not None:  # only then: a CoEvol run's fingerprint (and resume) stays as it was
             parts.append(["tree", loop.tree.to_dict()])
         return parts
@@ -169,7 +172,14 @@ def _role_plan(config: Config, role: str) -> RolePlan:
         model=rc.model,
         servers=tuple(Server(e.base_url, e.api_key_env, e.concurrency, e.rpm) for e in endpoints),
         group=group,
-        params=GenParams(max_tokens=rc.max_tokens, temperature=rc.temperature, top_p=rc.top_p, seed=rc.seed),
+        params=GenParams(
+            max_tokens=rc.max_tokens,
+            temperature=rc.temperature,
+            top_p=rc.top_p,
+            seed=rc.seed,
+            # --judge prob: the judge's answers carry logprobs (asked, and so in the cache key)
+            top_logprobs=JUDGE_TOP_LOGPROBS if role == "judge" and config.judge == "prob" else None,
+        ),
         merge_system=bool(rc.merge_system),
         price=price,
         batch=bool(rc.batch),

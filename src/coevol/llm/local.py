@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from coevol.errors import ContextLengthError, FatalError, MissingExtra, ModelAssetError
+from coevol.llm.logprobs import parse_chat_logprobs
 from coevol.llm.model_asset import (
     EMBEDDED_MODEL_FILENAME,
     EMBEDDED_MODEL_SHA256,
@@ -128,6 +129,9 @@ class LlamaCppBackend:
 
     ``model_path=None`` means the embedded Qwen2.5-Coder-0.5B-Instruct, assembled and verified in the
     cache folder on first load. ``n_threads=None`` uses every CPU this process may run on.
+    ``logprobs=True`` builds the model with every position's logits (``logits_all``), which chat
+    logprobs need (``--judge prob``); it costs time and memory on every call (README, "--judge
+    prob"), so it is off unless asked. Without it a request for logprobs answers with none.
     ``extra_buffer_types=True`` lets ggml use its AMX / repacked-weight CPU kernels (faster where they
     work; see ``_extra_buffer_types`` for why it is off by default).
     ``request.model`` is ignored (the loaded file is the model); ``request.endpoint`` should be
@@ -144,6 +148,7 @@ class LlamaCppBackend:
         seed: int = 0,
         verbose: bool = False,
         extra_buffer_types: bool = False,
+        logprobs: bool = False,
     ) -> None:
         if n_ctx <= 0:
             raise ValueError("n_ctx must be positive")
@@ -160,6 +165,7 @@ class LlamaCppBackend:
         self.seed = seed
         self.verbose = verbose
         self.extra_buffer_types = extra_buffer_types
+        self.logprobs = logprobs
         if self.model_path is None:
             stem = EMBEDDED_MODEL_FILENAME
             self.endpoint = f"llama.cpp://{stem}#{EMBEDDED_MODEL_SHA256[:16]}"
@@ -197,6 +203,7 @@ class LlamaCppBackend:
                     seed=self.seed,
                     n_gpu_layers=0,
                     verbose=self.verbose,
+                    logits_all=self.logprobs,
                 )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelAssetError(f"llama.cpp could not load {path}: {exc}") from exc
@@ -211,6 +218,8 @@ class LlamaCppBackend:
         # ``attempt`` re-asks must be able to differ when sampling; at temperature 0 it changes nothing.
         seed = (base_seed + request.attempt) & 0xFFFFFFFF
         llama.reset()  # no KV-cache prefix reuse: identical requests give identical answers
+        asked = params.top_logprobs is not None and self.logprobs
+        extra: dict[str, Any] = {"logprobs": True, "top_logprobs": params.top_logprobs} if asked else {}
         try:
             out = llama.create_chat_completion(
                 messages=[dict(m) for m in request.messages],
@@ -222,6 +231,7 @@ class LlamaCppBackend:
                 repeat_penalty=_REPEAT_PENALTY,
                 seed=seed,
                 stop=list(params.stop) if params.stop else [],
+                **extra,
             )
         except ValueError as exc:
             if _is_context_error(exc):
@@ -243,6 +253,7 @@ class LlamaCppBackend:
                 finish_reason=finish_reason(
                     choice.get("finish_reason"), completion_tokens, params.max_tokens
                 ),
+                logprobs=parse_chat_logprobs(choice.get("logprobs")) if asked else None,
             )
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise FatalError(f"unexpected llama.cpp response shape: {exc}") from exc

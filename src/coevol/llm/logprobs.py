@@ -9,6 +9,7 @@ the caller can refuse it in words instead of guessing.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import orjson
@@ -19,7 +20,7 @@ __all__ = ["logprobs_from_json", "logprobs_to_json", "parse_chat_logprobs"]
 
 
 def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy's float32 too (llama.cpp)
         raise ValueError(f"a logprob must be a number, found {type(value).__name__}")
     number = float(value)
     if math.isnan(number) or number > 0:

@@ -45,6 +45,7 @@ from coevol.errors import (
 )
 from coevol.llm.aiohttp_transport import AiohttpTransport
 from coevol.llm.lean_http import LeanTransport
+from coevol.llm.logprobs import parse_chat_logprobs
 from coevol.llm.timeouts import (
     DEFAULT_CONNECT,
     DEFAULT_FIRST_BYTE,
@@ -330,11 +331,20 @@ class OpenAIHTTPBackend:
             completion_tokens = int(usage.get("completion_tokens") or 0)
             # The first choice always; the others only when asked for (n > 1), as listed.
             first, *more = [_choice(c) for c in listed[: max(1, request.params.n)]]
+            asked = request.params.top_logprobs is not None
+            logprobs = parse_chat_logprobs(listed[0].get("logprobs")) if asked else None
         except (orjson.JSONDecodeError, LookupError, TypeError, AttributeError, ValueError):
             raise ServerError(self._malformed(raw), status=200) from None
         if unusable is not None:
             raise UnusableAnswer(f"{self._shown(self._url)} answered {unusable}", status=200)
-        return Completion(first.text, prompt_tokens, completion_tokens, first.finish_reason, more=tuple(more))
+        return Completion(
+            first.text,
+            prompt_tokens,
+            completion_tokens,
+            first.finish_reason,
+            more=tuple(more),
+            logprobs=logprobs,
+        )
 
     async def list_models(self, *, within: float | None = None) -> list[str]:
         """Model ids the server offers (``GET /models``): the default when ``--model`` is omitted."""

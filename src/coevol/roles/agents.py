@@ -14,10 +14,11 @@ from collections.abc import Awaitable
 from typing import Literal, TypeVar, get_args
 
 from coevol.domain import Answer, DebateTrace, JudgeOrderTrace, JudgeTrace
-from coevol.errors import ParseError, UnusableAnswer
+from coevol.errors import LogprobsMissing, ParseError, UnusableAnswer
 from coevol.llm.types import Completion, Generate, Message
 from coevol.prompts.render import Sample, messages, render_request, render_sample
 from coevol.prompts.templates import PromptSet
+from coevol.roles.prob import edit_probability, prob_cannot_accept, read_digits
 from coevol.roles.verdict import (
     SCORE_RANGE,
     Order,
@@ -41,7 +42,7 @@ __all__ = [
     "judge",
 ]
 
-JudgeKind = Literal["verdict", "score"]
+JudgeKind = Literal["verdict", "score", "prob"]
 JUDGE_KINDS: tuple[JudgeKind, ...] = get_args(JudgeKind)
 
 _A = TypeVar("_A")
@@ -182,6 +183,23 @@ async def edit_from_request(generate: Generate, prompts: PromptSet, sample: Samp
     return _answer(await _ask(generate, EDITOR, messages(prompts["editor_system"], task)))
 
 
+NO_LOGPROBS = (
+    "the judge's server returned no logprobs, which --judge prob reads (it ignores the 'logprobs' "
+    "request field); use --judge verdict with this server"
+)
+
+
+def _read_prob(completion: Completion, order: Order, result: JudgeOrderTrace) -> None:
+    """``--judge prob``: the order's probabilities from the answer's logprobs; no re-ask needed,
+    since an answer without a position digit reads as no preference (0.5 each)."""
+    if completion.logprobs is None:
+        raise LogprobsMissing(NO_LOGPROBS)
+    result.probs = read_digits(completion.logprobs, completion.text)
+    result.verdict = result.probs.line
+    q = edit_probability(result.probs, order)
+    result.scores = (1.0 - q, q)
+
+
 async def _judge_order(
     generate: Generate,
     prompts: PromptSet,
@@ -191,17 +209,20 @@ async def _judge_order(
     kind: JudgeKind,
     reasks: int,
 ) -> JudgeOrderTrace:
-    name = ("judge" if kind == "verdict" else "judge_score") + ("" if order is Order.FORWARD else "_reverse")
+    name = ("judge_score" if kind == "score" else "judge") + ("" if order is Order.FORWARD else "_reverse")
     task = prompts.render(
         name, sample_request=render_request(prompts, sample), pre_resp=sample.response, new_resp=edited
     )
     msgs = messages(prompts["judge_system"], task)
     result = JudgeOrderTrace(order.value)
     for attempt in range(reasks + 1):
-        answer = _answer(await generate(JUDGE, msgs, attempt=attempt))
+        completion = await generate(JUDGE, msgs, attempt=attempt)
+        answer = _answer(completion)
         result.attempts.append(answer)
         try:
-            if kind == "verdict":
+            if kind == "prob":
+                _read_prob(completion, order, result)
+            elif kind == "verdict":
                 verdict = parse_verdict(answer.text)
                 result.verdict = verdict.value
                 result.scores = order_scores(verdict, order)
@@ -216,6 +237,16 @@ async def _judge_order(
     return result
 
 
+def _cannot_accept(forward: JudgeOrderTrace, kind: JudgeKind, margin: float) -> bool:
+    """``--judge-early-exit``: the first order alone already rejects the edit."""
+    if forward.scores is None:
+        return False
+    if kind == "prob":
+        return forward.probs is not None and prob_cannot_accept(forward.probs, margin)
+    span = 1.0 if kind == "verdict" else SCORE_RANGE[1] - SCORE_RANGE[0]  # what one order can move
+    return cannot_accept(forward.scores, span)
+
+
 async def judge(
     generate: Generate,
     prompts: PromptSet,
@@ -225,18 +256,23 @@ async def judge(
     kind: JudgeKind = "verdict",
     reasks: int = 2,
     early_exit: bool = False,
+    margin: float = 0.0,
 ) -> JudgeTrace:
     """Eq. 3-4: compare previous (``sample.response``) and edited in both orders.
 
     Both orders run concurrently unless ``early_exit``, which asks the forward order first and
-    skips the reverse one when it cannot change the outcome.
+    skips the reverse one when it cannot change the outcome. ``kind="prob"`` reads each order's
+    probability from the logprobs (``coevol.roles.prob``) and keeps the edit when their mean is
+    above 0.5 + ``margin``; a server that returns no logprobs raises ``LogprobsMissing``.
     """
     args = (generate, prompts, sample, edited)
+    prob_margin = margin if kind == "prob" else None
     if early_exit:
         forward = await _judge_order(*args, Order.FORWARD, kind, reasks)
-        span = 1.0 if kind == "verdict" else SCORE_RANGE[1] - SCORE_RANGE[0]  # what one order can move
-        if forward.scores is not None and cannot_accept(forward.scores, span):
-            return JudgeTrace([forward], forward.scores[0], forward.scores[1], skipped_reverse=True)
+        if forward.scores is not None and _cannot_accept(forward, kind, margin):
+            return JudgeTrace(
+                [forward], forward.scores[0], forward.scores[1], skipped_reverse=True, margin=prob_margin
+            )
         reverse = await _judge_order(*args, Order.REVERSE, kind, reasks)
     else:
         forward, reverse = await _both(
@@ -246,4 +282,4 @@ async def judge(
     if forward.scores is None or reverse.scores is None:
         return JudgeTrace([forward, reverse])
     decision = decide(forward.scores, reverse.scores)
-    return JudgeTrace([forward, reverse], decision.previous, decision.edited)
+    return JudgeTrace([forward, reverse], decision.previous, decision.edited, margin=prob_margin)

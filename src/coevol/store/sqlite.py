@@ -38,7 +38,8 @@ from typing import Any
 from coevol.errors import NoSpace, StoreError
 from coevol.io import jsonrow
 from coevol.io.guard import check_not_links
-from coevol.llm.types import Choice, Completion
+from coevol.llm.logprobs import logprobs_from_json, logprobs_to_json
+from coevol.llm.types import Choice, Completion, TokenLogprob
 
 __all__ = ["OpenBatch", "Store", "bound_time", "connect_read_only", "schema_problem"]
 
@@ -51,7 +52,8 @@ CREATE TABLE IF NOT EXISTS calls (
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
     finish_reason TEXT,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    logprobs TEXT
 );
 CREATE TABLE IF NOT EXISTS call_choices (
     key TEXT NOT NULL,
@@ -98,12 +100,14 @@ _COLUMNS = {
         "completion_tokens",
         "finish_reason",
         "created",
+        "logprobs",
     ),
     "call_failures": ("key", "role", "error_type", "message", "created"),
     "samples": ("sample_key", "status", "payload", "created"),
     "batches": ("file_id", "endpoint", "batch_id", "done", "created"),
     "batch_calls": ("file_id", "custom_id", "key"),
 }
+_ADDED = {"calls": 1}  # trailing columns a store of coevol 0.2 lacks (``logprobs``); added on open
 
 
 def schema_problem(db: sqlite3.Connection) -> str | None:
@@ -118,7 +122,8 @@ def schema_problem(db: sqlite3.Connection) -> str | None:
             return f"{name!r} is a {kind}, not a table"
     for table, expected in _COLUMNS.items():
         found = tuple(row[1] for row in db.execute(f"PRAGMA table_info({table})").fetchall())
-        if found and found != expected:
+        older = expected[: len(expected) - _ADDED.get(table, 0)]
+        if found and found not in (expected, older):
             return f"the table {table!r} has the columns {', '.join(found)}"
     return None
 
@@ -132,13 +137,13 @@ def bound_time(db: sqlite3.Connection, seconds: float) -> None:
     db.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
 
 
-_PUT_CALL = "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_PUT_CALL = "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _PUT_CHOICE = "INSERT OR REPLACE INTO call_choices VALUES (?, ?, ?, ?)"
-_GET_CALL = "SELECT text, prompt_tokens, completion_tokens, finish_reason FROM calls WHERE key = ?"
+_GET_CALL = "SELECT text, prompt_tokens, completion_tokens, finish_reason, logprobs FROM calls WHERE key = ?"
 _PUT_FAILURE = "INSERT INTO call_failures VALUES (?, ?, ?, ?, ?)"
 _PUT_SAMPLE = "INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?)"
 
-CallRow = tuple[str, str, str, str, int, int, str | None, float]
+CallRow = tuple[str, str, str, str, int, int, str | None, float, str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +164,25 @@ SampleRow = tuple[str, str, bytes, float]
 def _choice_rows(choices: dict[str, tuple[Choice, ...]]) -> list[tuple[str, int, str, str | None]]:
     """The ``call_choices`` rows of buffered calls: choice 1 onwards (choice 0 is the call's row)."""
     return [(key, i, c.text, c.finish_reason) for key, more in choices.items() for i, c in enumerate(more, 1)]
+
+
+def _add_logprobs_column(db: sqlite3.Connection) -> None:
+    """A store written before ``--judge prob`` gains the ``logprobs`` column (NULL for its calls)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(calls)").fetchall()}
+    if "logprobs" not in columns:
+        try:
+            db.execute("ALTER TABLE calls ADD COLUMN logprobs TEXT")
+        except sqlite3.OperationalError as exc:  # another process added it a moment ago
+            if "duplicate column" not in str(exc).lower():
+                raise
+
+
+def _logprobs(text: str | None) -> tuple[TokenLogprob, ...] | None:
+    """Stored logprobs; ones that no longer read back are dropped (a caller needing them refuses)."""
+    try:
+        return logprobs_from_json(text)
+    except ValueError:
+        return None
 
 
 def store_error(path: Path, exc: sqlite3.Error) -> StoreError | NoSpace:
@@ -243,6 +267,7 @@ class Store:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
             db.executescript(_SCHEMA)
+            _add_logprobs_column(db)
             db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
             for table in ("calls", "call_failures", "samples"):  # reads a page of each: garbage shows here
                 db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()
@@ -326,13 +351,15 @@ class Store:
         """The stored answer; with ``choices`` > 1 (a request asking for ``n``) also its other choices."""
         row = self._calls.get(key)
         if row is not None:
-            found: Any = row[3:7]
+            found: Any = (*row[3:7], row[8])
         else:
             found = self._query(_GET_CALL, (key,))
             if found is None:
                 return None
         more = self._more(key) if choices > 1 else ()
-        return Completion(found[0], found[1], found[2], found[3], cached=True, more=more)
+        return Completion(
+            found[0], found[1], found[2], found[3], cached=True, more=more, logprobs=_logprobs(found[4])
+        )
 
     def _more(self, key: str) -> tuple[Choice, ...]:
         pending = self._choices.get(key)
@@ -357,6 +384,7 @@ class Store:
             completion.completion_tokens,
             completion.finish_reason,
             time.time(),
+            logprobs_to_json(completion.logprobs),
         )
         if completion.more:
             self._choices[key] = completion.more

@@ -12,7 +12,8 @@
 - ``coevol.testing.fakes``: in-process fakes, no sockets: ``ScriptedGenerate``, ``Recorder``,
   ``ResponderGenerate`` (``Generate``), ``ScriptedBackend`` and ``ResponderBackend`` (``Backend``).
 - ``coevol.testing.responders``: ``CoEvolResponder``, which answers the five agents predictably
-  (over HTTP as a server responder, in-process through ``as_generate()``).
+  (over HTTP as a server responder, in-process through ``as_generate()``); ``PositionBiasedJudge``,
+  a judge that always writes ``<assistant 2>`` but whose logprobs know better (``--judge prob``).
 - ``coevol.testing.tree``: ``TreeResponder``, the tree strategy's critic (votes known per
   response, with or without honouring ``n``) and refiner, falling back to ``CoEvolResponder``.
 """
@@ -56,7 +57,9 @@ from coevol.testing.responders import (
     EDIT_MARK,
     CoEvolResponder,
     GarbleFirstJudge,
+    PositionBiasedJudge,
     accept_up_to,
+    digit_logprobs,
     hashed_policy,
     identify_role,
 )
@@ -67,6 +70,7 @@ from coevol.testing.server import (
     Responder,
     ThreadedServer,
     echo_responder,
+    token_logprobs,
     word_count,
 )
 
@@ -88,6 +92,7 @@ __all__ = [
     "GenerateScript",
     "LineFault",
     "ManualClock",
+    "PositionBiasedJudge",
     "RecordedRequest",
     "Recorder",
     "Reply",
@@ -104,6 +109,7 @@ __all__ = [
     "always",
     "body_digest",
     "canonical_body",
+    "digit_logprobs",
     "echo_responder",
     "fault_error",
     "fetch_stats",
@@ -114,5 +120,6 @@ __all__ = [
     "reset_stats",
     "serve_in_subprocess",
     "to_completion",
+    "token_logprobs",
     "word_count",
 ]

@@ -46,6 +46,7 @@ from coevol.errors import (
     RateLimitError,
     ServerError,
 )
+from coevol.llm.logprobs import parse_chat_logprobs
 from coevol.llm.openai_http import parse_retry_after
 from coevol.llm.types import ChatRequest, Choice, Completion, Generate, GenParams, Message
 from coevol.testing.faults import Fault, FaultKind, FaultPolicy, body_digest
@@ -100,7 +101,8 @@ def to_completion(answer: Answer, messages: Sequence[Message] | Any = ()) -> Com
     if completion is None:
         completion = sum(len(text.split()) for text in (reply.text, *reply.more))
     more = tuple(Choice(text, reply.finish_reason) for text in reply.more)
-    return Completion(reply.text, prompt, completion, reply.finish_reason, more=more)
+    logprobs = None if reply.logprobs is None else parse_chat_logprobs({"content": reply.logprobs})
+    return Completion(reply.text, prompt, completion, reply.finish_reason, more=more, logprobs=logprobs)
 
 
 class ScriptedGenerate:

@@ -16,18 +16,22 @@ The same responder runs in-process, without HTTP: ``CoEvolResponder(...).as_gene
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from coevol.testing.fakes import ResponderGenerate
 from coevol.testing.faults import FaultPolicy, body_digest
+from coevol.testing.server import Reply
 
 __all__ = [
     "EDIT_MARK",
     "CoEvolResponder",
     "GarbleFirstJudge",
+    "PositionBiasedJudge",
     "accept_up_to",
+    "digit_logprobs",
     "hashed_policy",
     "identify_role",
     "responder",
@@ -162,6 +166,54 @@ class GarbleFirstJudge:
             if self.seen[key] <= self.times:
                 return "Let me think about both responses carefully before deciding."
         return self.inner(body)
+
+
+def digit_logprobs(digit: str, position1: float, rest: str = ">") -> list[dict[str, Any]]:
+    """Chat logprobs for ``<assistant {digit}>`` as Qwen tokenises it, with P("1") = ``position1``
+    and P("2") = 1 - ``position1`` at the digit token."""
+
+    def certain(token: str) -> dict[str, Any]:
+        return {"token": token, "logprob": 0.0, "top_logprobs": [{"token": token, "logprob": 0.0}]}
+
+    p = {"1": position1, "2": 1.0 - position1}
+    top = [{"token": d, "logprob": math.log(p[d]) if p[d] > 0 else -9999.0} for d in ("1", "2")]
+    top.sort(key=lambda t: -float(t["logprob"]))
+    digit_token = {
+        "token": digit,
+        "logprob": top[0]["logprob"] if top[0]["token"] == digit else top[1]["logprob"],
+    }
+    return [
+        certain("<"),
+        certain("assistant"),
+        certain(" "),
+        {**digit_token, "top_logprobs": top},
+        certain(rest),
+    ]
+
+
+class PositionBiasedJudge:
+    """A judge that always writes ``<assistant 2>`` but whose probabilities know better.
+
+    For judge requests it asks ``inner`` (an unbiased judge such as ``CoEvolResponder``) which
+    position is better, then answers ``<assistant 2>`` whatever it is, with P(position 1) =
+    ``lean`` + ``signal`` when position 1 holds the better response and ``lean`` - ``signal`` when
+    it does not: the argmax is always position 2, yet the two orders together say which is better.
+    """
+
+    def __init__(
+        self, inner: Callable[[dict[str, Any]], str], *, lean: float = 0.2, signal: float = 0.15
+    ) -> None:
+        self.inner = inner
+        self.lean = lean
+        self.signal = signal
+
+    def __call__(self, body: dict[str, Any]) -> str | Reply:
+        answer = self.inner(body)
+        if identify_role(body["messages"]) != "judge":
+            return answer
+        better_first = answer.lstrip().startswith("<assistant 1>")
+        position1 = self.lean + (self.signal if better_first else -self.signal)
+        return Reply("<assistant 2>", logprobs=digit_logprobs("2", position1))
 
 
 responder = CoEvolResponder()

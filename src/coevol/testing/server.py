@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from collections import Counter
@@ -35,6 +36,7 @@ __all__ = [
     "Responder",
     "ThreadedServer",
     "echo_responder",
+    "token_logprobs",
     "word_count",
 ]
 
@@ -46,7 +48,11 @@ _SHUTDOWN_GRACE: Final = 0.5  # seconds a stopping server waits for in-flight ha
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A responder's full answer; token counts left ``None`` are estimated by word count."""
+    """A responder's full answer; token counts left ``None`` are estimated by word count.
+
+    ``logprobs`` is ``choices[0].logprobs.content`` to send when the request asks for logprobs;
+    ``None`` lets the server make it up (``token_logprobs``: every token certain).
+    """
 
     text: str
     prompt_tokens: int | None = None
@@ -54,6 +60,7 @@ class Reply:
     finish_reason: str = "stop"
     more: tuple[str, ...] = ()
     """Further choices, for a request with ``n`` > 1 (a responder decides whether to honour ``n``)."""
+    logprobs: list[dict[str, Any]] | None = None
 
 
 Responder = Callable[[dict[str, Any]], str | Reply]
@@ -63,6 +70,18 @@ Responder = Callable[[dict[str, Any]], str | Reply]
 def echo_responder(body: dict[str, Any]) -> str:
     """The default responder: always ``"ok"``, whatever was asked."""
     return "ok"
+
+
+_TOKEN_RE = re.compile(r"\s*(?:\d|[^\s\d]+)|\s+")
+
+
+def token_logprobs(text: str) -> list[dict[str, Any]]:
+    """``text`` as OpenAI chat logprobs, every token certain: digits are tokens of their own (as
+    Qwen and Llama 3 split them), other runs of non-space characters keep their leading space."""
+    return [
+        {"token": t, "logprob": 0.0, "top_logprobs": [{"token": t, "logprob": 0.0}]}
+        for t in _TOKEN_RE.findall(text)
+    ]
 
 
 def word_count(messages: Any) -> int:
@@ -175,6 +194,7 @@ class FakeOpenAIServer:
         reports: Literal["llama.cpp", "vllm"] | None = None,
         batches: FakeBatches | None = None,
         batch_api: bool = True,
+        logprobs: bool = True,
     ) -> None:
         if slots is not None and slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots}")
@@ -190,6 +210,7 @@ class FakeOpenAIServer:
         self._api_key = api_key
         self.batches = batches or FakeBatches()
         self.batch_api = batch_api
+        self.logprobs = logprobs  # False: ignore the request's ``logprobs``, as some gateways do
         self.requests: list[RecordedRequest] = []
         self._seen: dict[str, int] = {}
         self._counters = _Counters()
@@ -426,19 +447,19 @@ class FakeOpenAIServer:
         if completion_tokens is None:
             completion_tokens = sum(len(t.split()) for t in (text, *reply.more))
         self._ids += 1
+        choices: list[dict[str, Any]] = [
+            {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": reply.finish_reason}
+            for i, t in enumerate((text, *reply.more))
+        ]
+        if self.logprobs and body.get("logprobs") is True:
+            content = reply.logprobs if reply.logprobs is not None else token_logprobs(text)
+            choices[0]["logprobs"] = {"content": content, "refusal": None}
         payload = {
             "id": f"chatcmpl-fake-{self._ids}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model", self.model),
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": t},
-                    "finish_reason": reply.finish_reason,
-                }
-                for i, t in enumerate((text, *reply.more))
-            ],
+            "choices": choices,
             "usage": {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
