@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from coevol.errors import LogprobsMissing
+from coevol.roles.agents import JudgeKind
 from coevol.testing import CoEvolResponder, ThreadedServer, hashed_policy, identify_role
 from coevol.testing.responders import PositionBiasedJudge, digit_logprobs
 from coevol.testing.server import Reply
@@ -151,7 +152,7 @@ def _biased_plus_judge(body: dict[str, Any]) -> Reply:
     ("kind", "expected"), [("prob", ["win", "loss", "win", "loss", "tie", "tie"]), ("verdict", ["tie"] * 6)]
 )
 async def test_compare_decides_each_pair_by_probability(
-    tmp_path: Path, kind: str, expected: list[str]
+    tmp_path: Path, kind: JudgeKind, expected: list[str]
 ) -> None:
     from coevol.compare.run import acompare_files
     from coevol.config import Config
