@@ -165,3 +165,34 @@ async def test_compare_decides_each_pair_by_probability(
         config = Config(base_url=server.base_url, model="judge-model", judge=kind)
         run = await acompare_files(base, [cand], tmp_path / "r.json", config)
     assert [u["outcome"] for u in run.document["candidates"][0]["units"]] == expected
+
+
+def test_show_report_and_audit_show_the_probabilities(tmp_path: Path) -> None:
+    from coevol.audit import JudgeAudit
+    from coevol.domain import TraceRecord
+    from coevol.report.page import _judge, _judge_table
+
+    with ThreadedServer(responder=PositionBiasedJudge(CoEvolResponder(hashed_policy))) as biased:
+        records = _run(biased.base_url, tmp_path, "shown", judge="prob", judge_margin=0.1)
+    audit = JudgeAudit()
+    for record in records:
+        audit.add_record(TraceRecord.from_dict(record))
+    # every pair: P(position 1) is 0.05 in one order and 0.35 in the other, a mean lean of -0.3
+    assert audit.comparisons > 0 and audit.prob_pairs == audit.comparisons
+    assert audit.prob_position_bias == pytest.approx(-0.3)
+    assert "mean position bias in probability" in _judge_table(audit.to_dict())
+    assert "-0.300" in _judge_table(audit.to_dict())
+
+    judged = TraceRecord.from_dict(records[0]).turns[0].iterations[0].judge
+    assert judged is not None
+    page = _judge(judged)
+    assert page is not None and page["margin"] == 0.1
+    assert page["prob_mean"] == pytest.approx(judged.score_edited)
+    assert page["orders"][0]["probs"]["token"] == "2"
+
+    shown = run_cli("show", tmp_path / "shown" / "out.jsonl.trace.jsonl", "--index", "0")
+    assert shown.returncode == 0, shown.stderr
+    text = " ".join(shown.stdout.split())
+    assert "p('1')=0.050 p('2')=0.950 at token '2'" in text and "top_logprobs: '2' -0.05, '1' -3.00" in text
+    assert "-> P(edited preferred)=0.950" in text
+    assert "mean P(edited preferred) over both orders" in text and "needs more than 0.600" in text

@@ -1,5 +1,8 @@
 """The judge audit: how far the judge's verdicts follow position rather than content. Pure.
 
+With ``--judge prob`` the audit also gives the mean position bias in probability: the average over
+comparisons of P(position 1), itself averaged over both orders, minus 0.5 (negative: position 2).
+
 For every iteration judged in both orders, the pair of verdicts is classified in position terms
 (forward order = previous response first), following Shi et al. 2024, "Judging the Judges". The
 run summary, the progress display, ``coevol report`` and ``coevol compare`` all use these counts
@@ -76,6 +79,8 @@ class JudgeAudit:
     accepted: int = 0
     accepted_longer: int = 0
     accepted_measured: int = 0
+    prob_pairs: int = 0  # --judge prob comparisons ...
+    prob_position1: float = 0.0  # ... and their summed mean P(position 1) over both orders
 
     def add(self, judge: JudgeTrace) -> None:
         orders = {o.order: o for o in judge.orders}
@@ -88,6 +93,7 @@ class JudgeAudit:
         f, r = order_position(orders["forward"]), order_position(orders["reverse"])
         assert f is not None and r is not None
         self.comparisons += 1
+        self._add_probs(orders["forward"], orders["reverse"])
         self.ties += "tie" in (f, r)
         kind = classify_pair(f, r)
         if kind == "consistent":
@@ -96,6 +102,11 @@ class JudgeAudit:
             self.primacy += 1
         else:
             self.recency += 1
+
+    def _add_probs(self, forward: JudgeOrderTrace, reverse: JudgeOrderTrace) -> None:
+        if forward.probs is not None and reverse.probs is not None:
+            self.prob_pairs += 1
+            self.prob_position1 += (forward.probs.position1 + reverse.probs.position1) / 2
 
     def add_record(self, record: TraceRecord) -> None:
         """Every judged iteration of one record: what a live display calls per finished row, then
@@ -120,6 +131,11 @@ class JudgeAudit:
     def position_consistency(self) -> float | None:
         return None if self.comparisons == 0 else self.consistent / self.comparisons
 
+    @property
+    def prob_position_bias(self) -> float | None:
+        """``--judge prob``: mean P(position 1) over both orders minus 0.5; None without prob pairs."""
+        return None if self.prob_pairs == 0 else self.prob_position1 / self.prob_pairs - 0.5
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "comparisons": self.comparisons,
@@ -137,6 +153,9 @@ class JudgeAudit:
             "accepted_longer": None
             if self.accepted_measured == 0
             else self.accepted_longer / self.accepted_measured,
+            "prob_position_bias": None
+            if self.prob_pairs == 0
+            else self.prob_position1 / self.prob_pairs - 0.5,
         }
 
 

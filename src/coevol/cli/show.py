@@ -91,18 +91,33 @@ def _diff(original: str, final: str) -> Text:
     return out
 
 
+def _probs_text(order: JudgeOrderTrace) -> str:
+    """``--judge prob``: what was read at the position digit (shown above the raw answer)."""
+    p = order.probs
+    assert p is not None
+    if p.token is None:
+        return "no position digit on the verdict line: P(position 1) = 0.5"
+    alts = ", ".join(f"{t!r} {lp:.2f}" for t, lp in p.top) or "none"
+    return (
+        f"p('1')={p.p1:.3f} p('2')={p.p2:.3f} at token {p.token!r}: P(position 1)={p.position1:.3f}\n"
+        f"top_logprobs: {alts}"
+    )
+
+
 def _order_panel(order: JudgeOrderTrace) -> Panel:
     which = "previous first" if order.order == "forward" else "edited first"
-    if order.scores is not None:
+    last = order.attempts[-1] if order.attempts else None
+    body = None if last is None else last.text
+    if order.probs is not None and order.scores is not None:
+        result = f"{order.verdict} -> P(edited preferred)={order.scores[1]:.3f}"
+        body = f"{_probs_text(order)}\n---\n{body or ''}"
+    elif order.scores is not None:
         result = f"{order.verdict} -> s(previous)={order.scores[0]:g} s(edited)={order.scores[1]:g}"
     else:
         result = f"unparseable after {len(order.attempts)} attempt(s): {order.error}"
-    last = order.attempts[-1] if order.attempts else None
     attempt = f", attempt {len(order.attempts)}" if len(order.attempts) > 1 else ""
     cut = CUT_OFF if last is not None and last.truncated else ""
-    return _panel(
-        _title(f"judge ({which}{attempt}): ", result, cut), None if last is None else last.text, "magenta"
-    )
+    return _panel(_title(f"judge ({which}{attempt}): ", result, cut), body, "magenta")
 
 
 def _decision(judge: JudgeTrace, accepted: bool) -> Text:
@@ -110,6 +125,12 @@ def _decision(judge: JudgeTrace, accepted: bool) -> Text:
         return Text("no usable verdict: kept the previous response", style="bold yellow")
     verdict = "ACCEPTED" if accepted else "kept the previous response"
     skipped = " (reverse order skipped: it could not change the outcome)" if judge.skipped_reverse else ""
+    if judge.prob_mean is not None and judge.margin is not None:
+        return Text(
+            f"mean P(edited preferred) over both orders {judge.prob_mean:.3f}, needs more than "
+            f"{0.5 + judge.margin:.3f} -> {verdict}{skipped}",
+            style="bold green" if accepted else "bold yellow",
+        )
     return Text(
         f"average: previous {judge.score_previous:g} vs edited {judge.score_edited:g} -> {verdict}{skipped}",
         style="bold green" if accepted else "bold yellow",

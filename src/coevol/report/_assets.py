@@ -132,14 +132,23 @@ JS = r"""
     if (!j) { return; }
     var t = add(parent, el("table"));
     var h = add(t, el("tr"));
-    ["order", "parsed verdict", "scores (previous, edited)", "attempts"].forEach(function (x) { add(h, el("th", null, x)); });
+    ["order", "parsed verdict", "scores (previous, edited)", "p('1'), p('2') at the digit", "attempts"].forEach(function (x) { add(h, el("th", null, x)); });
     j.orders.forEach(function (o) {
       var r = add(t, el("tr"));
       add(r, el("td", null, o.order));
       add(r, el("td", null, o.verdict === null ? "unparseable" + (o.error ? ": " + o.error : "") : o.verdict));
-      add(r, el("td", null, o.scores === null ? "-" : o.scores.join(", ")));
+      add(r, el("td", null, o.scores === null ? "-" : o.scores.map(function (s) { return +s.toFixed(3); }).join(", ")));
+      add(r, el("td", null, !o.probs ? "-" : o.probs.token === null ? "no digit: 0.5 each" : o.probs.p1.toFixed(3) + ", " + o.probs.p2.toFixed(3)));
       add(r, el("td", "n", o.attempts.length));
     });
+    j.orders.forEach(function (o) {
+      if (o.probs && o.probs.top.length) {
+        add(parent, el("div", "lbl", o.order + " order, top_logprobs at the digit: " + o.probs.top.map(function (x) { return JSON.stringify(x[0]) + " " + x[1].toFixed(2); }).join(", ")));
+      }
+    });
+    if (j.prob_mean !== null && j.prob_mean !== undefined) {
+      add(parent, el("div", "lbl", "mean P(edited preferred) over both orders: " + j.prob_mean.toFixed(3) + " (kept above " + (0.5 + j.margin).toFixed(3) + ")"));
+    }
     j.orders.forEach(function (o) {
       o.attempts.forEach(function (a, i) { answer(parent, "judge, " + o.order + " order, attempt " + (i + 1) + " (raw)", a); });
     });

@@ -74,10 +74,13 @@ def _judge(j: JudgeTrace | None) -> dict[str, Any] | None:
                 "scores": None if o.scores is None else [o.scores[0], o.scores[1]],
                 "error": o.error,
                 "attempts": [_answer(a) for a in o.attempts],
+                "probs": None if o.probs is None else o.probs.to_dict(),
             }
             for o in j.orders
         ],
         "skipped_reverse": j.skipped_reverse,
+        "prob_mean": j.prob_mean,
+        "margin": j.margin,
     }
 
 
@@ -248,6 +251,11 @@ def _judge_table(j: dict[str, Any]) -> str:
         ("comparisons with a tie in an order", _num(j["ties"]), share(j["ties"])),
         ("iterations with a verdict left unparseable", _num(j["unparseable"]), ""),
         ("iterations judged in one order only (early exit)", _num(j.get("single_order")), ""),
+        (
+            "--judge prob: mean position bias in probability (mean P(position 1) − 0.5)",
+            "-" if j.get("prob_position_bias") is None else f"{j['prob_position_bias']:+.3f}",
+            "0 is fair",
+        ),
         (
             "accepted edits longer than what they replaced",
             pct(j["accepted_longer"]),
