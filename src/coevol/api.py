@@ -42,6 +42,7 @@ from coevol.io.formats import parse_example, render_example
 from coevol.io.guard import RunLock, check_cache, check_not_links, check_outputs
 from coevol.io.readers import hub_id, read_examples
 from coevol.io.writers import output_kind, recover
+from coevol.judge_check.run import guard
 from coevol.llm.types import Backend
 
 __all__ = ["FileRun", "Result", "Results", "arefine", "arefine_file", "refine", "refine_file"]
@@ -230,6 +231,8 @@ async def arefine_file(
     with RunLock(paths.lock, f"coevol refine {paths.input} -o {paths.output}", also=pairs_lock):
         recovered = recover(paths.journal, paths.finals())
         async with await Job.open(plan, store=paths.store, cache=cache_path, backends=backends) as job:
+            # --judge-check: the judge alone first; not usable stops here, before any refinement call
+            await guard(job.engine.dispatcher, job.engine.prompts, plan, local=job.engine.local)
             runner = Runner(
                 job,
                 paths,

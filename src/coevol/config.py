@@ -245,6 +245,7 @@ class Config(_Strict):
     model_path: Path | None = None
     n_ctx: int = Field(default=4096, ge=256)
     n_threads: int | None = Field(default=None, ge=1)
+    embedded_model: Literal["0.5b", "1.5b"] = "0.5b"
 
     # Sampling (Appendix B).
     max_tokens: int = Field(default=1000, ge=1)
@@ -262,6 +263,8 @@ class Config(_Strict):
     judge: JudgeKind = "verdict"
     judge_reasks: int = Field(default=2, ge=0)
     judge_early_exit: bool = False
+    judge_check: bool = False  # check the judge on the built-in pairs before any refinement call
+    judge_check_force: bool = False  # ... and go on whatever it says
     judge_margin: float = Field(
         default=0.0, ge=0, lt=0.5, description="--judge prob: keep an edit above 0.5 + this"
     )

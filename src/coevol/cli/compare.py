@@ -23,11 +23,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from coevol.cli.exit_codes import EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_TERMINATED
+from coevol.cli.exit_codes import (
+    EXIT_BUDGET,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_TERMINATED,
+    judge_check_exit,
+)
 from coevol.config import Config
 from coevol.engine.dispatch import RunStats
 from coevol.errors import BudgetExceeded, DataError, OutputError
 from coevol.io.formats import FORMATS
+from coevol.judge_check.run import JudgeCheckFailed
 from coevol.textsafe import inert, inert_line
 
 __all__ = ["add_parser", "format_table", "is_compare_result", "report_compare", "run"]
@@ -219,6 +227,12 @@ def run(ns: argparse.Namespace) -> int:
     except BudgetExceeded as exc:
         err.print(f"stopped: {inert_line(str(exc))}; rerun the same command to resume", markup=False)
         return EXIT_BUDGET
+    except JudgeCheckFailed as exc:
+        from coevol.cli.judge_check import print_result
+
+        print_result(exc.result)
+        err.print(f"error: {inert_line(str(exc))}", markup=False)
+        return judge_check_exit(exc.result.verdict.value)
     except asyncio.CancelledError:
         err.print("stopped; rerun the same command to resume", markup=False)
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED

