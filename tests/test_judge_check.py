@@ -234,3 +234,12 @@ def test_compare_judge_check_stops_before_judging_the_files(tmp_path: Path) -> N
         sent = server.count()
     assert proc.returncode == EXIT_JUDGE_POSITION, proc.stderr
     assert sent == 2 * len(PAIRS) and not (tmp_path / "r.json").exists()
+
+
+def test_judge_check_is_refused_with_ray() -> None:
+    from coevol.config import Config
+    from coevol.errors import ConfigError
+    from coevol.executors.on_ray import check_ray_config
+
+    with pytest.raises(ConfigError, match="coevol judge-check"):
+        check_ray_config(Config(base_url="http://127.0.0.1:9/v1", model="m", judge_check=True))

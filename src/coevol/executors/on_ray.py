@@ -82,6 +82,11 @@ def check_ray_config(config: Config) -> None:
             "--cache cannot be used with --executor ray: SQLite must not be shared between hosts; "
             "every shard keeps its own store under --work-dir"
         )
+    if config.judge_check:
+        raise ConfigError(
+            "--judge-check cannot be used with --executor ray (each shard would check the judge "
+            "again): run `coevol judge-check` with the same options first"
+        )
 
 
 def share_config(config: Config, workers: int) -> Config:
