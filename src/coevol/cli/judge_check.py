@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here as JSON")
     p.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help="check only N pairs, taken in turn from each category (a quick look at a slow model)",
+    )
+    p.add_argument(
         "--store",
         type=Path,
         help="the call store (default: judge-check.db in the cache folder); a rerun pays nothing",
     )
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     _add_config_flags(p, loop=False, check=False)
     return p
 
@@ -109,15 +117,29 @@ def _default_store() -> Path:
     return default_cache_dir() / "judge-check.db"
 
 
+def _progress(err: Console, quiet: bool) -> Callable[[int, int], None] | None:
+    """One line per judged pair on stderr (a slow embedded judge takes minutes per pair)."""
+    if quiet:
+        return None
+
+    def show(done: int, total: int) -> None:
+        err.print(f"judged {done} of {total} pairs", highlight=False, markup=False)
+
+    return show
+
+
 def run(ns: argparse.Namespace, err: Console) -> int:
     """Check the judge; print (and write) the figures; the exit code says the verdict."""
     from coevol.cli.main import _overrides
     from coevol.config import load_config
+    from coevol.errors import ConfigError
     from coevol.judge_check.run import acheck_judge
 
     config = load_config(ns.config, _overrides(ns))
     store = ns.store if ns.store is not None else _default_store()
-    result = asyncio.run(acheck_judge(config, store))
+    if ns.limit is not None and ns.limit < 1:
+        raise ConfigError("--limit must be at least 1")
+    result = asyncio.run(acheck_judge(config, store, limit=ns.limit, progress=_progress(err, ns.quiet)))
     print_result(result)
     if ns.json is not None:
         write_whole(ns.json, orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")

@@ -33,6 +33,7 @@ __all__ = [
     "JudgeVerdict",
     "PairResult",
     "advice",
+    "spread",
     "summarize",
 ]
 
@@ -149,6 +150,19 @@ class CheckResult:
             "prob_accuracy": self.prob_accuracy,
             "prob_margin": self.prob_margin,
         }
+
+
+def spread(pairs: list[CheckPair], limit: int | None) -> list[CheckPair]:
+    """At most ``limit`` pairs taken in turn from each category (first of each, then second ...),
+    so a short check on a slow model still covers every kind of pair."""
+    if limit is None or limit >= len(pairs):
+        return list(pairs)
+    by_category: dict[str, list[CheckPair]] = {}
+    for pair in pairs:
+        by_category.setdefault(pair.category, []).append(pair)
+    rounds = max(len(group) for group in by_category.values())
+    turns = [group[i] for i in range(rounds) for group in by_category.values() if i < len(group)]
+    return turns[: max(0, limit)]
 
 
 def _add(result: CheckResult, item: PairResult) -> None:

@@ -18,7 +18,7 @@ import orjson
 from coevol.config import Config
 from coevol.engine.runplan import RunPlan
 from coevol.errors import AuthenticationError, ConfigError, LLMError, NotFoundError
-from coevol.judge_check.metrics import CheckPair, CheckResult, JudgeVerdict, PairResult, summarize
+from coevol.judge_check.metrics import CheckPair, CheckResult, JudgeVerdict, PairResult, spread, summarize
 from coevol.llm.types import Backend, Generate
 from coevol.loop import LoopSettings
 from coevol.prompts.render import Sample
@@ -93,6 +93,7 @@ async def acheck_judge(
     config: Config,
     store_path: Path,
     *,
+    limit: int | None = None,
     backends: Mapping[str, Backend] | None = None,
     progress: ProgressFn | None = None,
 ) -> CheckResult:
@@ -107,8 +108,9 @@ async def acheck_judge(
         engine = await build_engine(plan, store=store, backends=dict(backends) if backends else None)
         try:
             in_flight = 1 if engine.local else plan.limits.concurrency
+            pairs = spread(load_pairs(), limit)
             return await check_judge(
-                engine.dispatcher, engine.prompts, plan.loop, in_flight=in_flight, progress=progress
+                engine.dispatcher, engine.prompts, plan.loop, pairs, in_flight=in_flight, progress=progress
             )
         finally:
             await engine.dispatcher.drain()
