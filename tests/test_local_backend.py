@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import importlib.util
 import subprocess
 import sys
@@ -267,3 +268,63 @@ def test_a_process_that_loaded_llama_cpp_exits_without_resource_warnings(quiet: 
     )
     assert proc.returncode == 0, proc.stderr
     assert ("ResourceWarning" in proc.stderr) is not quiet, proc.stderr
+
+
+# -- --judge prob: logprobs ------------------------------------------------------------------------
+LOGPROB_ANSWER = {
+    "choices": [
+        {
+            "message": {"role": "assistant", "content": "<assistant 2>"},
+            "finish_reason": "stop",
+            # llama-cpp-python's chat shape; its numbers are numpy float32
+            "logprobs": {
+                "content": [
+                    {"token": "2", "logprob": -0.25, "top_logprobs": [{"token": "2", "logprob": -0.25}]},
+                ],
+                "refusal": None,
+            },
+        }
+    ],
+    "usage": {"prompt_tokens": 31, "completion_tokens": 1, "total_tokens": 32},
+}
+
+
+async def test_logprobs_are_asked_and_read_only_when_built_for_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy
+
+    from coevol.llm.types import TokenLogprob
+
+    monkeypatch.setattr(local, "_llama_cpp_available", lambda: True)
+    answer = copy.deepcopy(LOGPROB_ANSWER)
+    entry = answer["choices"][0]["logprobs"]["content"][0]  # type: ignore[index]
+    entry["logprob"] = numpy.float32(-0.25)
+    for built in (True, False):
+        backend = LlamaCppBackend(logprobs=built)
+        fake = FakeLlama(answer)
+        backend._llama = fake
+        try:
+            done = await backend.complete(request(backend, top_logprobs=10))
+            plain = await backend.complete(request(backend))
+        finally:
+            backend._executor.shutdown(wait=True)
+        if built:
+            assert (fake.calls[0]["logprobs"], fake.calls[0]["top_logprobs"]) == (True, 10)
+            assert done.logprobs == (TokenLogprob("2", -0.25, (("2", -0.25),)),)
+        else:  # a model built without all logits cannot answer them: none asked, none returned
+            assert "logprobs" not in fake.calls[0] and done.logprobs is None
+        assert "logprobs" not in fake.calls[1] and plain.logprobs is None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+async def test_embedded_model_returns_chat_logprobs() -> None:
+    if not HAVE_LLAMA:
+        pytest.skip(NO_LLAMA)
+    backend = LlamaCppBackend(n_ctx=1024, n_threads=1, logprobs=True)
+    try:
+        done = await backend.complete(request(backend, max_tokens=4, top_logprobs=5))
+    finally:
+        await backend.aclose()
+    assert done.logprobs is not None and len(done.logprobs) == done.completion_tokens
+    assert all(t.logprob <= 0 and 1 <= len(t.top) <= 5 for t in done.logprobs)
+    assert "".join(t.token for t in done.logprobs) == done.text
