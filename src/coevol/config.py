@@ -245,7 +245,7 @@ class Config(_Strict):
     model_path: Path | None = None
     n_ctx: int = Field(default=4096, ge=256)
     n_threads: int | None = Field(default=None, ge=1)
-    embedded_model: Literal["0.5b", "1.5b"] = "0.5b"
+    embedded_model: Literal["0.5b", "1.5b"] | None = None  # None: the 0.5B
 
     # Sampling (Appendix B).
     max_tokens: int = Field(default=1000, ge=1)

