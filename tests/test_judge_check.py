@@ -260,3 +260,12 @@ def test_cli_limit(tmp_path: Path) -> None:
         code, _, doc = check(server.base_url, tmp_path, "--limit", "6")
         assert server.count() == 12
     assert code == EXIT_JUDGE_POSITION and doc["pairs"] == 6
+
+
+def test_prob_mostly_equal_is_unusable_and_says_why() -> None:
+    equal = JudgeOrderTrace("forward", verdict="<equal>", scores=(0.5, 0.5), probs=DigitProbs(None, 0.0, 0.0))
+    back = JudgeOrderTrace("reverse", verdict="<equal>", scores=(0.5, 0.5), probs=DigitProbs(None, 0.0, 0.0))
+    trace = JudgeTrace([equal, back], 0.5, 0.5, margin=0.0)
+    result = summarize("prob", [PairResult(PAIR_SHORT, trace), PairResult(PAIR_LONG, trace)])
+    assert (result.verdict, result.no_digit, result.prob_accuracy) == (JudgeVerdict.UNUSABLE, 4, 0.0)
+    assert "mostly answers <equal>" in result.to_dict()["advice"]

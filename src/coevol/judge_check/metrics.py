@@ -238,10 +238,15 @@ def advice(result: CheckResult) -> str:
             "(roles: judge: in --config)."
         )
     asked = sum(result.asked.values())
-    if asked and (result.unparseable * 2 > asked or result.no_digit * 2 > asked):
+    if asked and result.unparseable * 2 > asked:
         return (
             "This judge mostly does not answer with a verdict on its first line (<assistant 1>, "
             "<assistant 2> or <equal>): check the model and its chat template, or use a stronger one."
+        )
+    if asked and result.no_digit * 2 > asked:
+        return (
+            "This judge mostly answers <equal> (or names no position), so --judge prob reads no "
+            "preference from it: use a stronger judge model (roles: judge: in --config)."
         )
     return (
         "This judge picks the better answer little more often than chance: a run would pay for "

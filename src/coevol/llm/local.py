@@ -45,7 +45,7 @@ def default_threads(cpus: int | None = None) -> int:
 
     llama.cpp's threads spin while they wait for each other, so taking every CPU of a machine that
     is busy with anything else stalls them all: on a loaded 2-core machine one thread ran the 1.5B
-    at 79 s per call while two threads did not finish one call in 10 minutes (README, threads).
+    at 79 s per call while two threads had not finished two such calls after 22 minutes (README).
     Half the logical CPUs is also about the physical cores where SMT doubles them.
     """
     if cpus is None:
