@@ -71,6 +71,7 @@ def test_a_judge_that_always_picks_position_2() -> None:
         "single_order": 0,
         "accepted": 0,
         "accepted_longer": None,
+        "prob_position_bias": None,  # --judge prob only
     }
     finding = judge_finding(audit)
     assert finding is not None
