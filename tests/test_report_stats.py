@@ -269,7 +269,8 @@ def test_the_reports_wall_time_ignores_an_earlier_failed_run(tmp_path: Path) -> 
             (f"k{i}", "judge", "m", "x", 1, 1, "stop", t)
             for i, t in enumerate([1000.0, 1010.0, 90_000.0, 90_060.0])
         ]
-        db.executemany("INSERT INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        columns = "key, role, model, text, prompt_tokens, completion_tokens, finish_reason, created"
+        db.executemany(f"INSERT INTO calls ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
     db.close()
     facts, note = read_store(path)
     assert note is None and facts is not None
