@@ -253,8 +253,6 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
         "first_byte_timeout", "idle_timeout", "transport", "max_retries", "rpm", "tpm",
         "max_errors", "max_budget", "cache", "max_unparseable", "max_retry_after", "max_answer_bytes",
         "endpoint_group", "strategy", "batch", "batch_poll",
-        "max_errors", "max_budget", "cache", "max_unparseable", "max_retry_after", "max_answer_bytes",
-        "endpoint_group", "strategy", "batch", "batch_poll",
     ]  # fmt: skip
     out: dict[str, Any] = {k: getattr(ns, k) for k in keys if getattr(ns, k, None) is not None}
     if isinstance(out.get("base_url"), list) and len(out["base_url"]) == 1:
