@@ -3,7 +3,7 @@
     from coevol import refine
     results = refine([{"instruction": "...", "input": "", "output": "..."}],
                      base_url="http://localhost:8000/v1", model="Qwen/Qwen2.5-7B-Instruct")
-    results[0].row["output"], results[0].accepted_rounds, results[0].trace
+    results[0].row["output"], results[0].accepted_edits, results[0].trace
 
     from coevol import refine_file
     run = refine_file("data.jsonl", "refined.jsonl", base_url=..., model=...)
@@ -55,7 +55,7 @@ class Result:
 
     row: dict[str, Any] | None
     status: str
-    accepted_rounds: int
+    accepted_edits: int
     trace: dict[str, Any]
     error: str | None = None
 
@@ -119,7 +119,7 @@ def _result(item: Example | BadRow, done: Refined) -> Result:
     return Result(
         render_example(item, outcome.turns),
         outcome.status.value,
-        outcome.accepted_rounds,
+        outcome.accepted_edits,
         outcome.record.to_dict(),
         None if failure is None else failure.message,
     )

@@ -1,16 +1,26 @@
 """The records every layer shares, and the words the code uses for them. Pure data, no I/O.
 
-Glossary (one meaning each, everywhere in the code, the trace and the docs):
+This is the bottom of the package: it imports nothing from coevol but ``errors``, so every layer
+above (prompts, roles, the loop, the model clients, the engine) can share these types.
+
+Glossary (one word per thing, everywhere in the code and the docs; the JSON keys written to
+files keep their 0.2 spelling, noted below where it differs):
 
 - **row**: one record of the user's dataset file, exactly as read (``Example.raw``).
 - **example**: a row that parsed (``Example``): its turns plus the untouched row. A row that did
   not parse is a ``BadRow`` and goes to the rejects file.
 - **turn**: one message of an example (``Turn``). An Alpaca row is a user turn and an assistant
   turn; a conversation has many. Only assistant turns are refined.
+- **role**: one of the agents (``Role``): the debaters ``positive`` and ``critical``, the
+  ``advisor``, the ``editor``, the ``judge``. Config keys and trace keys are the role's value.
 - **sample**: what the agents see when refining one assistant turn (``coevol.prompts.render.Sample``):
   an instruction (with the visible history for a conversation), an optional input, a response.
 - **iteration**: one pass of Algorithm 1's loop over a sample: debate, advise, edit, judge.
   At most ``max_rounds`` (K) iterations *accept* an edit.
+- **edit**: the editor's proposed response in an iteration. An edit is **accepted** when the judge
+  scores it strictly higher (Eq. 4) and **turned down** when it does not
+  (``StopReason.TURNED_DOWN``, written ``"rejected"`` in the trace). ``accepted_edits`` counts the
+  accepted edits of a turn or an example (written ``"accepted_rounds"`` in the trace).
 - **debate stage**: stage 1 (fixed positions, Eq. 5-6) or stage 2 (free cross-evaluation, Eq. 7-8)
   of an iteration's debate.
 - **order**: one of the judge's two presentations, ``forward`` (previous response first) or
@@ -19,7 +29,9 @@ Glossary (one meaning each, everywhere in the code, the trace and the docs):
   each re-ask a new attempt.
 - **status**: what became of a row: ``refined`` (at least one edit accepted), ``kept`` (no edit
   accepted), ``failed`` (a call failed; the row is written unchanged) or ``rejected`` (the row
-  could not be refined at all and is listed in the rejects file).
+  could not be refined at all and is listed in the rejects file). "Rejected" names this row
+  status only; an edit the judge did not prefer is *turned down*.
+- **usage**: token counts and calls, summed per role (``Usage``).
 
 The trace (one ``TraceRecord`` per example, a JSON line each) is the schema every reader uses:
 ``coevol show``, the run summary, the report and the store's replay. ``SCHEMA`` names its
@@ -29,26 +41,34 @@ version; a reader given another version refuses it with ``TraceSchemaError``.
 from __future__ import annotations
 
 import builtins
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from coevol import errors
 from coevol.errors import CoevolError, TraceSchemaError
-from coevol.llm.types import Usage
 
 __all__ = [
+    "COEVOL_ROLES",
+    "NO_INPUT_PLACEHOLDERS",
     "READABLE_SCHEMAS",
     "SCHEMA",
+    "TREE_ROLES",
     "Answer",
     "BadRow",
+    "Choice",
+    "Completion",
     "CritiqueTrace",
     "DebateTrace",
     "Example",
     "Failure",
+    "Generate",
     "IterationTrace",
     "JudgeOrderTrace",
     "JudgeTrace",
+    "Message",
+    "Role",
     "RoleRoute",
     "Status",
     "StopReason",
@@ -57,6 +77,7 @@ __all__ = [
     "TreeTrace",
     "Turn",
     "TurnTrace",
+    "Usage",
 ]
 
 SCHEMA = "coevol.trace/3"
@@ -65,6 +86,106 @@ the tree strategy's record (``TurnTrace.tree``) and its stop reasons."""
 
 READABLE_SCHEMAS = ("coevol.trace/2", SCHEMA)
 """The versions a reader accepts: a version 2 line (coevol 0.2) reads as a turn without a tree."""
+
+
+class Role(StrEnum):
+    """Every agent a strategy calls. A new role is one line here (and one in its strategy's group
+    below); config keys, the trace's usage and route keys and the names roles pass to ``generate``
+    are these values."""
+
+    POSITIVE = "positive"
+    CRITICAL = "critical"
+    ADVISOR = "advisor"
+    EDITOR = "editor"
+    JUDGE = "judge"
+    CRITIC = "critic"
+    REFINER = "refiner"
+
+
+COEVOL_ROLES: tuple[Role, ...] = (Role.POSITIVE, Role.CRITICAL, Role.ADVISOR, Role.EDITOR, Role.JUDGE)
+"""Algorithm 1's five agents, in the order an iteration first calls them."""
+
+TREE_ROLES: tuple[Role, ...] = (Role.CRITIC, Role.REFINER)
+"""The tree search's own agents (SPaR's critic and refiner)."""
+
+
+# calls -----------------------------------------------------------------------------------------
+Message = dict[str, str]
+"""One chat message, ``{"role": "system"|"user"|"assistant", "content": "..."}``."""
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts; summed per role for the progress display and the trace."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    calls: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.calls += other.calls
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "calls": self.calls,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """One of several choices of a completion asked with ``n`` > 1."""
+
+    text: str
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A model's answer. ``cached`` is true when it was replayed from the store, not sent.
+
+    ``text`` and ``finish_reason`` are the first choice; ``more`` holds the others when the request
+    asked for ``n`` > 1 and the server gave them (a server may give fewer than asked).
+    """
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    cached: bool = False
+    more: tuple[Choice, ...] = ()
+
+    def usage(self) -> Usage:
+        return Usage(self.prompt_tokens, self.completion_tokens, 1)
+
+    def choices(self) -> tuple[Choice, ...]:
+        """Every choice, the first one first."""
+        return (Choice(self.text, self.finish_reason), *self.more)
+
+
+class Generate(Protocol):
+    """What an agent role receives: ``await generate(role, messages)``.
+
+    Which model, endpoint and parameters serve ``role`` -- and caching, retries, rate limits
+    and concurrency -- are the engine's business, never the role's. ``attempt`` > 0 marks a
+    deliberate re-ask of the same prompt, so a cache does not hand back the same answer. ``seed``
+    (when given) replaces the role's seed for this call and ``n`` asks for several choices (the tree
+    strategy's sampled critiques and distinct children); both are part of the request, so of its
+    cache key.
+    """
+
+    def __call__(
+        self,
+        role: str,
+        messages: Sequence[Message],
+        *,
+        attempt: int = 0,
+        seed: int | None = None,
+        n: int = 1,
+    ) -> Awaitable[Completion]: ...
 
 
 # dataset side ----------------------------------------------------------------------------------
@@ -92,6 +213,11 @@ class Example:
     fmt: str
     turns: list[Turn]
     raw: dict[str, Any]
+
+
+NO_INPUT_PLACEHOLDERS = frozenset({"", "<noinput>", "<no input>", "<none>", "none", "n/a", "null"})
+"""Inputs that mean "no input" in public SFT data: the prompt uses the template without input,
+and an output format folds no input into the instruction."""
 
 
 @dataclass(slots=True)
@@ -154,7 +280,7 @@ class Status(StrEnum):
 class StopReason(StrEnum):
     """Why the loop stopped for one assistant turn."""
 
-    REJECTED = "rejected"  # the edit did not score higher than the previous response (Eq. 4)
+    TURNED_DOWN = "rejected"  # the edit did not score higher than the previous response (Eq. 4)
     MAX_ROUNDS = "max_rounds"  # K edits accepted
     JUDGE_UNPARSEABLE = "judge_unparseable"  # no usable verdict after every re-ask
     EDIT_UNUSABLE = "edit_unusable"  # the editor's answer was empty or cut off: never judged
@@ -384,7 +510,7 @@ class TurnTrace:
     input: str
     original: str
     final: str  # the response written out for this turn (the original when the row is not refined)
-    accepted_rounds: int  # edits the loop accepted for this turn
+    accepted_edits: int  # edits the loop accepted for this turn
     stop_reason: StopReason
     iterations: list[IterationTrace] = field(default_factory=list)
     failure: Failure | None = None  # the call that stopped the loop (an error or the context limit)
@@ -397,7 +523,7 @@ class TurnTrace:
             "input": self.input,
             "original": self.original,
             "final": self.final,
-            "accepted_rounds": self.accepted_rounds,
+            "accepted_rounds": self.accepted_edits,
             "stop_reason": self.stop_reason.value,
             "iterations": [it.to_dict() for it in self.iterations],
             "failure": None if self.failure is None else self.failure.to_dict(),
@@ -414,7 +540,7 @@ class TurnTrace:
             input=_str(d["input"]),
             original=_str(d["original"]),
             final=_str(d["final"]),
-            accepted_rounds=_int(d["accepted_rounds"]),
+            accepted_edits=_int(d["accepted_rounds"]),
             stop_reason=StopReason(d["stop_reason"]),
             iterations=[IterationTrace.from_dict(it) for it in _list(d["iterations"])],
             failure=Failure.from_dict(d.get("failure")),
@@ -587,7 +713,7 @@ class TraceRecord:
     index: int
     line: int
     status: Status
-    accepted_rounds: int
+    accepted_edits: int
     turns: list[TurnTrace] = field(default_factory=list)
     usage: dict[str, Usage] = field(default_factory=dict)
     failure: Failure | None = None
@@ -601,7 +727,7 @@ class TraceRecord:
             "index": self.index,
             "line": self.line,
             "status": self.status.value,
-            "accepted_rounds": self.accepted_rounds,
+            "accepted_rounds": self.accepted_edits,
             "turns": [t.to_dict() for t in self.turns],
             "usage": _usage_to_dict(self.usage),
             "failure": None if self.failure is None else self.failure.to_dict(),
@@ -628,7 +754,7 @@ class TraceRecord:
                 index=_int(d["index"]),
                 line=_int(d["line"]),
                 status=Status(d["status"]),
-                accepted_rounds=_int(d["accepted_rounds"]),
+                accepted_edits=_int(d["accepted_rounds"]),
                 turns=[TurnTrace.from_dict(t) for t in _list(d["turns"])],
                 usage=_usage_from_dict(d.get("usage")),
                 failure=Failure.from_dict(d.get("failure")),

@@ -27,16 +27,17 @@ from coevol.domain import (
     SCHEMA,
     Example,
     Failure,
+    Generate,
     RoleRoute,
     Status,
     StopReason,
     TraceRecord,
     Turn,
     TurnTrace,
+    Usage,
 )
 from coevol.errors import TraceSchemaError
 from coevol.io.formats import with_input
-from coevol.llm.types import Generate, Usage
 from coevol.loop import LoopSettings, Refinement, refine
 from coevol.prompts.templates import PromptSet
 from coevol.tree.search import tree_refine
@@ -49,7 +50,7 @@ class ExampleOutcome:
     """What became of one example: the typed trace ``record``, the ``turns`` to write (originals
     where unchanged, every turn original unless the status is refined) and the preference pairs.
 
-    ``status``, ``failure``, ``accepted_rounds`` and ``usage`` are read from ``record``, so there
+    ``status``, ``failure``, ``accepted_edits`` and ``usage`` are read from ``record``, so there
     is one source of truth, and the store's replay is exactly the trace's schema.
     """
 
@@ -66,8 +67,8 @@ class ExampleOutcome:
         return self.record.failure
 
     @property
-    def accepted_rounds(self) -> int:
-        return self.record.accepted_rounds
+    def accepted_edits(self) -> int:
+        return self.record.accepted_edits
 
     @property
     def usage(self) -> dict[str, Usage]:
@@ -184,7 +185,7 @@ async def refine_example(
             pairs += _tree_pairs(turns, t, result)
         elif settings.mode == "full":
             pairs += _pairs(turns, t, result)
-        accepted += result.accepted_rounds
+        accepted += result.accepted_edits
         turns[t] = Turn(turns[t].role, result.response, turns[t].input)
         if result.failure is not None:  # the context limit: keep what was accepted, go no further
             stopped = result
@@ -200,7 +201,7 @@ async def refine_example(
         index=example.index,
         line=example.line,
         status=status,
-        accepted_rounds=accepted,
+        accepted_edits=accepted,
         turns=traces,
         usage=usage,
         failure=None if status is Status.REFINED or stopped is None else stopped.failure,

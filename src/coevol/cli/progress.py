@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from coevol.audit import judge_finding
+from coevol.domain import Role
 from coevol.engine.dispatch import RunStats
 from coevol.engine.endpoints import describe_pool
 from coevol.engine.runner import RunPaths, RunSummary
@@ -45,7 +46,14 @@ def _clock(when: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(when))
 
 
-_ROLE_ABBREV = {"positive": "pos", "critical": "crt", "advisor": "adv", "editor": "edt", "judge": "jdg"}
+_ROLE_ABBREV: dict[str, str] = {
+    Role.POSITIVE: "pos",
+    Role.CRITICAL: "crt",
+    Role.ADVISOR: "adv",
+    Role.EDITOR: "edt",
+    Role.JUDGE: "jdg",
+}
+"""Short names for the progress line; a role without one is shown by its full name."""
 
 
 def describe_waits(

@@ -43,7 +43,7 @@ __all__ = ["read_trace", "render_record", "show_trace"]
 CUT_OFF = " (cut off: max_tokens reached)"
 
 STOP_REASONS: dict[StopReason, str] = {
-    StopReason.REJECTED: "the edit did not score higher than the previous response (Eq. 4)",
+    StopReason.TURNED_DOWN: "the edit did not score higher than the previous response (Eq. 4)",
     StopReason.MAX_ROUNDS: "the most accepted edits (K) reached",
     StopReason.JUDGE_UNPARSEABLE: "no usable judge verdict after every re-ask",
     StopReason.EDIT_UNUSABLE: "the editor's answer was empty or cut off, never judged",
@@ -170,7 +170,7 @@ def _turn(turn: TurnTrace) -> Iterator[Any]:
 
 def _stopped(turn: TurnTrace) -> Text:
     why = STOP_REASONS.get(turn.stop_reason, str(turn.stop_reason))
-    text = Text(f"stopped: {turn.stop_reason.value} ({why}); {turn.accepted_rounds} accepted edit(s)")
+    text = Text(f"stopped: {turn.stop_reason.value} ({why}); {turn.accepted_edits} accepted edit(s)")
     if turn.failure is not None:
         text.append(inert_line(f"\n  {turn.failure.type}: {turn.failure.message}"), style="red")
     text.stylize("bold cyan")
@@ -182,7 +182,7 @@ def render_record(record: TraceRecord) -> Iterable[Any]:
     head = f"row {record.index} (line {record.line})"
     if record.id is not None:
         head += f" id={inert_line(str(record.id))}"
-    yield Text(f"{head}: {record.status.value}, {record.accepted_rounds} accepted edit(s)", style="bold")
+    yield Text(f"{head}: {record.status.value}, {record.accepted_edits} accepted edit(s)", style="bold")
     if record.failure is not None:
         yield Text(inert_line(f"failure: {record.failure.type}: {record.failure.message}"), style="red")
     for role, route in record.roles.items():

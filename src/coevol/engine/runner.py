@@ -144,10 +144,10 @@ class RunSummary:
             self.rejected += 1
         if record.failure is not None and record.status is not Status.REFINED:
             self.failure_causes[record.failure.type] += 1
-        self.accepted_edits += record.accepted_rounds
+        self.accepted_edits += record.accepted_edits
         self.audit.add_record(record)
         for turn in record.turns:
-            self.rounds[turn.accepted_rounds] += 1
+            self.rounds[turn.accepted_edits] += 1
             self.stop_reasons[turn.stop_reason.value] += 1
         judged, unparseable = judge_counts(record)
         self.judged += judged

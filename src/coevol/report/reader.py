@@ -15,9 +15,8 @@ from pathlib import Path
 
 import orjson
 
-from coevol.domain import READABLE_SCHEMAS, Answer, IterationTrace, TraceRecord, TurnTrace
+from coevol.domain import READABLE_SCHEMAS, Answer, IterationTrace, TraceRecord, TurnTrace, Usage
 from coevol.errors import DataError, TraceSchemaError
-from coevol.llm.types import Usage
 from coevol.report.stats import active_seconds
 from coevol.store.sqlite import connect_read_only
 
@@ -152,7 +151,7 @@ def _iteration(it: IterationTrace) -> None:
 def _turn(t: TurnTrace) -> None:
     for name in ("instruction", "input", "original", "final"):
         _str(getattr(t, name), f"turn {name}")
-    _int(t.accepted_rounds, "turn accepted_rounds", MAX_ROUNDS)
+    _int(t.accepted_edits, "turn accepted_rounds", MAX_ROUNDS)
     for it in t.iterations:
         _iteration(it)
 
@@ -162,7 +161,7 @@ def check_record(record: TraceRecord) -> None:
     types): a hostile or corrupted line is counted as unreadable instead of failing the report."""
     _int(record.index, "index")
     _int(record.line, "line")
-    _int(record.accepted_rounds, "accepted_rounds", MAX_ROUNDS)
+    _int(record.accepted_edits, "accepted_rounds", MAX_ROUNDS)
     _usage(record.usage, "record")
     for role, route in record.roles.items():
         _str(route.model, f"role {role} model")

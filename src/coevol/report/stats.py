@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coevol.audit import JudgeAudit
-from coevol.domain import Status, StopReason, TraceRecord
-from coevol.llm.types import Usage
+from coevol.domain import Status, StopReason, TraceRecord, Usage
 from coevol.report.directions import DirectionCounter, Extract, suggestion_lines
 
 __all__ = [
@@ -170,12 +169,12 @@ class ReportBuilder:
             self.models.setdefault(role, Counter())[route.model] += 1
         for turn in record.turns:
             self.units += 1
-            self.rounds[turn.accepted_rounds] += 1
+            self.rounds[turn.accepted_edits] += 1
             self.stop_reasons[turn.stop_reason.value] += 1
             if turn.tree is not None:
                 self.tree_depths[turn.tree.depth_reached] += 1
             if turn.stop_reason is StopReason.MAX_ROUNDS:
-                self.max_rounds_seen = max(self.max_rounds_seen or 0, turn.accepted_rounds)
+                self.max_rounds_seen = max(self.max_rounds_seen or 0, turn.accepted_edits)
             if self.count_tokens is not None:
                 self.original_len[self.count_tokens(turn.original)] += 1
                 self.final_len[self.count_tokens(turn.final)] += 1

@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coevol.domain import Choice, Completion
 from coevol.errors import NoSpace, StoreError
 from coevol.io import jsonrow
 from coevol.io.guard import check_not_links
-from coevol.llm.types import Choice, Completion
 
 __all__ = ["OpenBatch", "Store", "bound_time", "connect_read_only", "schema_problem"]
 
