@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from coevol.conversation import ConversationSettings
-from coevol.domain import COEVOL_ROLES, TREE_ROLES, Role
+from coevol.domain import COEVOL_ROLES, MAX_ROUNDS, TREE_ROLES, Role
 from coevol.errors import ConfigError
 from coevol.llm.urls import has_userinfo, masked_url
 from coevol.loop import LoopSettings, Mode
@@ -256,7 +256,7 @@ class Config(_Strict):
     strategy: Strategy = "coevol"
     tree: TreeConfig | None = None
     mode: Mode = "full"
-    max_rounds: int = Field(default=3, ge=1)
+    max_rounds: int = Field(default=3, ge=1, le=MAX_ROUNDS)  # a turn records at most MAX_ROUNDS edits
     judge: JudgeKind = "verdict"
     judge_reasks: int = Field(default=2, ge=0)
     judge_early_exit: bool = False

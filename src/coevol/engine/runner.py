@@ -271,7 +271,7 @@ class RefineWork:
         )
         if self.store is not None:
             self.store.put_sample(
-                resume_key(item, self.fingerprint), outcome.status.value, outcome.to_payload()
+                resume_key(item, self.fingerprint), outcome.status.value, outcome.to_payload_json()
             )
         return Refined(outcome)
 
@@ -414,7 +414,7 @@ class Runner:
         self.output_fmt = self.output_fmt or self.output_format or item.fmt
         self.output_columns.update(row)
         out.output.write(row)
-        out.trace.write(outcome.record.to_dict())
+        out.trace.write_encoded(outcome.record.to_json())
         if out.pairs is not None:
             for pair in outcome.pairs:
                 out.pairs.write(pair)

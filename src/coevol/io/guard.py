@@ -17,6 +17,7 @@ import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from coevol.errors import DataError, NoSpace, OutputError
 from coevol.textsafe import inert_line
@@ -33,6 +34,7 @@ __all__ = [
     "fsync_dir",
     "lock_path",
     "open_exclusive",
+    "open_regular",
     "os_error",
     "regular_file",
 ]
@@ -318,3 +320,25 @@ def _read_holder(fd: int) -> str:
         return inert_line(os.pread(fd, 1000, 0).decode("utf-8", "replace").strip())
     except OSError:
         return ""
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open ``path`` to read only when it is a regular file (links followed).
+
+    A FIFO would block the open and a device such as ``/dev/zero`` never ends, so both are refused
+    before a byte is read: the open does not wait (``O_NONBLOCK``) and ``fstat`` checks the file
+    that was opened, not the name. Raises ``IsADirectoryError`` for a folder and ``OSError``
+    (errno ``EINVAL``, "not a regular file ...") for a FIFO, device or socket.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, a device or a socket)", str(path))
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb", buffering=1 << 20)
+    except BaseException:
+        os.close(fd)
+        raise

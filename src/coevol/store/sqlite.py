@@ -391,9 +391,11 @@ class Store:
                 self.path, sqlite3.DatabaseError(f"a stored sample is not JSON: {exc}")
             ) from None
 
-    def put_sample(self, sample_key: str, status: str, payload: dict[str, Any]) -> None:
+    def put_sample(self, sample_key: str, status: str, payload: dict[str, Any] | bytes) -> None:
+        """Keep a finished sample; ``payload`` is its JSON object, or that object already encoded."""
         self._check()
-        self._samples[sample_key] = (sample_key, status, jsonrow.dumps(payload), time.time())
+        data = payload if isinstance(payload, bytes) else jsonrow.dumps(payload)
+        self._samples[sample_key] = (sample_key, status, data, time.time())
         self._written()
 
     # batches -----------------------------------------------------------------------------------
