@@ -59,6 +59,11 @@ class Result:
     trace: dict[str, Any]
     error: str | None = None
 
+    @property
+    def accepted_rounds(self) -> int:
+        """0.2's name for ``accepted_edits``, kept so code written against 0.2 still runs."""
+        return self.accepted_edits
+
 
 @dataclass(frozen=True, slots=True)
 class FileRun:

@@ -313,6 +313,7 @@ class StopReason(StrEnum):
     """Why the loop stopped for one assistant turn."""
 
     TURNED_DOWN = "rejected"  # the edit did not score higher than the previous response (Eq. 4)
+    REJECTED = "rejected"  # 0.2's name: an alias of TURNED_DOWN, kept so code written against 0.2 runs
     MAX_ROUNDS = "max_rounds"  # K edits accepted
     JUDGE_UNPARSEABLE = "judge_unparseable"  # no usable verdict after every re-ask
     EDIT_UNUSABLE = "edit_unusable"  # the editor's answer was empty or cut off: never judged

@@ -102,6 +102,11 @@ class Refinement:
     tree: TreeTrace | None = None  # the tree strategy's search, which then has no iterations
 
     @property
+    def accepted_rounds(self) -> int:
+        """0.2's name for ``accepted_edits``, kept so code written against 0.2 still runs."""
+        return self.accepted_edits
+
+    @property
     def failed(self) -> bool:
         return self.stop_reason is StopReason.ERROR
 
