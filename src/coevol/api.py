@@ -22,6 +22,7 @@ everything in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -34,13 +35,14 @@ from coevol.config import Config
 from coevol.domain import BadRow, Example
 from coevol.engine.dispatch import RunStats
 from coevol.engine.job import Job
-from coevol.engine.runner import ProgressFn, Refined, RefineWork, Runner, RunPaths, RunSummary
+from coevol.engine.runner import ProgressFn, Refined, RefineWork, Runner, RunPaths, RunSummary, run_dir_of
 from coevol.engine.runplan import RunPlan
 from coevol.errors import DataError, OutputError
 from coevol.extras import check_extras
 from coevol.io.formats import parse_example, render_example
 from coevol.io.guard import RunLock, check_cache, check_not_links, check_outputs
 from coevol.io.readers import hub_id, read_examples
+from coevol.io.rundir import check_run_dir, claim_run_dir, record_run_dir
 from coevol.io.writers import output_kind, recover
 from coevol.llm.types import Backend
 
@@ -184,6 +186,8 @@ def prepare(paths: RunPaths, cache: Path | None) -> None:
     """Every refusal, before anything is created or sent: a lost input, a clobbered file, a link."""
     hub = hub_id(paths.input) is not None
     _check_input(paths.input)
+    if paths.run_dir is not None:  # a link or a file in its place: refused before its files are looked at
+        check_run_dir(paths.run_dir, paths.output, paths.pairs, paths.working())
     if hub:  # a missing dataset, revision or split is refused here, before the store is created
         read_examples(paths.input, limit=0)
     check_outputs(None if hub else paths.input, paths.output, paths.working(), paths.pairs)
@@ -199,6 +203,29 @@ def prepare(paths: RunPaths, cache: Path | None) -> None:
     output_kind(paths.output)  # an unknown suffix is refused here, not after the store is created
     if paths.pairs is not None:
         output_kind(paths.pairs)
+
+
+def run_paths(input: PathArg, output: PathArg, pairs: PathArg | None, config: Config) -> RunPaths:
+    """The run's files: in ``config.run_dir`` when set, else beside the output (0.2's layout)."""
+    out = Path(output)
+    folder = run_dir_of(config.run_dir, out)
+    return RunPaths.of(Path(input), out, Path(pairs) if pairs is not None else None, folder)
+
+
+@contextlib.contextmanager
+def claimed_lock(paths: RunPaths, description: str) -> Iterator[None]:
+    """Hold the run lock, once the run folder (if any) exists; its record is written under it.
+
+    ``--pairs`` gets its own lock beside it in 0.2's layout, in the run folder otherwise (so that
+    nothing but the output and the pairs is left beside them)."""
+    pairs = [paths.pairs] if paths.pairs is not None else []
+    if paths.run_dir is not None:
+        claim_run_dir(paths.run_dir)
+        pairs = [paths.run_dir / "pairs"] if paths.pairs is not None else []
+    with RunLock(paths.lock, description, also=pairs):
+        if paths.marker is not None:
+            record_run_dir(paths.marker, paths.output, paths.pairs)
+        yield
 
 
 async def arefine_file(
@@ -226,13 +253,13 @@ async def arefine_file(
     refused path or a held lock before anything is sent, and why a run stopped
     (``BudgetExceeded``, ``ConfigError`` ...) after a clean stop.
     """
-    plan = RunPlan.of(_config(config, overrides))
-    paths = RunPaths.beside(Path(input), Path(output), Path(pairs) if pairs is not None else None)
+    cfg = _config(config, overrides)
+    plan = RunPlan.of(cfg)
+    paths = run_paths(input, output, pairs, cfg)
     cache_path = Path(cache) if cache is not None else plan.cache
     check_extras([paths.input, paths.output, paths.pairs], embedded=bool(plan.local_roles()))
     prepare(paths, cache_path)
-    pairs_lock = [paths.pairs] if paths.pairs is not None else []
-    with RunLock(paths.lock, f"coevol refine {paths.input} -o {paths.output}", also=pairs_lock):
+    with claimed_lock(paths, f"coevol refine {paths.input} -o {paths.output}"):
         recovered = recover(paths.journal, paths.finals())
         async with await Job.open(plan, store=paths.store, cache=cache_path, backends=backends) as job:
             runner = Runner(

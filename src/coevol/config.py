@@ -290,6 +290,9 @@ class Config(_Strict):
     # whose verdicts stay unparseable in more than ``max_unparseable`` of the comparisons, once
     # ``min_judged`` are in, stops the run as a setup problem (``None``: never).
     cache: Path | None = None
+    # ``run_dir``: one folder for the run's side files (store, lock, trace, rejects ...), the
+    # output staying where it was asked; ``true`` is ``OUTPUT.coevol``. Default: beside the output.
+    run_dir: bool | Path | None = None
     max_unparseable: float | None = Field(default=0.5, ge=0, le=1)
     min_judged: int = Field(default=20, ge=1)
 

@@ -199,7 +199,7 @@ def overrides(ns: argparse.Namespace) -> dict[str, Any]:
         "prompts_dir", "concurrency", "samples_in_flight", "request_timeout", "connect_timeout",
         "first_byte_timeout", "idle_timeout", "transport", "max_retries", "rpm", "tpm",
         "max_errors", "max_budget", "cache", "max_unparseable", "max_retry_after", "max_answer_bytes",
-        "endpoint_group", "strategy", "batch", "batch_poll",
+        "endpoint_group", "strategy", "batch", "batch_poll", "run_dir",
     ]  # fmt: skip
     out: dict[str, Any] = {k: getattr(ns, k) for k in keys if getattr(ns, k, None) is not None}
     if isinstance(out.get("base_url"), list) and len(out["base_url"]) == 1:
@@ -223,7 +223,7 @@ def overrides(ns: argparse.Namespace) -> dict[str, Any]:
     tree = tree_overrides(ns)
     if tree:
         out["tree"] = tree
-    for k in ("model_path", "prompts_dir", "cache"):
-        if k in out:
+    for k in ("model_path", "prompts_dir", "cache", "run_dir"):
+        if k in out and out[k] is not True:
             out[k] = str(out[k])
     return out

@@ -8,6 +8,7 @@ coevol show refined.json.trace.jsonl --index 0
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from coevol.cli.console import (
 from coevol.cli.exit_codes import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
 from coevol.cli.flags import add_config_flags, overrides
 from coevol.config import Config, load_config
-from coevol.errors import CoevolError, ConfigError
+from coevol.errors import CoevolError, ConfigError, DataError
 from coevol.io.formats import FORMATS
 
 __all__ = ["main"]
@@ -60,6 +61,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--hub-private", action="store_true", help="with --push-to-hub: create the dataset private"
+    )
+    r.add_argument(
+        "--run-dir",
+        nargs="?",
+        const=True,
+        type=Path,
+        metavar="DIR",
+        help="keep the run's side files (store, lock, trace, rejects, shards ...) in DIR, created if "
+        "missing; with no DIR: OUTPUT.coevol/ (default: beside the output, as in 0.2)",
     )
     r.add_argument("--offset", type=int, default=0, help="skip the first N rows")
     r.add_argument("--limit", type=int, help="refine at most N rows")
@@ -116,6 +126,7 @@ def _run(ns: argparse.Namespace, err: Any) -> int:
 
         if ns.limit < 0:
             raise ConfigError(f"--limit must be 0 or more, got {ns.limit}")
+        _point_at_partial(ns.trace)
         if ns.trace.exists() and not ns.trace.is_dir():  # the reader names a missing file or a folder
             regular_file(ns.trace, "trace")  # a FIFO would hang the read, a link to /dev/zero never end
         if ns.limit:  # --limit 0 shows nothing
@@ -136,6 +147,16 @@ def _run(ns: argparse.Namespace, err: Any) -> int:
     from coevol.cli.run import refine_command
 
     return refine_command(ns, config, err)
+
+
+def _point_at_partial(trace: Path) -> None:
+    """An interrupted run has only ``OUT.trace.jsonl.partial``: name it rather than "no such file"."""
+    partial = trace.with_name(trace.name + ".partial")
+    if not os.path.lexists(trace) and partial.is_file():
+        raise DataError(
+            f"no trace file {trace}: the run was interrupted, its trace so far is {partial} "
+            "(show that, or rerun the refine command to finish it)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("output", type=Path, help="the refined output file of a run (its trace lies beside it)")
-    p.add_argument("-o", "--out", type=Path, help="where to write the page (default OUTPUT.report.html)")
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        metavar="DIR",
+        help="the run folder the run was given (--run-dir); `coevol report DIR` alone also finds its output",
+    )
+    p.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        help="where to write the page (default OUTPUT.report.html, or DIR/report.html for a run folder)",
+    )
     p.add_argument(
         "--tokenizer",
         default="cl100k_base",
@@ -68,6 +79,25 @@ def _prices(path: Path | None) -> dict[str, tuple[float, float]] | None:
     return load_config(path, {}).prices()
 
 
+def _run_of(output: Path, run_dir: Path | None) -> tuple[Path, Path | None]:
+    """(output, run folder): ``coevol report DIR`` reads the output's name from the folder's record."""
+    from coevol.io.rundir import read_marker
+    from coevol.report.reader import RunFiles
+
+    if run_dir is None and output.is_dir():
+        named = read_marker(output / "run.json")
+        if named is None:
+            raise DataError(f"{output} is a folder without a coevol run (no run.json); give the run's output")
+        return named, output
+    if run_dir is not None and not run_dir.is_dir():
+        raise DataError(f"the run folder {run_dir} is not a folder")
+    default = output.with_name(output.name + ".coevol")
+    beside = RunFiles.beside(output).trace
+    if run_dir is None and not beside.exists() and (default / "run.json").is_file():
+        return output, default  # run with a bare --run-dir: its folder is found without naming it
+    return output, run_dir
+
+
 def run(ns: argparse.Namespace) -> int:
     """Build and write the report; print where it is and the judge finding, if any."""
     from rich.console import Console
@@ -82,9 +112,11 @@ def run(ns: argparse.Namespace) -> int:
 
     if is_compare_result(ns.output):  # a ``coevol compare`` result (schema coevol.compare/1)
         return report_compare(ns)
-    files = RunFiles.beside(ns.output)
+    output, run_dir = _run_of(ns.output, ns.run_dir)
+    files = RunFiles.of(output, run_dir)
     if not files.trace.exists():
-        raise DataError(f"no trace beside {ns.output}: expected {files.trace} (run coevol refine first)")
+        where = f"in the run folder {run_dir}" if run_dir is not None else f"beside {output}"
+        raise DataError(f"no trace {where}: expected {files.trace} (run coevol refine first)")
     regular_file(files.trace, "trace")  # a FIFO would hang the read, a link to /dev/zero never end
     options = ReportOptions(
         tokenizer=ns.tokenizer,
@@ -93,10 +125,10 @@ def run(ns: argparse.Namespace) -> int:
         direction_lines=ns.directions_lines,
         prices=_prices(ns.config),
     )
-    page, doc = report_paths(files.output, ns.out)
+    page, doc = report_paths(files.output, ns.out, run_dir)
     from coevol.engine.runner import RunPaths
 
-    run_files = RunPaths.beside(Path(), files.output)
+    run_files = RunPaths.of(Path(), files.output, None, run_dir)
     reads = {"the run's output": files.output, "the trace being read": files.trace}
     reads.update({f"the run's {k.removeprefix('the ')}": v for k, v in run_files.working().items()})
     reads["the run's partial trace"] = files.trace.with_name(run_files.trace.name + ".partial")

@@ -21,8 +21,10 @@ _PAGE_HEAD = re.compile(
 )
 
 
-def report_paths(output: Path, out: Path | None) -> tuple[Path, Path]:
-    """(page, JSON) paths for ``output`` and an optional ``-o``."""
+def report_paths(output: Path, out: Path | None, run_dir: Path | None = None) -> tuple[Path, Path]:
+    """(page, JSON) paths for ``output`` and an optional ``-o``; a run folder holds them by default."""
+    if out is None and run_dir is not None:
+        return run_dir / "report.html", run_dir / "report.json"
     if out is None:
         return output.with_name(output.name + ".report.html"), output.with_name(output.name + ".report.json")
     if out.suffix.lower() in (".html", ".htm"):

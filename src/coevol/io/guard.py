@@ -15,7 +15,7 @@ import errno
 import fcntl
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -193,20 +193,32 @@ def check_not_running(paths: Iterable[Path]) -> None:
     """Refuse a file of another running coevol job: its output, its ``--pairs`` or one of its working
     files. A running job holds ``flock`` on ``<file>.lock``; probing never creates a lock file."""
     for path in paths:
-        for owner in _owners(path):
-            holder = _held_by(lock_path(owner))
+        for owner, lock in _locks(path):
+            holder = _held_by(lock)
             if holder is None:
                 continue
             who = holder or "unknown process"
             if owner == path:
                 raise OutputError(
                     f"another coevol run is already writing this output ({who}); "
-                    f"wait for it to finish or stop it (lock: {lock_path(owner)})"
+                    f"wait for it to finish or stop it (lock: {lock})"
                 )
             raise OutputError(
                 f"refusing to run: {path} is a file of another running coevol job ({who}); "
                 "wait for it to finish or choose another name"
             )
+
+
+def _locks(path: Path) -> Iterator[tuple[Path, Path]]:
+    """(owner, lock) for every run that ``path`` could belong to: an output's ``<X>.lock``, the
+    lock of its default run folder ``<X>.coevol/lock``, and the lock of the run folder ``path``
+    lies in (a folder holding coevol's ``run.json``)."""
+    for owner in _owners(path):
+        yield owner, lock_path(owner)
+        yield owner, owner.with_name(owner.name + ".coevol") / "lock"
+    folder = path.parent
+    if (folder / "run.json").exists():
+        yield folder, folder / "lock"
 
 
 def _held_by(lock: Path) -> str | None:

@@ -33,7 +33,7 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class RunFiles:
-    """The files of one run beside its output (the runner's naming)."""
+    """The files of one run, beside its output or in its run folder (the runner's naming)."""
 
     output: Path
     trace: Path
@@ -54,6 +54,16 @@ class RunFiles:
         if not trace.exists() and side(".trace.jsonl.partial").exists():
             trace = side(".trace.jsonl.partial")
         return cls(output, trace, side(".rejects.jsonl"), side(".coevol.db"))
+
+    @classmethod
+    def of(cls, output: Path, run_dir: Path | None) -> RunFiles:
+        """The files of the run of ``output``: in its run folder when given, else beside it."""
+        if run_dir is None:
+            return cls.beside(output)
+        trace = run_dir / "trace.jsonl"
+        if not trace.exists() and (run_dir / "trace.jsonl.partial").exists():
+            trace = run_dir / "trace.jsonl.partial"
+        return cls(output, trace, run_dir / "rejects.jsonl", run_dir / "coevol.db")
 
     @property
     def interrupted(self) -> bool:
