@@ -3,15 +3,21 @@
 
 from __future__ import annotations
 
+import io
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
+from rich.console import Console
 
 from coevol.api import arefine_file
+from coevol.cli.progress import RunDisplay, summary_table
 from coevol.config import Config
+from coevol.engine.dispatch import RunStats
+from coevol.engine.runner import RunPaths, RunSummary
 from coevol.errors import OutputError
 from coevol.testing import FakeOpenAIServer
 from coevol.testing.responders import CoEvolResponder, accept_up_to
@@ -238,3 +244,39 @@ def test_the_default_folder_and_the_old_layout_refuse_each_other(tmp_path: Path)
         finally:
             first.send_signal(signal.SIGKILL)
             first.communicate(timeout=30)
+
+
+def test_show_points_at_the_partial_trace_of_an_interrupted_run(tmp_path: Path) -> None:
+    trace = tmp_path / "out.jsonl.trace.jsonl"
+    missing = run_cli("show", trace)
+    assert missing.returncode == 1 and "partial" not in missing.stderr, missing.stderr
+    (tmp_path / "out.jsonl.trace.jsonl.partial").write_text("")
+    shown = run_cli("show", trace)
+    assert shown.returncode == 1, shown.stderr
+    assert shown.stderr.count("\n") == 1 and "Traceback" not in shown.stderr
+    assert "the run was interrupted" in shown.stderr and "out.jsonl.trace.jsonl.partial" in shown.stderr
+
+
+def _table(summary: RunSummary) -> str:
+    out = io.StringIO()
+    Console(file=out, width=200, color_system=None).print(summary_table(summary, RunStats()))
+    return out.getvalue()
+
+
+def _rows(summary: RunSummary) -> list[str]:
+    return [re.sub(r" {2,}", " ", line).strip() for line in _table(summary).splitlines()]
+
+
+def test_the_summary_says_its_unparseable_count_includes_calls_after_the_stop() -> None:
+    summary = RunSummary(judged=43, unparseable=43)
+    assert "judge verdicts unparseable 43 of 43" in _rows(summary)
+    summary.stopped = "the judge gave no usable verdict in 20 of 20 comparisons (100%, ...)"
+    assert "judge verdicts unparseable 43 of 43 (all, with those finished after the stop)" in _rows(summary)
+
+
+def test_a_stopped_run_in_a_folder_names_its_store_by_path() -> None:
+    out = io.StringIO()
+    display = RunDisplay(Console(file=out, width=300, color_system=None), total=1, quiet=True)
+    paths = RunPaths.of(Path("in.json"), Path("out.json"), None, Path("runs/a"))
+    display.summary(RunSummary(stopped="Ctrl-C"), RunStats(), paths)
+    assert "Finished work is kept in runs/a/coevol.db: rerun the same command" in out.getvalue()
