@@ -80,6 +80,9 @@ def test_a_run_into_a_folder_leaves_only_the_output_and_pairs_and_resumes(
     assert _listing(outs) == ["out.jsonl", "out.jsonl.coevol", "pairs.jsonl"]
     document = orjson.loads((folder / "report.json").read_bytes())
     assert document["missing"] == [], document["missing"]
+    found = run_cli("report", out, "--no-directions", "-o", tmp_path / "f.html")  # the default folder
+    assert found.returncode == 0, found.stderr
+    assert orjson.loads((tmp_path / "f.json").read_bytes())["status"] == document["status"]
     named = run_cli("report", out, "--run-dir", folder, "--no-directions", "-o", tmp_path / "r.html")
     assert named.returncode == 0, named.stderr
     assert document["status"] == {"refined": len(ROWS), "kept": 0, "failed": 0, "rejected": 1}
