@@ -139,7 +139,7 @@ def write_trace(path: Path, rows: int, seed: int = 0) -> None:
                     break
                 current = it.edited or current
             accepted = sum(it.accepted for it in its)
-            stop = StopReason.MAX_ROUNDS if accepted == 3 else StopReason.REJECTED
+            stop = StopReason.MAX_ROUNDS if accepted == 3 else StopReason.TURNED_DOWN
             turn = TurnTrace(0, _text(rng, 12), "", original, current, accepted, stop, its)
             record = TraceRecord(
                 i,

@@ -37,7 +37,7 @@ async def test_arefine_keeps_order_shape_and_reports_bad_rows() -> None:
         "Bye",
         "Ciao" + EDIT_MARK,
     ]
-    assert results[4].accepted_rounds == 2 and len(results[4].trace["turns"]) == 2
+    assert results[4].accepted_edits == 2 and len(results[4].trace["turns"]) == 2
 
 
 def test_sync_refine_with_a_cache_pays_once(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from coevol.cli.main import main
-from coevol.config import ROLES, Config, ConversationConfig, Price, RoleConfig, load_config
+from coevol.config import Config, ConversationConfig, Price, RoleConfig, load_config
+from coevol.domain import COEVOL_ROLES, Role
 from coevol.errors import ConfigError
 from coevol.testing import FakeOpenAIServer
 from coevol.testing.responders import EDIT_MARK, CoEvolResponder, accept_up_to, identify_role
@@ -26,8 +27,8 @@ FULL = Config(
     top_p=0.9,
     seed=7,
     roles={
-        "judge": RoleConfig(model="judge-model", base_url="http://judge:9000/v1", api_key_env="JUDGE_KEY"),
-        "editor": RoleConfig(temperature=0.0, max_tokens=2000, merge_system=True, price=Price(prompt=1)),
+        Role.JUDGE: RoleConfig(model="judge-model", base_url="http://judge:9000/v1", api_key_env="JUDGE_KEY"),
+        Role.EDITOR: RoleConfig(temperature=0.0, max_tokens=2000, merge_system=True, price=Price(prompt=1)),
     },
     mode="debate",
     max_rounds=2,
@@ -188,7 +189,7 @@ def test_config_command_prints_the_effective_config(
         max_rounds=2,
         mode="advise",
         conversation=ConversationConfig(window_rounds=4, max_turns=3),
-        roles={"judge": RoleConfig(model="judge-model", api_key_env="JUDGE_KEY")},
+        roles={Role.JUDGE: RoleConfig(model="judge-model", api_key_env="JUDGE_KEY")},
     )
     assert out.splitlines()[-2:] == ["# JUDGE_KEY: set (***)", "# OPENAI_API_KEY: not set"]
     assert "sk-secret-judge-0001" not in out
@@ -247,10 +248,10 @@ async def test_each_role_uses_its_configured_model_and_sampling(tmp_path: Path) 
         "editor": {"base-model"},
         "judge": {"judge-model"},
     }
-    assert by_role(bodies, "temperature") == {r: {0.5 if r == "judge" else 0.0} for r in ROLES}
-    assert by_role(bodies, "seed") == {r: {11 if r == "judge" else None} for r in ROLES}
-    assert by_role(bodies, "max_tokens") == {r: {64 if r == "editor" else 1000} for r in ROLES}
-    assert by_role(bodies, "top_p") == {r: {0.5 if r == "editor" else 1.0} for r in ROLES}
+    assert by_role(bodies, "temperature") == {r: {0.5 if r == "judge" else 0.0} for r in COEVOL_ROLES}
+    assert by_role(bodies, "seed") == {r: {11 if r == "judge" else None} for r in COEVOL_ROLES}
+    assert by_role(bodies, "max_tokens") == {r: {64 if r == "editor" else 1000} for r in COEVOL_ROLES}
+    assert by_role(bodies, "top_p") == {r: {0.5 if r == "editor" else 1.0} for r in COEVOL_ROLES}
     assert [json.loads(line)["output"] for line in out.read_text().splitlines()] == [
         "9" + EDIT_MARK,
         "Blue" + EDIT_MARK,
@@ -271,8 +272,10 @@ async def test_cli_flags_override_the_file_but_not_a_roles_own_model(tmp_path: P
         assert code == 0, err
         bodies = [r.body for r in server.requests]
     assert len(bodies) == 2 * 8
-    assert by_role(bodies, "model") == {r: {"judge-model" if r == "judge" else "flag-model"} for r in ROLES}
-    assert by_role(bodies, "max_tokens") == {r: {20} for r in ROLES}
+    assert by_role(bodies, "model") == {
+        r: {"judge-model" if r == "judge" else "flag-model"} for r in COEVOL_ROLES
+    }
+    assert by_role(bodies, "max_tokens") == {r: {20} for r in COEVOL_ROLES}
 
 
 async def test_a_role_can_have_its_own_endpoint_and_key(tmp_path: Path) -> None:

@@ -75,7 +75,7 @@ async def test_an_unusable_edit_is_never_judged_nor_written(name: str, edit: Scr
     agents = careless([edit])
     result = await coevolve(SAMPLE, agents, PROMPTS, LoopSettings())
     assert agents.of("judge") == 0
-    assert (result.response, result.accepted_rounds) == (PREVIOUS, 0)
+    assert (result.response, result.accepted_edits) == (PREVIOUS, 0)
     assert result.stop_reason is StopReason.EDIT_UNUSABLE and result.failure is None
     [it] = result.iterations
     assert (it.judge, it.accepted) == (None, False)
@@ -89,7 +89,7 @@ async def test_an_unchanged_edit_ends_the_iteration_without_judge_calls(name: st
     agents = careless([edit])
     result = await coevolve(SAMPLE, agents, PROMPTS, LoopSettings())
     assert agents.of("judge") == 0
-    assert (result.response, result.accepted_rounds) == (PREVIOUS, 0)
+    assert (result.response, result.accepted_edits) == (PREVIOUS, 0)
     assert result.stop_reason is StopReason.UNCHANGED
     assert [it.judge for it in result.iterations] == [None]
 
@@ -104,7 +104,7 @@ async def test_after_an_accepted_edit_a_bad_one_keeps_the_accepted_response(name
     agents = careless([better, edit])
     result = await coevolve(SAMPLE, agents, PROMPTS, LoopSettings())
     assert agents.of("judge") == 2  # the first iteration's two orders only
-    assert (result.response, result.accepted_rounds) == (better, 1)
+    assert (result.response, result.accepted_edits) == (better, 1)
     assert result.stop_reason in (StopReason.EDIT_UNUSABLE, StopReason.UNCHANGED)
     assert [it.accepted for it in result.iterations] == [True, False]
     assert result.iterations[1].previous == better and result.iterations[1].judge is None
@@ -115,7 +115,7 @@ async def test_a_usable_edit_still_reaches_the_careless_judge() -> None:
     agents = careless(["Two.", "Two is prime.", "Two is the only even prime."])
     result = await coevolve(SAMPLE, agents, PROMPTS, LoopSettings())
     assert agents.of("judge") == 6
-    assert (result.response, result.accepted_rounds) == ("Two is the only even prime.", 3)
+    assert (result.response, result.accepted_edits) == ("Two is the only even prime.", 3)
     assert result.stop_reason is StopReason.MAX_ROUNDS
 
 
@@ -143,7 +143,7 @@ async def test_ablations_never_replace_with_an_unusable_edit(mode: Mode, name: s
     agents = careless([edit], iterations=1)
     result = await refine(SAMPLE, agents, PROMPTS, LoopSettings(mode=mode))
     assert agents.of("judge") == 0 and agents.of("editor") == 1
-    assert (result.response, result.accepted_rounds) == (PREVIOUS, 0)
+    assert (result.response, result.accepted_edits) == (PREVIOUS, 0)
     assert result.stop_reason is StopReason.EDIT_UNUSABLE
     assert result.iterations[0].accepted is False
 
@@ -151,9 +151,9 @@ async def test_ablations_never_replace_with_an_unusable_edit(mode: Mode, name: s
 @pytest.mark.parametrize("mode", SINGLE)
 async def test_ablations_keep_the_original_for_an_unchanged_edit_and_replace_otherwise(mode: Mode) -> None:
     same = await refine(SAMPLE, careless([f" {PREVIOUS} "], 1), PROMPTS, LoopSettings(mode=mode))
-    assert (same.response, same.accepted_rounds, same.stop_reason) == (PREVIOUS, 0, StopReason.UNCHANGED)
+    assert (same.response, same.accepted_edits, same.stop_reason) == (PREVIOUS, 0, StopReason.UNCHANGED)
     changed = await refine(SAMPLE, careless(["Two."], 1), PROMPTS, LoopSettings(mode=mode))
-    assert (changed.response, changed.accepted_rounds, changed.stop_reason) == (
+    assert (changed.response, changed.accepted_edits, changed.stop_reason) == (
         "Two.",
         1,
         StopReason.SINGLE_PASS,
@@ -187,11 +187,11 @@ async def test_context_length_after_accepted_edits_keeps_the_last_accepted_respo
     outcome = await refine_example(alpaca(), agents, PROMPTS, LoopSettings(), ConversationSettings())
     final = PREVIOUS + " +" * accepted
     assert fail_at <= len(agents.calls) <= fail_at + 1  # a debater's sibling call may have started
-    assert outcome.status is Status.REFINED and outcome.accepted_rounds == accepted
+    assert outcome.status is Status.REFINED and outcome.accepted_edits == accepted
     assert outcome.failure is None  # the row is refined, not failed
     assert [t.content for t in outcome.turns] == [SAMPLE.instruction, final]
     [turn] = outcome.record.turns
-    assert (turn.original, turn.final, turn.accepted_rounds) == (PREVIOUS, final, accepted)
+    assert (turn.original, turn.final, turn.accepted_edits) == (PREVIOUS, final, accepted)
     assert turn.stop_reason is StopReason.CONTEXT_LENGTH
     assert turn.failure is not None and turn.failure.is_a(ContextLengthError)
     assert [it.accepted for it in turn.iterations] == [True] * accepted + [False]
@@ -204,7 +204,7 @@ async def test_context_length_after_accepted_edits_keeps_the_last_accepted_respo
 async def test_context_length_before_any_accepted_edit_rejects_the_row_unchanged(fail_at: int) -> None:
     agents = growing(fail_at)
     outcome = await refine_example(alpaca(), agents, PROMPTS, LoopSettings(), ConversationSettings())
-    assert outcome.status is Status.REJECTED and outcome.accepted_rounds == 0 and outcome.pairs == []
+    assert outcome.status is Status.REJECTED and outcome.accepted_edits == 0 and outcome.pairs == []
     assert outcome.failure is not None and outcome.failure.is_a(ContextLengthError)
     assert outcome.failure.message == str(CONTEXT)
     assert [t.content for t in outcome.turns] == [SAMPLE.instruction, PREVIOUS]
@@ -215,7 +215,7 @@ async def test_context_length_before_any_accepted_edit_rejects_the_row_unchanged
 async def test_another_error_after_accepted_edits_fails_the_row_and_writes_it_unchanged() -> None:
     agents = growing(9, ServerError("HTTP 500 from fake://", status=500))
     outcome = await refine_example(alpaca(), agents, PROMPTS, LoopSettings(), ConversationSettings())
-    assert outcome.status is Status.FAILED and outcome.accepted_rounds == 0 and outcome.pairs == []
+    assert outcome.status is Status.FAILED and outcome.accepted_edits == 0 and outcome.pairs == []
     assert outcome.failure is not None and outcome.failure.is_a(ServerError)
     assert not outcome.failure.is_a(ContextLengthError)
     assert [t.content for t in outcome.turns] == [SAMPLE.instruction, PREVIOUS]
@@ -249,7 +249,7 @@ async def test_context_length_in_a_conversation_keeps_the_earlier_refined_turns(
     for i in [2, 4, 6][:refined]:
         expected[i] += " +"
     assert [t.content for t in outcome.turns] == expected
-    assert outcome.status is Status.REFINED and outcome.accepted_rounds == refined
+    assert outcome.status is Status.REFINED and outcome.accepted_edits == refined
     traces = outcome.record.turns
     assert [t.turn for t in traces] == [2, 4, 6][: refined + 1]  # later turns are not attempted
     assert [t.stop_reason for t in traces] == [StopReason.MAX_ROUNDS] * refined + [StopReason.CONTEXT_LENGTH]
@@ -276,7 +276,10 @@ async def test_context_length_after_only_kept_turns_rejects_the_conversation() -
         conversation(), agents, PROMPTS, LoopSettings(max_rounds=1), ConversationSettings()
     )
     assert outcome.status is Status.REJECTED
-    assert [t.stop_reason for t in outcome.record.turns] == [StopReason.REJECTED, StopReason.CONTEXT_LENGTH]
+    assert [t.stop_reason for t in outcome.record.turns] == [
+        StopReason.TURNED_DOWN,
+        StopReason.CONTEXT_LENGTH,
+    ]
     assert [t.content for t in outcome.turns] == [t.content for t in CONVERSATION]
 
 
@@ -294,7 +297,7 @@ async def test_a_role_answering_no_text_is_asked_again_then_fails_the_sample(
     assert agents.of(role) == 3  # asked, then asked again twice, each as a new call (attempt 0, 1, 2)
     assert sorted(a for r, a in agents.calls if r == role) == [0, 1, 2]
     assert agents.of("judge") == 0
-    assert (result.response, result.accepted_rounds) == (PREVIOUS, 0)
+    assert (result.response, result.accepted_edits) == (PREVIOUS, 0)
     assert result.stop_reason is StopReason.ERROR and result.failure is not None
     assert result.failure.type == "UnusableAnswer"
     assert f"the {role} answered an empty text 3 times" in result.failure.message
@@ -311,7 +314,7 @@ async def test_ablations_fail_the_sample_when_the_editor_answers_no_text(mode: M
 async def test_one_empty_answer_then_a_usable_one_goes_on() -> None:
     agents = careless(["", BETTER])
     result = await coevolve(SAMPLE, agents, PROMPTS, LoopSettings(max_rounds=1))
-    assert (result.response, result.accepted_rounds, result.failure) == (BETTER, 1, None)
+    assert (result.response, result.accepted_edits, result.failure) == (BETTER, 1, None)
 
 
 async def test_stored_empty_answers_are_replayed_then_asked_anew() -> None:

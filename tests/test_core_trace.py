@@ -156,7 +156,7 @@ async def run() -> ExampleOutcome:
 async def test_the_trace_of_a_handcrafted_run_is_exactly_this() -> None:
     outcome = await run()
     assert outcome.record.to_dict() == EXPECTED
-    assert outcome.status is Status.REFINED and outcome.accepted_rounds == 1 and outcome.failure is None
+    assert outcome.status is Status.REFINED and outcome.accepted_edits == 1 and outcome.failure is None
     assert [t.content for t in outcome.turns] == ["Name a prime number.", "Two."]
     assert outcome.pairs == [
         {

@@ -12,7 +12,7 @@ import pytest
 from coevol.cli.dryrun import calls_per_turn, estimate, format_estimate
 from coevol.config import Config, Price, RoleConfig
 from coevol.conversation import ConversationSettings, estimate_tokens
-from coevol.domain import Example
+from coevol.domain import Example, Role
 from coevol.io.readers import read_examples
 from coevol.llm.types import Completion, Message
 from coevol.loop import LoopSettings, Mode
@@ -115,7 +115,7 @@ def test_call_ranges_rejects_and_money(tmp_path: Path) -> None:
 
 def test_early_exit_offset_limit_and_a_given_rate(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "in.jsonl", [ROWS[0]] * 10)
-    config = Config(judge_early_exit=True, roles={"judge": RoleConfig(price=Price(prompt=3.0))})
+    config = Config(judge_early_exit=True, roles={Role.JUDGE: RoleConfig(price=Price(prompt=3.0))})
     est = estimate(config, data, prompts=load_prompts(), offset=2, limit=5, calls_per_second=10)
     assert est.rows == 5
     assert (est.calls_min, est.calls_max) == (7 * 5, 24 * 5)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from coevol.config import Config, RoleConfig, load_config
+from coevol.domain import Role
 from coevol.engine.build import build_engine
 from coevol.testing import FakeOpenAIServer
 from coevol.testing.responders import CoEvolResponder, accept_up_to
@@ -24,7 +25,7 @@ MSGS = [{"role": "user", "content": "hello"}]
 
 def test_a_role_on_another_server_does_not_inherit_the_top_level_key() -> None:
     c = Config(
-        base_url="http://a:1/v1", api_key_env="TOP", roles={"judge": RoleConfig(base_url="http://b:2/v1")}
+        base_url="http://a:1/v1", api_key_env="TOP", roles={Role.JUDGE: RoleConfig(base_url="http://b:2/v1")}
     )
     assert c.role("positive").api_key_env == "TOP"
     assert c.role("judge").api_key_env is None
@@ -33,10 +34,10 @@ def test_a_role_on_another_server_does_not_inherit_the_top_level_key() -> None:
 
 def test_a_role_on_the_same_server_inherits_it() -> None:
     c = Config(
-        base_url="http://a:1/v1", api_key_env="TOP", roles={"judge": RoleConfig(base_url="http://a:1/v1/")}
+        base_url="http://a:1/v1", api_key_env="TOP", roles={Role.JUDGE: RoleConfig(base_url="http://a:1/v1/")}
     )
     assert c.role("judge").api_key_env == "TOP"
-    only_model = Config(base_url="http://a:1/v1", roles={"judge": RoleConfig(model="big")})
+    only_model = Config(base_url="http://a:1/v1", roles={Role.JUDGE: RoleConfig(model="big")})
     assert only_model.role("judge").api_key_env == "OPENAI_API_KEY"
 
 
@@ -46,12 +47,14 @@ def test_a_role_with_its_own_variable_uses_it(monkeypatch: pytest.MonkeyPatch) -
     c = Config(
         base_url="http://a:1/v1",
         api_key_env="TOP",
-        roles={"judge": RoleConfig(base_url="http://b:2/v1", api_key_env="JUDGE")},
+        roles={Role.JUDGE: RoleConfig(base_url="http://b:2/v1", api_key_env="JUDGE")},
     )
     assert c.role("judge").api_key_env == "JUDGE"
     assert (c.api_key("judge"), c.api_key("editor")) == (JUDGE, TOP)
     assert (
-        Config(base_url="http://a:1/v1", roles={"judge": RoleConfig(base_url="http://b/v1")}).api_key("judge")
+        Config(base_url="http://a:1/v1", roles={Role.JUDGE: RoleConfig(base_url="http://b/v1")}).api_key(
+            "judge"
+        )
         is None
     )
 
@@ -67,7 +70,7 @@ async def test_each_server_receives_only_its_own_key(
             base_url=a.base_url,
             model="fake-model",
             api_key_env="COEVOL_T_TOP",
-            roles={"judge": RoleConfig(base_url=b.base_url, api_key_env=judge_env)},
+            roles={Role.JUDGE: RoleConfig(base_url=b.base_url, api_key_env=judge_env)},
         )
         engine = await build_engine(config)
         try:

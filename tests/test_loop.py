@@ -43,13 +43,13 @@ async def run(server: FakeOpenAIServer, settings: LoopSettings, **config: Any) -
 @pytest.mark.parametrize(
     ("accept", "k", "rounds", "iterations", "stop"),
     [
-        (0, 3, 0, 1, StopReason.REJECTED),
-        (1, 3, 1, 2, StopReason.REJECTED),
-        (2, 3, 2, 3, StopReason.REJECTED),
+        (0, 3, 0, 1, StopReason.TURNED_DOWN),
+        (1, 3, 1, 2, StopReason.TURNED_DOWN),
+        (2, 3, 2, 3, StopReason.TURNED_DOWN),
         (3, 3, 3, 3, StopReason.MAX_ROUNDS),
         (9, 3, 3, 3, StopReason.MAX_ROUNDS),
         (9, 1, 1, 1, StopReason.MAX_ROUNDS),
-        (1, 2, 1, 2, StopReason.REJECTED),
+        (1, 2, 1, 2, StopReason.TURNED_DOWN),
     ],
 )
 async def test_final_response_and_rounds_follow_eq4_and_k(
@@ -58,7 +58,7 @@ async def test_final_response_and_rounds_follow_eq4_and_k(
     async with FakeOpenAIServer(CoEvolResponder(accept_up_to(accept))) as server:
         result = await run(server, LoopSettings(max_rounds=k))
         assert result.response == "9" + EDIT_MARK * rounds
-        assert result.accepted_rounds == rounds
+        assert result.accepted_edits == rounds
         assert result.stop_reason is stop
         assert len(result.iterations) == iterations
         assert [it.accepted for it in result.iterations] == [i < rounds for i in range(iterations)]
@@ -136,7 +136,7 @@ async def test_unparseable_verdict_is_asked_again_then_recorded() -> None:
     async with FakeOpenAIServer(responder) as server:
         result = await run(server, LoopSettings(max_rounds=3))
         assert result.response == "9"
-        assert result.accepted_rounds == 0
+        assert result.accepted_edits == 0
         assert result.stop_reason is StopReason.JUDGE_UNPARSEABLE
         judgment = result.iterations[0].judge
         assert judgment is not None and not judgment.decided
@@ -149,7 +149,7 @@ async def test_unparseable_verdict_is_asked_again_then_recorded() -> None:
 async def test_merge_system_sends_no_system_role() -> None:
     async with FakeOpenAIServer(CoEvolResponder(accept_up_to(0))) as server:
         result = await run(server, LoopSettings(), merge_system=True)
-        assert result.stop_reason is StopReason.REJECTED
+        assert result.stop_reason is StopReason.TURNED_DOWN
         for r in server.requests:
             msgs = r.body["messages"]
             assert all(m["role"] != "system" for m in msgs)
@@ -168,7 +168,7 @@ async def test_sampling_defaults_are_the_papers() -> None:
 async def test_judge_early_exit_skips_the_second_order_only_when_it_cannot_matter() -> None:
     async with FakeOpenAIServer(CoEvolResponder(accept_up_to(1))) as server:
         result = await run(server, LoopSettings(judge_early_exit=True))
-        assert result.accepted_rounds == 1 and result.stop_reason is StopReason.REJECTED
+        assert result.accepted_edits == 1 and result.stop_reason is StopReason.TURNED_DOWN
         # round 1 accepted: both orders asked; round 2 rejected by the first order alone.
         assert roles(server.requests).count("judge") == 3
         last = result.iterations[-1].judge

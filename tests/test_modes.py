@@ -79,10 +79,10 @@ async def test_requests_per_iteration(mode: Mode, order: list[str]) -> None:
         assert len(result.iterations) == iterations
         assert all(it.accepted for it in result.iterations)
     if mode == "full":
-        assert (result.stop_reason, result.accepted_rounds) == (StopReason.MAX_ROUNDS, 3)
+        assert (result.stop_reason, result.accepted_edits) == (StopReason.MAX_ROUNDS, 3)
         assert result.response == RESPONSE + EDIT_MARK * 3
     else:
-        assert (result.stop_reason, result.accepted_rounds) == (StopReason.SINGLE_PASS, 1)
+        assert (result.stop_reason, result.accepted_edits) == (StopReason.SINGLE_PASS, 1)
         assert result.iterations[0].judge is None
         assert result.response == ("A fresh answer." if mode == "edit" else RESPONSE + EDIT_MARK)
 
@@ -92,14 +92,14 @@ async def test_ablations_keep_their_edit_even_when_the_judge_would_reject_it(mod
     async with FakeOpenAIServer(CoEvolResponder(accept_up_to(0))) as server:
         result = await run(server, LoopSettings(mode=mode))
         assert "judge" not in roles(server.requests)
-    assert result.accepted_rounds == 1 and result.response != RESPONSE
+    assert result.accepted_edits == 1 and result.response != RESPONSE
 
 
 async def test_full_mode_stops_at_the_first_rejected_edit() -> None:
     async with FakeOpenAIServer(CoEvolResponder(accept_up_to(1))) as server:
         result = await run(server, LoopSettings(mode="full"))
         assert len(server.requests) == 8 * 2
-    assert (result.response, result.stop_reason) == (RESPONSE + EDIT_MARK, StopReason.REJECTED)
+    assert (result.response, result.stop_reason) == (RESPONSE + EDIT_MARK, StopReason.TURNED_DOWN)
 
 
 async def test_edit_mode_sends_the_editor_the_request_alone() -> None:
@@ -183,10 +183,10 @@ async def test_score_judge_asks_for_two_scores_and_averages_both_orders() -> Non
     async with FakeOpenAIServer(CoEvolResponder(accept_up_to(1))) as server:
         result = await run(server, LoopSettings(judge="score"))
         judges = sent(server.requests, "judge")
-    assert (result.response, result.accepted_rounds, result.stop_reason) == (
+    assert (result.response, result.accepted_edits, result.stop_reason) == (
         RESPONSE + EDIT_MARK,
         1,
-        StopReason.REJECTED,
+        StopReason.TURNED_DOWN,
     )
     assert len(judges) == 4
     edited = RESPONSE + EDIT_MARK

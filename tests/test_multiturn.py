@@ -212,14 +212,14 @@ async def test_each_turn_is_refined_with_the_refined_turns_before_it() -> None:
             if t > 1:
                 assert f"ASSISTANT: {answer(t - 1, 1)}" in text
 
-    assert outcome.status == "refined" and outcome.accepted_rounds == 5
+    assert outcome.status == "refined" and outcome.accepted_edits == 5
     original = turns_of(ROW)
     assert [t.role for t in outcome.turns] == [t.role for t in original]
     for i, (before, after) in enumerate(zip(original, outcome.turns, strict=True)):
         assert after.content == (before.content + EDIT_MARK if i in ASSISTANT_AT else before.content)
     assert [tt.turn for tt in outcome.record.turns] == ASSISTANT_AT
     for tt in outcome.record.turns:
-        assert (tt.accepted_rounds, tt.stop_reason) == (1, StopReason.REJECTED)
+        assert (tt.accepted_edits, tt.stop_reason) == (1, StopReason.TURNED_DOWN)
         assert [it.accepted for it in tt.iterations] == [True, False]
         assert tt.iterations[0].edited == original[tt.turn].content + EDIT_MARK
         assert (tt.original, tt.final) == (original[tt.turn].content, original[tt.turn].content + EDIT_MARK)

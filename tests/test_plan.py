@@ -6,8 +6,8 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from coevol.config import ROLES, Config
-from coevol.domain import BadRow, Example, Turn
+from coevol.config import Config
+from coevol.domain import COEVOL_ROLES, BadRow, Example, Turn
 from coevol.llm.types import Message
 from coevol.loop import MODES, LoopSettings, Mode, refine
 from coevol.plan import PLANNED_ROLES, PlannedCall, call_plan, calls_per_turn, estimate_examples
@@ -120,7 +120,7 @@ def test_the_plan_reads_like_algorithm_1() -> None:
     assert [c.template for c in call_plan("advise")] == ["advisor_resp", "editor"]
     assert [c.template for c in call_plan("advise-noresp")] == ["advisor_noresp", "editor"]
     assert [c.template for c in call_plan("debate")] == [c for _, _, c in stages[:6]]
-    assert PLANNED_ROLES == ROLES  # the config's roles are the plan's, in the same order
+    assert COEVOL_ROLES == PLANNED_ROLES  # the loop's roles are the plan's, in the same order
     assert calls_per_turn("full", 3) == (8, 24)
     assert calls_per_turn("full", 2, early_exit=True) == (7, 16)
     assert calls_per_turn("debate", 3) == (6, 6)

@@ -76,3 +76,16 @@ def test_exported_errors_are_the_documented_tree() -> None:
         if isinstance(obj, type) and issubclass(obj, Exception):
             assert issubclass(obj, coevol.CoevolError), name
             assert obj is getattr(coevol.errors, name)
+
+
+def test_the_names_0_2_code_used_still_work() -> None:
+    """Renamed for one word per thing (issue 19), kept as aliases so code written against 0.2 runs."""
+    from coevol.api import Result
+    from coevol.domain import StopReason
+    from coevol.loop import Refinement
+
+    alias: object = StopReason.REJECTED  # mypy takes the two members for distinct literals
+    assert alias is StopReason.TURNED_DOWN and StopReason("rejected") is StopReason.TURNED_DOWN
+    assert [s.value for s in StopReason].count("rejected") == 1  # an alias, not a second member
+    assert Result(None, "kept", 2, {}).accepted_rounds == 2
+    assert Refinement("r", 1, StopReason.MAX_ROUNDS, []).accepted_rounds == 1

@@ -121,6 +121,23 @@ def test_ray_run_gives_the_local_files_byte_for_byte_and_a_rerun_skips_every_sha
     same_files(reference[0], tmp_path)
 
 
+def test_a_ray_run_into_a_run_folder_keeps_its_shards_there(
+    cluster: Any, server: ThreadedServer, data: Path, reference: tuple[Path, int], tmp_path: Path
+) -> None:
+    cfg = config(server).model_copy(update={"run_dir": tmp_path / "run"})
+    options = RayOptions(shard_rows=10, workers=2)
+    run = asyncio.run(
+        arefine_file_ray(data, tmp_path / "out.jsonl", cfg, pairs=tmp_path / "pairs.jsonl", options=options)
+    )
+    assert run.summary.complete and run.paths.trace == tmp_path / "run" / "trace.jsonl"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "pairs.jsonl", "run"]
+    assert len(list((tmp_path / "run" / "shards").glob("*.done"))) == 4
+    assert (reference[0] / "out.jsonl").read_bytes() == (tmp_path / "out.jsonl").read_bytes()
+    assert (tmp_path / "run" / "rejects.jsonl").read_bytes() == (
+        reference[0] / "out.jsonl.rejects.jsonl"
+    ).read_bytes()
+
+
 def test_a_killed_actor_has_its_shard_resubmitted_and_the_run_completes_exactly(
     cluster: Any, server: ThreadedServer, data: Path, reference: tuple[Path, int], tmp_path: Path
 ) -> None:

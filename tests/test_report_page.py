@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from coevol.cli.report import add_parser, report_paths, run
+from coevol.cli.report import add_parser, run
+from coevol.cli.report_targets import report_paths
 from coevol.domain import Answer
 from coevol.errors import DataError, MissingExtra
 from coevol.report import build as build_mod

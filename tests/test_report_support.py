@@ -92,13 +92,13 @@ def record(
     if last is not None and last.judge is not None and any(o.scores is None for o in last.judge.orders):
         stop = StopReason.JUDGE_UNPARSEABLE
     else:
-        stop = StopReason.REJECTED
+        stop = StopReason.TURNED_DOWN
     turn = TurnTrace(0, instruction, "", original, current, accepted, stop, its)
     return TraceRecord(
         index=index,
         line=index + 1,
         status=status or (Status.REFINED if accepted else Status.KEPT),
-        accepted_rounds=accepted,
+        accepted_edits=accepted,
         turns=[turn],
         usage={"judge": Usage(100, 20, 2 * len(its)), "editor": Usage(50, 30, len(its))},
         roles={"judge": RoleRoute("tiny-judge", "http://127.0.0.1:1/v1"), "editor": RoleRoute("ed", "x")},
@@ -122,4 +122,4 @@ def write_trace(output: Path, records: list[TraceRecord]) -> Path:
 def test_records_round_trip_through_the_schema() -> None:
     r = record(0, [("assistant 2", "assistant 1")])
     assert TraceRecord.from_dict(orjson.loads(orjson.dumps(r.to_dict()))) == r
-    assert r.accepted_rounds == 1
+    assert r.accepted_edits == 1

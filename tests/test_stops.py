@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from coevol.config import Config, Price, RoleConfig
+from coevol.domain import Role
 from coevol.engine.runplan import RunPlan, StopRules
 from coevol.engine.stops import Guard
 from coevol.errors import BudgetExceeded, ConfigError
@@ -72,7 +73,7 @@ def test_the_run_plan_resolves_roles_once_with_their_keys_and_prices() -> None:
         max_budget=1.0,
         max_errors=3,
         roles={
-            "judge": RoleConfig(
+            Role.JUDGE: RoleConfig(
                 base_url="http://judge:9000/v1", model="big", price=Price(prompt=5.0, completion=15.0)
             )
         },

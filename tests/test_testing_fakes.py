@@ -170,7 +170,7 @@ async def test_coevolve_on_the_responder_in_process(accept: int, rounds: int, st
     calls = Recorder(CoEvolResponder(accept_up_to(accept)).as_generate())
     result = await coevolve(SAMPLE, calls, PROMPTS, LoopSettings(max_rounds=3))
     assert result.response == "9" + EDIT_MARK * rounds
-    assert result.accepted_rounds == rounds
+    assert result.accepted_edits == rounds
     assert result.stop_reason == stop
     iterations = len(result.iterations)
     assert Counter(calls.roles()) == {
@@ -198,9 +198,9 @@ async def test_in_process_and_http_runs_send_the_same_messages() -> None:
             remote = await coevolve(SAMPLE, engine.dispatcher, engine.prompts, LoopSettings())
         finally:
             await engine.aclose()
-    assert (local.response, local.accepted_rounds, local.stop_reason) == (
+    assert (local.response, local.accepted_edits, local.stop_reason) == (
         remote.response,
-        remote.accepted_rounds,
+        remote.accepted_edits,
         remote.stop_reason,
     )
 
@@ -240,7 +240,7 @@ async def test_judge_early_exit_in_score_mode_skips_the_reverse_order_only_when_
     result = await coevolve(SAMPLE, decided, PROMPTS, settings)
     judge = result.iterations[0].judge
     assert judge is not None and judge.skipped_reverse
-    assert (result.response, result.stop_reason) == ("9", StopReason.REJECTED)
+    assert (result.response, result.stop_reason) == ("9", StopReason.TURNED_DOWN)
     assert decided.roles().count("judge") == 1
     # A lead two points short of that, the reverse order can still overturn: it must be asked, and
     # here it wins.

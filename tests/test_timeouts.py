@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from coevol.cli.main import _overrides, _parser
+from coevol.cli.flags import overrides
+from coevol.cli.main import _parser
 from coevol.config import Config
 from coevol.engine.build import build_engine
 from coevol.errors import APIConnectionError, APITimeoutError, ConfigError
@@ -213,7 +214,7 @@ def test_the_flags_set_the_config_keys() -> None:
             "300",
         ]
     )
-    config = Config.from_mapping(_overrides(ns))
+    config = Config.from_mapping(overrides(ns))
     assert (
         config.connect_timeout,
         config.first_byte_timeout,

@@ -47,7 +47,7 @@ def test_a_root_that_passes_costs_one_critic_evaluation_and_no_refine() -> None:
     assert calls.roles() == ["critic"]
     assert calls.calls[0].n == 5 and votes_sent(calls) == 5
     assert result.stop_reason is StopReason.ROOT_PASSES
-    assert result.response == SAMPLE.response and result.accepted_rounds == 0
+    assert result.response == SAMPLE.response and result.accepted_edits == 0
     tree = result.tree
     assert tree is not None and [n.value for n in tree.nodes] == [0.75]
     assert tree.path == [0] and tree.result == 0
@@ -60,7 +60,7 @@ def test_nothing_passes_breadth_first_15_refines_16_evaluations_original_kept() 
     assert len(calls.of("refiner")) == 15
     assert len(calls.of("critic")) == 16 and votes_sent(calls) == 80
     assert result.stop_reason is StopReason.TREE_NO_PASS
-    assert result.response == SAMPLE.response and result.accepted_rounds == 0
+    assert result.response == SAMPLE.response and result.accepted_edits == 0
     tree = result.tree
     assert tree is not None and len(tree.nodes) == 16
     assert [sum(n.depth == d for n in tree.nodes) for d in range(4)] == [1, 3, 6, 6]
@@ -83,7 +83,7 @@ def test_a_first_level_that_passes_costs_3_refines_4_evaluations_and_writes_the_
     tree = result.tree
     assert tree is not None
     assert [n.value for n in tree.nodes] == [0.0, 0.8, 0.8, 0.8]
-    assert result.stop_reason is StopReason.TREE_PASS and result.accepted_rounds == 1
+    assert result.stop_reason is StopReason.TREE_PASS and result.accepted_edits == 1
     assert tree.result == 3 and tree.path == [0, 3]
     assert result.response == tree.nodes[3].response != tree.nodes[2].response
 
@@ -260,7 +260,7 @@ def test_a_conversation_gets_a_tree_per_assistant_turn_seeing_the_refined_turns_
         refine_example(example, calls, P, LoopSettings(tree=TreeSettings()), ConversationSettings())
     )
     assert [t.tree is not None for t in outcome.record.turns] == [True, True]
-    assert outcome.accepted_rounds == 2 and len(calls.of("refiner")) == 6 and len(calls.of("critic")) == 8
+    assert outcome.accepted_edits == 2 and len(calls.of("refiner")) == 6 and len(calls.of("critic")) == 8
     first = outcome.turns[1].content
     assert first.startswith("hello|") and outcome.turns[3].content.startswith("hello!|")
     # the second turn's critic saw the refined first turn in the conversation window

@@ -3,7 +3,7 @@
     from coevol import refine
     results = refine([{"instruction": "...", "input": "", "output": "..."}],
                      base_url="http://localhost:8000/v1", model="Qwen/Qwen2.5-7B-Instruct")
-    results[0].row["output"], results[0].accepted_rounds, results[0].trace
+    results[0].row["output"], results[0].accepted_edits, results[0].trace
 
     from coevol import refine_file
     run = refine_file("data.jsonl", "refined.jsonl", base_url=..., model=...)
@@ -22,6 +22,7 @@ everything in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -34,13 +35,14 @@ from coevol.config import Config
 from coevol.domain import BadRow, Example
 from coevol.engine.dispatch import RunStats
 from coevol.engine.job import Job
-from coevol.engine.runner import ProgressFn, Refined, RefineWork, Runner, RunPaths, RunSummary
+from coevol.engine.runner import ProgressFn, Refined, RefineWork, Runner, RunPaths, RunSummary, run_dir_of
 from coevol.engine.runplan import RunPlan
 from coevol.errors import DataError, OutputError
 from coevol.extras import check_extras
 from coevol.io.formats import parse_example, render_example
 from coevol.io.guard import RunLock, check_cache, check_not_links, check_outputs
 from coevol.io.readers import hub_id, read_examples
+from coevol.io.rundir import check_run_dir, claim_run_dir, record_run_dir
 from coevol.io.writers import output_kind, recover
 from coevol.judge_check.run import guard
 from coevol.llm.types import Backend
@@ -56,9 +58,14 @@ class Result:
 
     row: dict[str, Any] | None
     status: str
-    accepted_rounds: int
+    accepted_edits: int
     trace: dict[str, Any]
     error: str | None = None
+
+    @property
+    def accepted_rounds(self) -> int:
+        """0.2's name for ``accepted_edits``, kept so code written against 0.2 still runs."""
+        return self.accepted_edits
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +127,7 @@ def _result(item: Example | BadRow, done: Refined) -> Result:
     return Result(
         render_example(item, outcome.turns),
         outcome.status.value,
-        outcome.accepted_rounds,
+        outcome.accepted_edits,
         outcome.record.to_dict(),
         None if failure is None else failure.message,
     )
@@ -180,6 +187,8 @@ def prepare(paths: RunPaths, cache: Path | None) -> None:
     """Every refusal, before anything is created or sent: a lost input, a clobbered file, a link."""
     hub = hub_id(paths.input) is not None
     _check_input(paths.input)
+    if paths.run_dir is not None:  # a link or a file in its place: refused before its files are looked at
+        check_run_dir(paths.run_dir, paths.output, paths.pairs, paths.working())
     if hub:  # a missing dataset, revision or split is refused here, before the store is created
         read_examples(paths.input, limit=0)
     check_outputs(None if hub else paths.input, paths.output, paths.working(), paths.pairs)
@@ -195,6 +204,29 @@ def prepare(paths: RunPaths, cache: Path | None) -> None:
     output_kind(paths.output)  # an unknown suffix is refused here, not after the store is created
     if paths.pairs is not None:
         output_kind(paths.pairs)
+
+
+def run_paths(input: PathArg, output: PathArg, pairs: PathArg | None, config: Config) -> RunPaths:
+    """The run's files: in ``config.run_dir`` when set, else beside the output (0.2's layout)."""
+    out = Path(output)
+    folder = run_dir_of(config.run_dir, out)
+    return RunPaths.of(Path(input), out, Path(pairs) if pairs is not None else None, folder)
+
+
+@contextlib.contextmanager
+def claimed_lock(paths: RunPaths, description: str) -> Iterator[None]:
+    """Hold the run lock, once the run folder (if any) exists; its record is written under it.
+
+    ``--pairs`` gets its own lock beside it in 0.2's layout, in the run folder otherwise (so that
+    nothing but the output and the pairs is left beside them)."""
+    pairs = [paths.pairs] if paths.pairs is not None else []
+    if paths.run_dir is not None:
+        claim_run_dir(paths.run_dir)
+        pairs = [paths.run_dir / "pairs"] if paths.pairs is not None else []
+    with RunLock(paths.lock, description, also=pairs):
+        if paths.marker is not None:
+            record_run_dir(paths.marker, paths.output, paths.pairs)
+        yield
 
 
 async def arefine_file(
@@ -222,13 +254,13 @@ async def arefine_file(
     refused path or a held lock before anything is sent, and why a run stopped
     (``BudgetExceeded``, ``ConfigError`` ...) after a clean stop.
     """
-    plan = RunPlan.of(_config(config, overrides))
-    paths = RunPaths.beside(Path(input), Path(output), Path(pairs) if pairs is not None else None)
+    cfg = _config(config, overrides)
+    plan = RunPlan.of(cfg)
+    paths = run_paths(input, output, pairs, cfg)
     cache_path = Path(cache) if cache is not None else plan.cache
     check_extras([paths.input, paths.output, paths.pairs], embedded=bool(plan.local_roles()))
     prepare(paths, cache_path)
-    pairs_lock = [paths.pairs] if paths.pairs is not None else []
-    with RunLock(paths.lock, f"coevol refine {paths.input} -o {paths.output}", also=pairs_lock):
+    with claimed_lock(paths, f"coevol refine {paths.input} -o {paths.output}"):
         recovered = recover(paths.journal, paths.finals())
         async with await Job.open(plan, store=paths.store, cache=cache_path, backends=backends) as job:
             # --judge-check: the judge alone first; not usable stops here, before any refinement call

@@ -16,15 +16,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from coevol.conversation import ConversationSettings
+from coevol.domain import COEVOL_ROLES, MAX_ROUNDS, TREE_ROLES, Role
 from coevol.errors import ConfigError
 from coevol.llm.urls import has_userinfo, masked_url
 from coevol.loop import LoopSettings, Mode
 from coevol.roles.agents import JudgeKind
 from coevol.roles.spar import LabelRule
-from coevol.tree.settings import TREE_ROLES, Algorithm, Expansion, TreeSettings, Valuation
+from coevol.tree.settings import Algorithm, Expansion, TreeSettings, Valuation
 
 __all__ = [
-    "ROLES",
     "Config",
     "ConversationConfig",
     "EndpointConfig",
@@ -33,8 +33,6 @@ __all__ = [
     "load_config",
 ]
 
-ROLES: tuple[str, ...] = ("positive", "critical", "advisor", "editor", "judge")
-RoleName = Literal["positive", "critical", "advisor", "editor", "judge", "critic", "refiner"]
 Strategy = Literal["coevol", "tree"]
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 BATCH_SAMPLES = 50_000
@@ -253,13 +251,13 @@ class Config(_Strict):
     top_p: float = Field(default=1.0, gt=0, le=1)
     seed: int | None = None
     merge_system: bool = False
-    roles: dict[RoleName, RoleConfig] = Field(default_factory=dict)
+    roles: dict[Role, RoleConfig] = Field(default_factory=dict)
 
     # The algorithm: CoEvol's loop, or SPaR's tree search (``tree`` holds its settings).
     strategy: Strategy = "coevol"
     tree: TreeConfig | None = None
     mode: Mode = "full"
-    max_rounds: int = Field(default=3, ge=1)
+    max_rounds: int = Field(default=3, ge=1, le=MAX_ROUNDS)  # a turn records at most MAX_ROUNDS edits
     judge: JudgeKind = "verdict"
     judge_reasks: int = Field(default=2, ge=0)
     judge_early_exit: bool = False
@@ -298,6 +296,9 @@ class Config(_Strict):
     # whose verdicts stay unparseable in more than ``max_unparseable`` of the comparisons, once
     # ``min_judged`` are in, stops the run as a setup problem (``None``: never).
     cache: Path | None = None
+    # ``run_dir``: one folder for the run's side files (store, lock, trace, rejects ...), the
+    # output staying where it was asked; ``true`` is ``OUTPUT.coevol``. Default: beside the output.
+    run_dir: bool | Path | None = None
     max_unparseable: float | None = Field(default=0.5, ge=0, le=1)
     min_judged: int = Field(default=20, ge=1)
 
@@ -342,9 +343,9 @@ class Config(_Strict):
             object.__setattr__(self, "samples_in_flight", BATCH_SAMPLES)
         return self
 
-    def batched_roles(self) -> list[str]:
+    def batched_roles(self) -> list[Role]:
         """The roles whose calls go through the Batch API."""
-        return [r for r in ROLES if self._batched(self.roles.get(r))]  # type: ignore[call-overload]
+        return [r for r in COEVOL_ROLES if self._batched(self.roles.get(r))]
 
     def _batched(self, own: RoleConfig | None) -> bool:
         return self.batch if own is None or own.batch is None else own.batch
@@ -359,14 +360,14 @@ class Config(_Strict):
             )
         return self
 
-    def role(self, name: str) -> RoleConfig:
+    def role(self, name: Role | str) -> RoleConfig:
         """The role's settings with every gap filled from the top level.
 
         A role sent to a different server than the top-level one gets a key only from its own
         ``api_key_env``: the top-level key belongs to the top-level server and must never be sent
         to another (possibly third-party) one.
         """
-        own = self.roles.get(name, RoleConfig())  # type: ignore[call-overload]
+        own = self.roles.get(Role(name), RoleConfig())
         same_server = own.base_url is None or own.base_url == self.base_url
         temperature = self.temperature
         if name in TREE_ROLES:  # SPaR samples its critiques and children
@@ -391,23 +392,24 @@ class Config(_Strict):
             return online
         return own.batch_price or self.batch_price or (online.halved() if online is not None else None)
 
-    def online_price(self, name: str) -> Price | None:
+    def online_price(self, name: Role | str) -> Price | None:
         """What a role's calls would cost online (the summary's comparison for a batched run)."""
-        own = self.roles.get(name, RoleConfig())  # type: ignore[call-overload]
+        own = self.roles.get(Role(name), RoleConfig())
         return own.price or self.price
 
-    def role_endpoints(self, name: str) -> tuple[list[EndpointConfig], str | None]:
+    def role_endpoints(self, name: Role | str) -> tuple[list[EndpointConfig], str | None]:
         """The servers of a role (``[]``: the embedded model) with each one's key variable, and the
         group's name when it is a group (several servers or a named one).
 
         A server gets the key of the entry, else that of whoever listed it (the role, or the top
         level); the top-level key goes only to the top-level servers, never to a role's own ones.
         """
-        own = self.roles.get(name, RoleConfig())  # type: ignore[call-overload]
+        own = self.roles.get(Role(name), RoleConfig())
         top = self.endpoints or (
             [EndpointConfig(base_url=self.base_url)] if self.base_url is not None else []
         )
         top_urls = {e.base_url for e in top}
+        group: str | None
         if own.endpoints:
             listed, group = own.endpoints, own.endpoint_group or "pool"
         elif own.base_url is not None and own.base_url != self.base_url:
@@ -422,14 +424,14 @@ class Config(_Strict):
             out.append(e.model_copy(update={"api_key_env": env}))
         return out, group
 
-    def active_roles(self) -> tuple[str, ...]:
+    def active_roles(self) -> tuple[Role, ...]:
         """The roles a run routes: CoEvol's five; for the tree, the ones its search calls."""
         if self.strategy != "tree":
-            return ROLES
+            return COEVOL_ROLES
         tree = self.tree or TreeConfig()
         used = set(TREE_ROLES) if tree.expand == "spar" else {"positive", "critical", "advisor", "editor"}
         used |= {"critic"} if tree.value == "critic" else {"judge"}
-        return tuple(r for r in ROLES + TREE_ROLES if r in used)
+        return tuple(r for r in COEVOL_ROLES + TREE_ROLES if r in used)
 
     def tree_settings(self) -> TreeSettings | None:
         """The tree search this config asks for, or None for CoEvol's loop."""
@@ -483,14 +485,14 @@ class Config(_Strict):
         """Each priced role's dollars per million (prompt, completion) tokens; None when no role
         has a price (the live cost, the report's cost and the dry run's expected figure read it).
         A batched role's are its batch prices; ``online``: what the same calls would cost online."""
-        found = {}
-        for role in (*ROLES, *TREE_ROLES):
+        found: dict[str, tuple[float, float]] = {}
+        for role in Role:
             price = self.online_price(role) if online else self.role(role).price
             if price is not None:
-                found[role] = (price.prompt, price.completion)
+                found[role.value] = (price.prompt, price.completion)
         return found or None
 
-    def api_key(self, role: str) -> str | None:
+    def api_key(self, role: Role | str) -> str | None:
         """Read the role's key from its environment variable; never stored in the config."""
         env = self.role(role).api_key_env
         return os.environ.get(env) if env else None

@@ -1,16 +1,27 @@
 """The records every layer shares, and the words the code uses for them. Pure data, no I/O.
 
-Glossary (one meaning each, everywhere in the code, the trace and the docs):
+This is the bottom of the package: it imports nothing from coevol but ``errors``, so every layer
+above (prompts, roles, the loop, the model clients, the engine) can share these types.
+
+Glossary (one word per thing, everywhere in the code and the docs; the JSON keys written to
+files keep their 0.2 spelling, noted below where it differs):
 
 - **row**: one record of the user's dataset file, exactly as read (``Example.raw``).
 - **example**: a row that parsed (``Example``): its turns plus the untouched row. A row that did
   not parse is a ``BadRow`` and goes to the rejects file.
 - **turn**: one message of an example (``Turn``). An Alpaca row is a user turn and an assistant
   turn; a conversation has many. Only assistant turns are refined.
+- **role**: one of the agents (``Role``): the debaters ``positive`` and ``critical``, the
+  ``advisor``, the ``editor``, the ``judge`` (``COEVOL_ROLES``), and the tree search's ``critic``
+  and ``refiner`` (``TREE_ROLES``). Config keys and trace keys are the role's value.
 - **sample**: what the agents see when refining one assistant turn (``coevol.prompts.render.Sample``):
   an instruction (with the visible history for a conversation), an optional input, a response.
 - **iteration**: one pass of Algorithm 1's loop over a sample: debate, advise, edit, judge.
   At most ``max_rounds`` (K) iterations *accept* an edit.
+- **edit**: the editor's proposed response in an iteration. An edit is **accepted** when the judge
+  scores it strictly higher (Eq. 4) and **turned down** when it does not
+  (``StopReason.TURNED_DOWN``, written ``"rejected"`` in the trace). ``accepted_edits`` counts the
+  accepted edits of a turn or an example (written ``"accepted_rounds"`` in the trace).
 - **debate stage**: stage 1 (fixed positions, Eq. 5-6) or stage 2 (free cross-evaluation, Eq. 7-8)
   of an iteration's debate.
 - **order**: one of the judge's two presentations, ``forward`` (previous response first) or
@@ -19,45 +30,73 @@ Glossary (one meaning each, everywhere in the code, the trace and the docs):
   each re-ask a new attempt.
 - **status**: what became of a row: ``refined`` (at least one edit accepted), ``kept`` (no edit
   accepted), ``failed`` (a call failed; the row is written unchanged) or ``rejected`` (the row
-  could not be refined at all and is listed in the rejects file).
+  could not be refined at all and is listed in the rejects file). "Rejected" names this row
+  status only; an edit the judge did not prefer is *turned down*.
+- **usage**: token counts and calls, summed per role (``Usage``).
 
 The trace (one ``TraceRecord`` per example, a JSON line each) is the schema every reader uses:
-``coevol show``, the run summary, the report and the store's replay. ``SCHEMA`` names its
-version; a reader given another version refuses it with ``TraceSchemaError``.
+``coevol show``, the run summary, the report, the Ray merge and the store's replay. It is declared
+once, by the records' field annotations below (validated by pydantic). ``SCHEMA`` names the
+version written, ``READABLE_SCHEMAS`` the versions read; a line of another version is refused with
+``TraceSchemaError``, never guessed at.
 """
 
 from __future__ import annotations
 
 import builtins
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, Protocol, TypeVar
+
+from pydantic import (
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+    SerializerFunctionWrapHandler,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    WrapSerializer,
+)
 
 from coevol import errors
 from coevol.errors import CoevolError, TraceSchemaError
-from coevol.llm.types import Usage
 
 __all__ = [
+    "COEVOL_ROLES",
+    "MAX_ROUNDS",
+    "NO_INPUT_PLACEHOLDERS",
     "READABLE_SCHEMAS",
     "SCHEMA",
+    "TREE_ROLES",
     "Answer",
     "BadRow",
+    "Choice",
+    "Completion",
     "CritiqueTrace",
     "DebateTrace",
     "DigitProbs",
     "Example",
     "Failure",
+    "Generate",
     "IterationTrace",
     "JudgeOrderTrace",
     "JudgeTrace",
+    "Message",
+    "Role",
     "RoleRoute",
     "Status",
     "StopReason",
+    "TokenLogprob",
     "TraceRecord",
     "TreeNodeTrace",
     "TreeTrace",
     "Turn",
     "TurnTrace",
+    "Usage",
+    "check_schema",
+    "describe_invalid",
 ]
 
 SCHEMA = "coevol.trace/3"
@@ -66,8 +105,174 @@ the tree strategy's record (``TurnTrace.tree``) and its stop reasons, and the ``
 fields (``JudgeOrderTrace.probs``, ``JudgeTrace.margin``)."""
 
 READABLE_SCHEMAS = ("coevol.trace/2", SCHEMA)
-"""The versions a reader accepts: a version 2 line (coevol 0.2) reads as a turn without a tree and
-a judge without probabilities."""
+"""The versions a reader accepts: a version 2 line (coevol 0.2) reads as a turn without a tree."""
+
+# the trace's field types -----------------------------------------------------------------------
+# The trace and the stored outcome are declared once, below: the dataclasses are the in-memory
+# records the loop fills in, and their field annotations are the validated JSON schema. pydantic
+# reads the annotations (``TypeAdapter``), so a hand-edited or hostile line is refused as a whole
+# (``TraceSchemaError``) rather than failing later wherever the field is used. Scalars are strict
+# (a count is an integer, never "4" or true); a field with a default may be left out of a line.
+# A new optional field: add it with a default and, to leave lines without it byte-identical,
+# ``IfSet[...]`` (left out of the JSON while it is None).
+MAX_ROUNDS = 1000
+"""The most accepted edits one turn can record (``--max-rounds`` stops there too)."""
+
+Text = Annotated[str, Strict()]
+Int = Annotated[int, Strict()]
+Count = Annotated[int, Strict(), Field(ge=0)]
+Score = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Flag = Annotated[bool, Strict()]
+_T = TypeVar("_T")
+IfSet = Annotated[_T | None, Field(exclude_if=lambda value: value is None)]
+"""A field written only when it has a value (``None`` leaves the key out), so a field added to the
+schema keeps the bytes of the lines that do not use it."""
+
+
+def _sorted_by_role(value: dict[str, Any], handler: SerializerFunctionWrapHandler) -> Any:
+    """Usage sorted by role, so a trace does not depend on which of two concurrent calls finished
+    first."""
+    return handler(dict(sorted(value.items())))
+
+
+def _scores_in(value: Any) -> Any:
+    if value is None or isinstance(value, tuple):
+        return value
+    if isinstance(value, dict) and value.keys() >= {"previous", "edited"}:
+        return (value["previous"], value["edited"])
+    raise ValueError("scores must be an object with 'previous' and 'edited'")
+
+
+def _scores_out(value: tuple[float, float] | None) -> dict[str, float] | None:
+    return None if value is None else {"previous": value[0], "edited": value[1]}
+
+
+_ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {}
+
+
+def _adapter(cls: type[Any]) -> TypeAdapter[Any]:
+    """The codec of a record type, built once (pydantic reads the dataclass's annotations)."""
+    found = _ADAPTERS.get(cls)
+    if found is None:
+        found = _ADAPTERS[cls] = TypeAdapter(cls)
+    return found
+
+
+class _Encodes:
+    """A record that writes itself as the trace does (``to_dict``); no state of its own."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """This record as its part of a trace line holds it (plain JSON values)."""
+        result: dict[str, Any] = _adapter(type(self)).dump_python(self, mode="json", by_alias=True)
+        return result
+
+
+class Role(StrEnum):
+    """Every agent a strategy calls. A new role is one line here (and one in its strategy's group
+    below); config keys, the trace's usage and route keys and the names roles pass to ``generate``
+    are these values."""
+
+    POSITIVE = "positive"
+    CRITICAL = "critical"
+    ADVISOR = "advisor"
+    EDITOR = "editor"
+    JUDGE = "judge"
+    CRITIC = "critic"
+    REFINER = "refiner"
+
+
+COEVOL_ROLES: tuple[Role, ...] = (Role.POSITIVE, Role.CRITICAL, Role.ADVISOR, Role.EDITOR, Role.JUDGE)
+"""Algorithm 1's five agents, in the order an iteration first calls them."""
+
+TREE_ROLES: tuple[Role, ...] = (Role.CRITIC, Role.REFINER)
+"""The tree search's own agents (SPaR's critic and refiner)."""
+
+
+# calls -----------------------------------------------------------------------------------------
+Message = dict[str, str]
+"""One chat message, ``{"role": "system"|"user"|"assistant", "content": "..."}``."""
+
+
+@dataclass(slots=True)
+class Usage(_Encodes):
+    """Token counts; summed per role for the progress display and the trace."""
+
+    prompt_tokens: Count = 0
+    completion_tokens: Count = 0
+    calls: Count = 0
+
+    def add(self, other: Usage) -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.calls += other.calls
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """One of several choices of a completion asked with ``n`` > 1."""
+
+    text: str
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token with its log-probability and the most likely alternatives at that step
+    (``top``: ``(token, logprob)`` pairs as the server listed them)."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A model's answer. ``cached`` is true when it was replayed from the store, not sent.
+
+    ``text`` and ``finish_reason`` are the first choice; ``more`` holds the others when the request
+    asked for ``n`` > 1 and the server gave them (a server may give fewer than asked).
+    ``logprobs`` is the answer's tokens when the request asked for them and the server returned
+    them; ``None`` otherwise (a server that ignores the field gives ``None``, never an empty guess).
+    """
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    cached: bool = False
+    more: tuple[Choice, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+    def usage(self) -> Usage:
+        return Usage(self.prompt_tokens, self.completion_tokens, 1)
+
+    def choices(self) -> tuple[Choice, ...]:
+        """Every choice, the first one first."""
+        return (Choice(self.text, self.finish_reason), *self.more)
+
+
+class Generate(Protocol):
+    """What an agent role receives: ``await generate(role, messages)``.
+
+    Which model, endpoint and parameters serve ``role`` -- and caching, retries, rate limits
+    and concurrency -- are the engine's business, never the role's. ``attempt`` > 0 marks a
+    deliberate re-ask of the same prompt, so a cache does not hand back the same answer. ``seed``
+    (when given) replaces the role's seed for this call and ``n`` asks for several choices (the tree
+    strategy's sampled critiques and distinct children); both are part of the request, so of its
+    cache key.
+    """
+
+    def __call__(
+        self,
+        role: str,
+        messages: Sequence[Message],
+        *,
+        attempt: int = 0,
+        seed: int | None = None,
+        n: int = 1,
+    ) -> Awaitable[Completion]: ...
 
 
 # dataset side ----------------------------------------------------------------------------------
@@ -75,9 +280,9 @@ a judge without probabilities."""
 class Turn:
     """One message. ``role`` is "system", "user", "assistant", or any other role kept verbatim."""
 
-    role: str
-    content: str
-    input: str = ""
+    role: Text
+    content: Text
+    input: Text = ""
     """Alpaca only: the ``input`` field that goes with the instruction (kept apart for the prompt layer)."""
 
 
@@ -97,6 +302,11 @@ class Example:
     raw: dict[str, Any]
 
 
+NO_INPUT_PLACEHOLDERS = frozenset({"", "<noinput>", "<no input>", "<none>", "none", "n/a", "null"})
+"""Inputs that mean "no input" in public SFT data: the prompt uses the template without input,
+and an output format folds no input into the instruction."""
+
+
 @dataclass(slots=True)
 class BadRow:
     """A row that cannot be refined; ``raw`` is its text so the rejects file can be fixed and re-run."""
@@ -104,45 +314,6 @@ class BadRow:
     line: int
     error: str
     raw: str
-
-
-# outcomes --------------------------------------------------------------------------------------
-# Readers of a trace line check each field's type, so a hand-edited or hostile line is refused as
-# a whole (``TraceSchemaError``) rather than failing later wherever the field is used.
-def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"expected a string, found {builtins.type(value).__name__}")
-    return value
-
-
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else _str(value)
-
-
-def _int(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"expected an integer, found {builtins.type(value).__name__}")
-    return value
-
-
-def _opt_num(value: Any) -> float | None:
-    if value is None:
-        return None
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise TypeError(f"expected a number, found {builtins.type(value).__name__}")
-    return float(value)
-
-
-def _list(value: Any) -> list[Any]:
-    if not isinstance(value, list):
-        raise TypeError(f"expected a list, found {builtins.type(value).__name__}")
-    return value
-
-
-def _order(value: Any) -> str:
-    if value not in ("forward", "reverse"):
-        raise ValueError(f"order must be 'forward' or 'reverse', found {value!r}")
-    return str(value)
 
 
 class Status(StrEnum):
@@ -157,7 +328,8 @@ class Status(StrEnum):
 class StopReason(StrEnum):
     """Why the loop stopped for one assistant turn."""
 
-    REJECTED = "rejected"  # the edit did not score higher than the previous response (Eq. 4)
+    TURNED_DOWN = "rejected"  # the edit did not score higher than the previous response (Eq. 4)
+    REJECTED = "rejected"  # 0.2's name: an alias of TURNED_DOWN, kept so code written against 0.2 runs
     MAX_ROUNDS = "max_rounds"  # K edits accepted
     JUDGE_UNPARSEABLE = "judge_unparseable"  # no usable verdict after every re-ask
     EDIT_UNUSABLE = "edit_unusable"  # the editor's answer was empty or cut off: never judged
@@ -171,32 +343,26 @@ class StopReason(StrEnum):
     ROOT_UNDECIDED = "root_undecided"  # tree: the critic's votes on the original stayed tied
 
 
+# outcomes --------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(_Encodes):
     """One model answer as the trace keeps it: the text and why generation stopped."""
 
-    text: str
-    finish_reason: str | None = None
+    text: Text
+    finish_reason: Text | None = None
 
     @property
     def truncated(self) -> bool:
         """The server cut the answer off at ``max_tokens`` (OpenAI and llama.cpp say "length")."""
         return self.finish_reason == "length"
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "finish_reason": self.finish_reason}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Answer:
-        return cls(_str(d["text"]), _opt_str(d.get("finish_reason")))
-
 
 @dataclass(frozen=True, slots=True)
-class Failure:
+class Failure(_Encodes):
     """A failure kept with its type: ``type`` is the name of a ``coevol.errors`` class."""
 
-    type: str
-    message: str
+    type: Text
+    message: Text
 
     @classmethod
     def of(cls, exc: BaseException) -> Failure:
@@ -213,16 +379,9 @@ class Failure:
     def is_a(self, kind: builtins.type[CoevolError]) -> bool:
         return issubclass(self.error_class, kind)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "message": self.message}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> Failure | None:
-        return None if d is None else cls(_str(d["type"]), _str(d["message"]))
-
 
 @dataclass(frozen=True, slots=True)
-class DebateTrace:
+class DebateTrace(_Encodes):
     """G_dbt: the four arguments in the paper's order (Eq. 5-8)."""
 
     positive_stage1: Answer
@@ -230,26 +389,9 @@ class DebateTrace:
     positive_stage2: Answer
     critical_stage2: Answer
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "positive_stage1": self.positive_stage1.to_dict(),
-            "critical_stage1": self.critical_stage1.to_dict(),
-            "positive_stage2": self.positive_stage2.to_dict(),
-            "critical_stage2": self.critical_stage2.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> DebateTrace | None:
-        if d is None:
-            return None
-        return cls(*(Answer.from_dict(d[k]) for k in _DEBATE_KEYS))
-
-
-_DEBATE_KEYS = ("positive_stage1", "critical_stage1", "positive_stage2", "critical_stage2")
-
 
 @dataclass(frozen=True, slots=True)
-class DigitProbs:
+class DigitProbs(_Encodes):
     """``--judge prob``, one order: the judge's confidence read at its position digit.
 
     ``token`` is the first generated token of the verdict line whose text, stripped, is "1" or "2"
@@ -258,11 +400,11 @@ class DigitProbs:
     alternatives as the server sent them, ``line`` the verdict line the judge wrote.
     """
 
-    token: str | None
-    p1: float
-    p2: float
-    top: tuple[tuple[str, float], ...] = ()
-    line: str = ""
+    token: Text | None
+    p1: Score
+    p2: Score
+    top: tuple[tuple[Text, Score], ...] = ()
+    line: Text = ""
 
     @property
     def position1(self) -> float:
@@ -270,66 +412,28 @@ class DigitProbs:
         total = self.p1 + self.p2
         return 0.5 if self.token is None or total <= 0 else self.p1 / total
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "token": self.token,
-            "p1": self.p1,
-            "p2": self.p2,
-            "position1": self.position1,
-            "top": [[t, lp] for t, lp in self.top],
-            "line": self.line,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> DigitProbs | None:
-        if d is None:
-            return None
-        top = tuple((_str(t), float(lp)) for t, lp in _list(d.get("top") or []))
-        p1, p2 = _opt_num(d["p1"]), _opt_num(d["p2"])
-        return cls(_opt_str(d.get("token")), p1 or 0.0, p2 or 0.0, top, _str(d.get("line", "")))
-
 
 @dataclass(slots=True)
-class JudgeOrderTrace:
+class JudgeOrderTrace(_Encodes):
     """One order: every attempt's answer and the parsed result.
 
     ``scores`` are (previous, edited) for this order whatever the presentation, so readers never
-    have to undo the swap; ``verdict`` is the parsed text as the judge wrote it (position terms).
-    ``probs`` (``--judge prob`` only) is what was read at the position digit.
+    have to undo the swap (written as ``{"previous": .., "edited": ..}``); ``verdict`` is the
+    parsed text as the judge wrote it (position terms).
     """
 
-    order: str  # "forward" | "reverse"
+    order: Annotated[str, Strict(), Field(pattern=r"^(forward|reverse)$")]
     attempts: list[Answer] = field(default_factory=list)
-    verdict: str | None = None
-    scores: tuple[float, float] | None = None
-    error: str | None = None
-    probs: DigitProbs | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "order": self.order,
-            "attempts": [a.to_dict() for a in self.attempts],
-            "verdict": self.verdict,
-            "scores": None if self.scores is None else {"previous": self.scores[0], "edited": self.scores[1]},
-            "error": self.error,
-            "probs": None if self.probs is None else self.probs.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> JudgeOrderTrace:
-        s = d.get("scores")
-        return cls(
-            _order(d["order"]),
-            [Answer.from_dict(a) for a in _list(d["attempts"])],
-            _opt_str(d.get("verdict")),
-            None if s is None else (float(s["previous"]), float(s["edited"])),
-            _opt_str(d.get("error")),
-            DigitProbs.from_dict(d.get("probs")),
-        )
+    verdict: Text | None = None
+    scores: Annotated[
+        tuple[Score, Score] | None, BeforeValidator(_scores_in), PlainSerializer(_scores_out)
+    ] = None
+    error: Text | None = None
+    probs: IfSet[DigitProbs] = None  # --judge prob only: what was read at the position digit
 
 
 @dataclass(slots=True)
-class JudgeTrace:
+class JudgeTrace(_Encodes):
     """Both orders and the Eq. 4 averages; no averages when a verdict stayed unparseable.
 
     ``--judge prob``: ``score_edited`` is the mean over both orders of the probability that the
@@ -338,10 +442,10 @@ class JudgeTrace:
     """
 
     orders: list[JudgeOrderTrace]
-    score_previous: float | None = None
-    score_edited: float | None = None
-    skipped_reverse: bool = False
-    margin: float | None = None
+    score_previous: Score | None = None
+    score_edited: Score | None = None
+    skipped_reverse: Flag = False
+    margin: IfSet[Score] = None
 
     @property
     def decided(self) -> bool:
@@ -362,171 +466,57 @@ class JudgeTrace:
         """``--judge prob``: the mean probability that the edit is preferred; None otherwise."""
         return self.score_edited if self.margin is not None else None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "orders": [o.to_dict() for o in self.orders],
-            "score_previous": self.score_previous,
-            "score_edited": self.score_edited,
-            "skipped_reverse": self.skipped_reverse,
-            "margin": self.margin,
-        }
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> JudgeTrace | None:
-        if d is None:
-            return None
-        return cls(
-            [JudgeOrderTrace.from_dict(o) for o in _list(d["orders"])],
-            _opt_num(d.get("score_previous")),
-            _opt_num(d.get("score_edited")),
-            bool(d.get("skipped_reverse", False)),
-            _opt_num(d.get("margin")),
-        )
-
-
-def _usage_to_dict(usage: dict[str, Usage]) -> dict[str, Any]:
-    """Sorted by role, so a trace does not depend on which of two concurrent calls finished first."""
-    return {role: usage[role].to_dict() for role in sorted(usage)}
-
-
-def _usage_from_dict(d: dict[str, Any] | None) -> dict[str, Usage]:
-    return {role: Usage(**u) for role, u in (d or {}).items()}
+UsageByRole = Annotated[dict[Text, Usage], WrapSerializer(_sorted_by_role)]
 
 
 @dataclass(slots=True)
-class IterationTrace:
+class IterationTrace(_Encodes):
     """One iteration: ``previous`` is the response it started from; ``edit`` the editor's raw answer,
     ``edited`` the response it proposes (header stripped)."""
 
-    iteration: int
-    previous: str
+    iteration: Count
+    previous: Text
     debate: DebateTrace | None = None
     suggestions: Answer | None = None
     edit: Answer | None = None
-    edited: str | None = None
+    edited: Text | None = None
     judge: JudgeTrace | None = None
-    accepted: bool = False
-    usage: dict[str, Usage] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "iteration": self.iteration,
-            "previous": self.previous,
-            "debate": None if self.debate is None else self.debate.to_dict(),
-            "suggestions": None if self.suggestions is None else self.suggestions.to_dict(),
-            "edit": None if self.edit is None else self.edit.to_dict(),
-            "edited": self.edited,
-            "judge": None if self.judge is None else self.judge.to_dict(),
-            "accepted": self.accepted,
-            "usage": _usage_to_dict(self.usage),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> IterationTrace:
-        return cls(
-            iteration=_int(d["iteration"]),
-            previous=_str(d["previous"]),
-            debate=DebateTrace.from_dict(d.get("debate")),
-            suggestions=None if d.get("suggestions") is None else Answer.from_dict(d["suggestions"]),
-            edit=None if d.get("edit") is None else Answer.from_dict(d["edit"]),
-            edited=_opt_str(d.get("edited")),
-            judge=JudgeTrace.from_dict(d.get("judge")),
-            accepted=bool(d["accepted"]),
-            usage=_usage_from_dict(d.get("usage")),
-        )
+    accepted: Flag = False
+    usage: UsageByRole = field(default_factory=dict)
 
 
 @dataclass(slots=True)
-class TurnTrace:
+class TurnTrace(_Encodes):
     """One refined assistant turn, readable on its own: what the agents saw, before, after, how."""
 
-    turn: int
-    instruction: str  # for a conversation: the visible history and the current user turn
-    input: str
-    original: str
-    final: str  # the response written out for this turn (the original when the row is not refined)
-    accepted_rounds: int  # edits the loop accepted for this turn
+    turn: Count
+    instruction: Text  # for a conversation: the visible history and the current user turn
+    input: Text
+    original: Text
+    final: Text  # the response written out for this turn (the original when the row is not refined)
+    accepted_edits: Annotated[int, Strict(), Field(ge=0, le=MAX_ROUNDS, alias="accepted_rounds")]
     stop_reason: StopReason
     iterations: list[IterationTrace] = field(default_factory=list)
     failure: Failure | None = None  # the call that stopped the loop (an error or the context limit)
-    tree: TreeTrace | None = None  # the tree strategy's search (schema 3); None for the CoEvol loop
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {
-            "turn": self.turn,
-            "instruction": self.instruction,
-            "input": self.input,
-            "original": self.original,
-            "final": self.final,
-            "accepted_rounds": self.accepted_rounds,
-            "stop_reason": self.stop_reason.value,
-            "iterations": [it.to_dict() for it in self.iterations],
-            "failure": None if self.failure is None else self.failure.to_dict(),
-        }
-        if self.tree is not None:
-            out["tree"] = self.tree.to_dict()
-        return out
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TurnTrace:
-        return cls(
-            turn=_int(d["turn"]),
-            instruction=_str(d["instruction"]),
-            input=_str(d["input"]),
-            original=_str(d["original"]),
-            final=_str(d["final"]),
-            accepted_rounds=_int(d["accepted_rounds"]),
-            stop_reason=StopReason(d["stop_reason"]),
-            iterations=[IterationTrace.from_dict(it) for it in _list(d["iterations"])],
-            failure=Failure.from_dict(d.get("failure")),
-            tree=None if d.get("tree") is None else TreeTrace.from_dict(d["tree"]),
-        )
-
-
-def _opt_int(value: Any) -> int | None:
-    return None if value is None else _int(value)
-
-
-def _opt_bool(value: Any) -> bool | None:
-    if value is not None and not isinstance(value, bool):
-        raise TypeError(f"expected true, false or null, found {builtins.type(value).__name__}")
-    return value
+    tree: IfSet[TreeTrace] = None  # the tree strategy's search (schema 3); None for the CoEvol loop
 
 
 @dataclass(frozen=True, slots=True)
-class CritiqueTrace:
+class CritiqueTrace(_Encodes):
     """One sampled critique of a tree node: the answer, its label (None: no label), which draw it
     belongs to (0, then re-draws after a tie), its choice index in an ``n`` request (0 for a
     request of its own) and the request's seed."""
 
     answer: Answer
-    label: bool | None
-    draw: int
-    choice: int
-    seed: int | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "answer": self.answer.to_dict(),
-            "label": self.label,
-            "draw": self.draw,
-            "choice": self.choice,
-            "seed": self.seed,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CritiqueTrace:
-        return cls(
-            Answer.from_dict(d["answer"]),
-            _opt_bool(d.get("label")),
-            _int(d["draw"]),
-            _int(d["choice"]),
-            _opt_int(d.get("seed")),
-        )
+    label: Flag | None
+    draw: Count
+    choice: Count
+    seed: Int | None
 
 
 @dataclass(slots=True)
-class TreeNodeTrace:
+class TreeNodeTrace(_Encodes):
     """One node of a tree search; node 0 is the original response (the root).
 
     ``refine`` holds each refiner try's raw answer (its reflection, then the output between the
@@ -538,166 +528,101 @@ class TreeNodeTrace:
     a level kept for expansion.
     """
 
-    id: int
-    parent: int | None
-    depth: int
-    response: str | None = None
+    id: Count
+    parent: Count | None
+    depth: Count
+    response: Text | None = None
     refine: list[Answer] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=list)
+    seeds: list[Int] = field(default_factory=list)
     iteration: IterationTrace | None = None
     critiques: list[CritiqueTrace] = field(default_factory=list)
-    draws: int = 0
-    shown: int | None = None
+    draws: Count = 0
+    shown: Count | None = None
     judge: JudgeTrace | None = None
-    value: float | None = None
-    same_as: int | None = None
-    dropped: str | None = None
-    kept: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "parent": self.parent,
-            "depth": self.depth,
-            "response": self.response,
-            "refine": [a.to_dict() for a in self.refine],
-            "seeds": list(self.seeds),
-            "iteration": None if self.iteration is None else self.iteration.to_dict(),
-            "critiques": [c.to_dict() for c in self.critiques],
-            "draws": self.draws,
-            "shown": self.shown,
-            "judge": None if self.judge is None else self.judge.to_dict(),
-            "value": self.value,
-            "same_as": self.same_as,
-            "dropped": self.dropped,
-            "kept": self.kept,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TreeNodeTrace:
-        return cls(
-            id=_int(d["id"]),
-            parent=_opt_int(d.get("parent")),
-            depth=_int(d["depth"]),
-            response=_opt_str(d.get("response")),
-            refine=[Answer.from_dict(a) for a in _list(d.get("refine", []))],
-            seeds=[_int(s) for s in _list(d.get("seeds", []))],
-            iteration=None if d.get("iteration") is None else IterationTrace.from_dict(d["iteration"]),
-            critiques=[CritiqueTrace.from_dict(c) for c in _list(d.get("critiques", []))],
-            draws=_int(d.get("draws", 0)),
-            shown=_opt_int(d.get("shown")),
-            judge=JudgeTrace.from_dict(d.get("judge")),
-            value=_opt_num(d.get("value")),
-            same_as=_opt_int(d.get("same_as")),
-            dropped=_opt_str(d.get("dropped")),
-            kept=bool(d.get("kept", False)),
-        )
+    value: Score | None = None
+    same_as: Count | None = None
+    dropped: Text | None = None
+    kept: Flag = False
 
 
 @dataclass(slots=True)
-class TreeTrace:
+class TreeTrace(_Encodes):
     """A tree search over one turn: its settings, every node in creation order, the node found
     (``result``: the passing node, else the highest value, ties to the later node) and the
     ``path`` of node ids from the root to it, and the tokens each role spent."""
 
-    settings: dict[str, Any]
+    settings: dict[Text, Any]
     nodes: list[TreeNodeTrace] = field(default_factory=list)
-    result: int | None = None
-    path: list[int] = field(default_factory=list)
-    usage: dict[str, Usage] = field(default_factory=dict)
+    result: Count | None = None
+    path: list[Count] = field(default_factory=list)
+    usage: UsageByRole = field(default_factory=dict)
 
     @property
     def depth_reached(self) -> int:
         """The deepest level that holds a valued node."""
         return max((n.depth for n in self.nodes if n.value is not None), default=0)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "settings": dict(self.settings),
-            "nodes": [n.to_dict() for n in self.nodes],
-            "result": self.result,
-            "path": list(self.path),
-            "usage": _usage_to_dict(self.usage),
-        }
-
-    @classmethod
-    def from_dict(cls, d: Any) -> TreeTrace:
-        if not isinstance(d, dict) or not isinstance(d.get("settings"), dict):
-            raise TypeError("a tree record is an object with settings")
-        return cls(
-            settings=dict(d["settings"]),
-            nodes=[TreeNodeTrace.from_dict(n) for n in _list(d["nodes"])],
-            result=_opt_int(d.get("result")),
-            path=[_int(i) for i in _list(d.get("path", []))],
-            usage=_usage_from_dict(d.get("usage")),
-        )
-
 
 @dataclass(frozen=True, slots=True)
-class RoleRoute:
+class RoleRoute(_Encodes):
     """Which model and endpoint served a role (the endpoint never carries a secret)."""
 
-    model: str
-    endpoint: str
+    model: Text
+    endpoint: Text
 
 
 @dataclass(slots=True)
-class TraceRecord:
-    """One line of the trace file: what became of one example and why."""
+class TraceRecord(_Encodes):
+    """One line of the trace file: what became of one example and why.
 
-    index: int
-    line: int
+    ``schema`` is the first key of the line, so tools can tell a trace line by its first bytes.
+    """
+
+    schema: Text = field(default=SCHEMA, kw_only=True)
+    index: Count
+    line: Count
     status: Status
-    accepted_rounds: int
+    accepted_edits: Annotated[int, Strict(), Field(ge=0, alias="accepted_rounds")]
     turns: list[TurnTrace] = field(default_factory=list)
-    usage: dict[str, Usage] = field(default_factory=dict)
+    usage: UsageByRole = field(default_factory=dict)
     failure: Failure | None = None
-    roles: dict[str, RoleRoute] = field(default_factory=dict)
-    id: Any = None  # the row's own ``id`` field, when it has one
-    schema: str = SCHEMA
+    roles: dict[Text, RoleRoute] = field(default_factory=dict)
+    id: IfSet[Any] = None  # the row's own ``id`` field, when it has one
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "schema": self.schema,
-            "index": self.index,
-            "line": self.line,
-            "status": self.status.value,
-            "accepted_rounds": self.accepted_rounds,
-            "turns": [t.to_dict() for t in self.turns],
-            "usage": _usage_to_dict(self.usage),
-            "failure": None if self.failure is None else self.failure.to_dict(),
-            "roles": {r: {"model": v.model, "endpoint": v.endpoint} for r, v in self.roles.items()},
-        }
-        if self.id is not None:
-            out["id"] = self.id
-        return out
+    def to_json(self) -> bytes:
+        """The trace line, without its newline (what ``to_dict`` holds, encoded faster)."""
+        return _adapter(TraceRecord).dump_json(self, by_alias=True)
 
     @classmethod
     def from_dict(cls, d: Any) -> TraceRecord:
-        """Parse one trace line; a line of another schema version is refused, never guessed at."""
-        if not isinstance(d, dict):
-            raise TraceSchemaError("not a trace record (expected a JSON object per line)")
-        schema = d.get("schema")
-        if schema not in READABLE_SCHEMAS:
-            found = "no schema field (a coevol 0.1 trace)" if schema is None else f"schema {schema!r}"
-            raise TraceSchemaError(
-                f"this trace has {found}; this coevol reads {' and '.join(map(repr, READABLE_SCHEMAS))}. "
-                "Rerun the same refine command to rewrite it (finished calls are replayed from the store)."
-            )
+        """Parse one trace line; a line of a version this coevol does not read is refused, never
+        guessed at, and so is a line any of whose fields is malformed."""
+        check_schema(d)
         try:
-            return cls(
-                index=_int(d["index"]),
-                line=_int(d["line"]),
-                status=Status(d["status"]),
-                accepted_rounds=_int(d["accepted_rounds"]),
-                turns=[TurnTrace.from_dict(t) for t in _list(d["turns"])],
-                usage=_usage_from_dict(d.get("usage")),
-                failure=Failure.from_dict(d.get("failure")),
-                roles={
-                    _str(r): RoleRoute(_str(v["model"]), _str(v["endpoint"]))
-                    for r, v in (d.get("roles") or {}).items()
-                },
-                id=d.get("id"),
-            )
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise TraceSchemaError(f"malformed trace record: {type(exc).__name__}: {exc}") from None
+            record: TraceRecord = _adapter(TraceRecord).validate_python(d)
+        except ValidationError as exc:
+            raise TraceSchemaError(f"malformed trace record: {describe_invalid(exc)}") from None
+        record.schema = SCHEMA  # every readable version reads as this one (a /2 line has no tree)
+        return record
+
+
+def check_schema(d: Any) -> None:
+    """Refuse what is not a trace record of a version this coevol reads (``READABLE_SCHEMAS``)."""
+    if not isinstance(d, dict):
+        raise TraceSchemaError("not a trace record (expected a JSON object per line)")
+    schema = d.get("schema")
+    if schema not in READABLE_SCHEMAS:
+        found = "no schema field (a coevol 0.1 trace)" if schema is None else f"schema {schema!r}"
+        raise TraceSchemaError(
+            f"this trace has {found}; this coevol reads {' and '.join(map(repr, READABLE_SCHEMAS))}. "
+            "Rerun the same refine command to rewrite it (finished calls are replayed from the store)."
+        )
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """The first problem of a refused record, by where it is (never the value: it may be huge or
+    hostile)."""
+    first = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(the record)"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"

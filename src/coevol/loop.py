@@ -15,9 +15,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from coevol.domain import Answer, Failure, IterationTrace, JudgeTrace, StopReason, TreeTrace, TurnTrace
+from coevol.domain import (
+    Answer,
+    Completion,
+    Failure,
+    Generate,
+    IterationTrace,
+    JudgeTrace,
+    Message,
+    StopReason,
+    TreeTrace,
+    TurnTrace,
+    Usage,
+)
 from coevol.errors import AuthenticationError, ContextLengthError, LLMError, NotFoundError
-from coevol.llm.types import Completion, Generate, Message, Usage
 from coevol.prompts.render import Sample
 from coevol.prompts.templates import PromptSet
 from coevol.roles import agents
@@ -66,7 +77,8 @@ class UsageLedger:
         self, role: str, messages: Sequence[Message], *, attempt: int = 0, seed: int | None = None, n: int = 1
     ) -> Completion:
         completion = await self._generate(role, messages, attempt=attempt, seed=seed, n=n)
-        self.by_role.setdefault(role, Usage()).add(completion.usage())
+        # str(): a ``Role`` is keyed by its plain value, as a record read back from JSON is
+        self.by_role.setdefault(str(role), Usage()).add(completion.usage())
         return completion
 
     def take(self) -> dict[str, Usage]:
@@ -84,11 +96,16 @@ class Refinement:
     """
 
     response: str
-    accepted_rounds: int
+    accepted_edits: int
     stop_reason: StopReason
     iterations: list[IterationTrace]
     failure: Failure | None = None
     tree: TreeTrace | None = None  # the tree strategy's search, which then has no iterations
+
+    @property
+    def accepted_rounds(self) -> int:
+        """0.2's name for ``accepted_edits``, kept so code written against 0.2 still runs."""
+        return self.accepted_edits
 
     @property
     def failed(self) -> bool:
@@ -110,7 +127,7 @@ class Refinement:
             input=sample.input,
             original=sample.response,
             final=self.response,
-            accepted_rounds=self.accepted_rounds,
+            accepted_edits=self.accepted_edits,
             stop_reason=self.stop_reason,
             iterations=self.iterations,
             failure=self.failure,
@@ -141,7 +158,7 @@ def judged_stop(judge: JudgeTrace) -> StopReason | None:
     if not judge.decided:
         return StopReason.JUDGE_UNPARSEABLE
     if not judge.accept:
-        return StopReason.REJECTED
+        return StopReason.TURNED_DOWN
     return None
 
 

@@ -18,25 +18,29 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
+from pydantic import BeforeValidator, PlainSerializer, TypeAdapter, ValidationError
 
 from coevol.conversation import ConversationSettings, refinable_turns, window_sample
 from coevol.domain import (
     SCHEMA,
     Example,
     Failure,
+    Generate,
     RoleRoute,
     Status,
     StopReason,
     TraceRecord,
     Turn,
     TurnTrace,
+    Usage,
+    check_schema,
+    describe_invalid,
 )
 from coevol.errors import TraceSchemaError
 from coevol.io.formats import with_input
-from coevol.llm.types import Generate, Usage
 from coevol.loop import LoopSettings, Refinement, refine
 from coevol.prompts.templates import PromptSet
 from coevol.tree.search import tree_refine
@@ -44,17 +48,29 @@ from coevol.tree.search import tree_refine
 __all__ = ["ExampleOutcome", "fingerprint", "refine_example"]
 
 
+def _turns_in(value: Any) -> Any:
+    """A stored turn is ``[role, content, input]``."""
+    if not isinstance(value, list) or not all(isinstance(t, list | tuple) and len(t) == 3 for t in value):
+        raise ValueError("turns must be a list of [role, content, input]")
+    return [{"role": r, "content": c, "input": i} for r, c, i in value]
+
+
+def _turns_out(turns: list[Turn]) -> list[list[str]]:
+    return [[t.role, t.content, t.input] for t in turns]
+
+
 @dataclass(slots=True)
 class ExampleOutcome:
     """What became of one example: the typed trace ``record``, the ``turns`` to write (originals
     where unchanged, every turn original unless the status is refined) and the preference pairs.
 
-    ``status``, ``failure``, ``accepted_rounds`` and ``usage`` are read from ``record``, so there
-    is one source of truth, and the store's replay is exactly the trace's schema.
+    ``status``, ``failure``, ``accepted_edits`` and ``usage`` are read from ``record``, so there
+    is one source of truth, and the store's replay is exactly the trace's schema. The fields'
+    annotations are the stored payload's schema (``to_payload`` / ``from_payload``).
     """
 
     record: TraceRecord
-    turns: list[Turn]
+    turns: Annotated[list[Turn], BeforeValidator(_turns_in), PlainSerializer(_turns_out)]
     pairs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -66,8 +82,8 @@ class ExampleOutcome:
         return self.record.failure
 
     @property
-    def accepted_rounds(self) -> int:
-        return self.record.accepted_rounds
+    def accepted_edits(self) -> int:
+        return self.record.accepted_edits
 
     @property
     def usage(self) -> dict[str, Usage]:
@@ -75,26 +91,28 @@ class ExampleOutcome:
 
     def to_payload(self) -> dict[str, Any]:
         """What the store keeps to replay this outcome without any model call."""
-        return {
-            "record": self.record.to_dict(),
-            "turns": [[t.role, t.content, t.input] for t in self.turns],
-            "pairs": self.pairs,
-        }
+        payload: dict[str, Any] = _OUTCOME.dump_python(self, mode="json", by_alias=True)
+        return payload
+
+    def to_payload_json(self) -> bytes:
+        """``to_payload`` encoded, the same bytes ``jsonrow.dumps`` writes, in a third of the time."""
+        return _OUTCOME.dump_json(self, by_alias=True)
 
     @classmethod
     def from_payload(cls, payload: Any) -> ExampleOutcome:
         """The stored outcome; one of another schema raises ``TraceSchemaError`` (never guessed)."""
         if not isinstance(payload, dict) or not isinstance(payload.get("record"), dict):
             raise TraceSchemaError(f"stored outcome is not of the {SCHEMA!r} schema")
-        record = TraceRecord.from_dict(payload["record"])
+        check_schema(payload["record"])
         try:
-            turns = [Turn(r, c, i) for r, c, i in payload["turns"]]
-            if not all(isinstance(x, str) for t in turns for x in (t.role, t.content, t.input)):
-                raise TypeError("a stored turn holds a non-string")
-            pairs = list(payload.get("pairs") or [])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise TraceSchemaError(f"malformed stored outcome: {type(exc).__name__}: {exc}") from None
-        return cls(record, turns, pairs)
+            outcome = _OUTCOME.validate_python(payload)
+        except ValidationError as exc:
+            raise TraceSchemaError(f"malformed stored outcome: {describe_invalid(exc)}") from None
+        outcome.record.schema = SCHEMA  # as ``TraceRecord.from_dict`` reads it
+        return outcome
+
+
+_OUTCOME: TypeAdapter[ExampleOutcome] = TypeAdapter(ExampleOutcome)
 
 
 def fingerprint(parts: Sequence[Any]) -> str:
@@ -184,7 +202,7 @@ async def refine_example(
             pairs += _tree_pairs(turns, t, result)
         elif settings.mode == "full":
             pairs += _pairs(turns, t, result)
-        accepted += result.accepted_rounds
+        accepted += result.accepted_edits
         turns[t] = Turn(turns[t].role, result.response, turns[t].input)
         if result.failure is not None:  # the context limit: keep what was accepted, go no further
             stopped = result
@@ -200,7 +218,7 @@ async def refine_example(
         index=example.index,
         line=example.line,
         status=status,
-        accepted_rounds=accepted,
+        accepted_edits=accepted,
         turns=traces,
         usage=usage,
         failure=None if status is Status.REFINED or stopped is None else stopped.failure,

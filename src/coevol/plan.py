@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from coevol.conversation import refinable_turns, tokens_for_chars, window_sample
-from coevol.domain import BadRow, Example
+from coevol.domain import TREE_ROLES, BadRow, Example, Role
 from coevol.prompts.render import Sample, has_input
 from coevol.prompts.templates import PromptSet
-from coevol.tree.settings import TREE_ROLES, TreeSettings
+from coevol.tree.settings import TreeSettings
 
 if TYPE_CHECKING:  # types only: the agents and the loop may import this module
     from coevol.config import Config
@@ -62,7 +62,7 @@ class PlannedCall:
     """
 
     stage: str
-    role: str
+    role: Role
     template: str
     concurrent_with: str | None = None
     memory: str | None = None
@@ -73,27 +73,35 @@ SLOT_SOURCES: dict[str, str] = {
     "sample": "sample",
     "sample_request": "request",
     "pre_resp": "response",
-    "pos_pred": "positive",
-    "crt_pred": "critical",
-    "pos_free": "positive",
-    "crt_free": "critical",
-    "adv_sugg": "advisor",
-    "new_resp": "editor",
+    "pos_pred": Role.POSITIVE,
+    "crt_pred": Role.CRITICAL,
+    "pos_free": Role.POSITIVE,
+    "crt_free": Role.CRITICAL,
+    "adv_sugg": Role.ADVISOR,
+    "new_resp": Role.EDITOR,
 }
 """What fills each slot of a task template: the sample text, the request text, the current
 response, or the answer of a role earlier in the iteration."""
 
 _DEBATE = (
-    PlannedCall("debate-1", "positive", "positive_round1", concurrent_with="critical_round1"),
-    PlannedCall("debate-1", "critical", "critical_round1", concurrent_with="positive_round1"),
+    PlannedCall("debate-1", Role.POSITIVE, "positive_round1", concurrent_with="critical_round1"),
+    PlannedCall("debate-1", Role.CRITICAL, "critical_round1", concurrent_with="positive_round1"),
     PlannedCall(
-        "debate-2", "positive", "positive_round2", concurrent_with="critical_round2", memory="positive_round1"
+        "debate-2",
+        Role.POSITIVE,
+        "positive_round2",
+        concurrent_with="critical_round2",
+        memory="positive_round1",
     ),
     PlannedCall(
-        "debate-2", "critical", "critical_round2", concurrent_with="positive_round2", memory="critical_round1"
+        "debate-2",
+        Role.CRITICAL,
+        "critical_round2",
+        concurrent_with="positive_round2",
+        memory="critical_round1",
     ),
 )
-_EDIT = PlannedCall("edit", "editor", "editor")
+_EDIT = PlannedCall("edit", Role.EDITOR, "editor")
 
 
 def judge_templates(kind: JudgeKind) -> tuple[str, str]:
@@ -105,8 +113,8 @@ def judge_templates(kind: JudgeKind) -> tuple[str, str]:
 def _judge(kind: JudgeKind) -> tuple[PlannedCall, ...]:
     forward, reverse = judge_templates(kind)
     return (
-        PlannedCall("judge", "judge", forward, concurrent_with=reverse),
-        PlannedCall("judge", "judge", reverse, concurrent_with=forward, skippable=True),
+        PlannedCall("judge", Role.JUDGE, forward, concurrent_with=reverse),
+        PlannedCall("judge", Role.JUDGE, reverse, concurrent_with=forward, skippable=True),
     )
 
 
@@ -118,16 +126,16 @@ def call_plan(mode: Mode, judge: JudgeKind = "verdict") -> tuple[PlannedCall, ..
     which ends the iteration after the editor.
     """
     if mode == "edit":
-        return (PlannedCall("edit", "editor", "editor_nosugg"),)
+        return (PlannedCall("edit", Role.EDITOR, "editor_nosugg"),)
     if mode == "advise":
-        return (PlannedCall("advise", "advisor", "advisor_resp"), _EDIT)
+        return (PlannedCall("advise", Role.ADVISOR, "advisor_resp"), _EDIT)
     if mode == "advise-noresp":
-        return (PlannedCall("advise", "advisor", "advisor_noresp"), _EDIT)
-    debate = (*_DEBATE, PlannedCall("advise", "advisor", "advisor"), _EDIT)
+        return (PlannedCall("advise", Role.ADVISOR, "advisor_noresp"), _EDIT)
+    debate = (*_DEBATE, PlannedCall("advise", Role.ADVISOR, "advisor"), _EDIT)
     return (*debate, *_judge(judge)) if mode == "full" else debate
 
 
-PLANNED_ROLES: tuple[str, ...] = tuple(dict.fromkeys(c.role for c in call_plan("full")))
+PLANNED_ROLES: tuple[Role, ...] = tuple(dict.fromkeys(c.role for c in call_plan("full")))
 """Every role, in the order a full iteration first calls it."""
 
 
@@ -312,7 +320,7 @@ def _add_turn(bounds: list[_Bound], rounds: int, sample: int, request: int, resp
 def _add_reasks(config: Config, est: DryRunEstimate, rounds: int, judge_max_tokens: int) -> None:
     """Full mode: each judge call may be asked again ``judge_reasks`` times."""
     est.reask_calls_max = est.turns * rounds * 2 * config.judge_reasks
-    judge = est.roles["judge"]
+    judge = est.roles[Role.JUDGE]
     judge.prompt_tokens_max += (judge.prompt_tokens_max // max(judge.calls_max, 1)) * est.reask_calls_max
     judge.completion_tokens_max += judge_max_tokens * est.reask_calls_max
 
@@ -429,7 +437,7 @@ def estimate_examples(
     settings = config.conversation_settings()
     est = DryRunEstimate(config.mode, config.max_rounds, calls_per_second=calls_per_second)
     est.tree = config.tree_settings()
-    est.roles = {role: RoleEstimate() for role in PLANNED_ROLES + (TREE_ROLES if est.tree else ())}
+    est.roles = {role.value: RoleEstimate() for role in PLANNED_ROLES + (TREE_ROLES if est.tree else ())}
     max_tokens = {role: config.role(role).max_tokens or config.max_tokens for role in est.roles}
     full = config.mode == "full"
     rounds = config.max_rounds if full else 1
@@ -458,6 +466,6 @@ def estimate_examples(
     fewest, most = calls_per_turn(config.mode, config.max_rounds, early_exit=config.judge_early_exit)
     est.calls_min, est.calls_max = fewest * est.turns, most * est.turns
     if full:
-        _add_reasks(config, est, rounds, max_tokens["judge"])
+        _add_reasks(config, est, rounds, max_tokens[Role.JUDGE])
     _price(config, est)
     return est

@@ -31,6 +31,7 @@ from coevol.cli.exit_codes import (
     EXIT_TERMINATED,
     judge_check_exit,
 )
+from coevol.cli.flags import add_config_flags, overrides
 from coevol.config import Config
 from coevol.engine.dispatch import RunStats
 from coevol.errors import BudgetExceeded, DataError, OutputError
@@ -45,8 +46,6 @@ _SCHEMA_HEAD = re.compile(rb'^\s*\{\s*"schema"\s*:\s*"coevol\.compare/1"')
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``compare`` on the CLI's subparsers (``argparse._SubParsersAction``)."""
-    from coevol.cli.main import _add_config_flags
-
     p: argparse.ArgumentParser = subparsers.add_parser(
         "compare",
         help="judge two versions of a dataset pairwise (did refinement help?)",
@@ -77,7 +76,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--dry-run", action="store_true", help="print the judge calls needed; send nothing")
-    _add_config_flags(p, loop=False)
+    add_config_flags(p, loop=False)
     return p
 
 
@@ -112,10 +111,9 @@ def format_table(document: dict[str, Any]) -> Table:
 
 
 def _config(ns: argparse.Namespace) -> Config:
-    from coevol.cli.main import _overrides
     from coevol.config import load_config
 
-    return load_config(ns.config, _overrides(ns))
+    return load_config(ns.config, overrides(ns))
 
 
 def _dry_run(ns: argparse.Namespace, config: Config) -> int:
@@ -286,7 +284,7 @@ def load_result(path: Path) -> dict[str, Any]:
 
 def report_compare(ns: argparse.Namespace) -> int:
     """``coevol report RESULT`` for a compare result: the page beside it (or at ``-o``)."""
-    from coevol.cli.report import check_report_targets, open_hint, report_paths
+    from coevol.cli.report_targets import check_report_targets, open_hint, report_paths
     from coevol.io.writers import write_whole
     from coevol.report.compare_page import render_compare_page
 

@@ -29,12 +29,21 @@ def _settings(config: Config) -> dict[str, object]:
     return {name: getattr(config, name) for name in names if getattr(config, name, None) is not None}
 
 
-def push_run(output: Path, repo: str, config: Config, *, source: str, private: bool, err: Any) -> None:
+def push_run(
+    output: Path,
+    repo: str,
+    config: Config,
+    *,
+    source: str,
+    private: bool,
+    err: Any,
+    run_dir: Path | None = None,
+) -> None:
     """Build the card from the run's files (the report's statistics, without Fig. 3) and push."""
     from coevol.report.build import ReportOptions, build_report
     from coevol.report.reader import RunFiles
 
-    built = build_report(RunFiles.beside(output), ReportOptions(directions=False, max_samples=0))
+    built = build_report(RunFiles.of(output, run_dir), ReportOptions(directions=False, max_samples=0))
     data_path = f"data/{SPLIT}-00000-of-00001{output.suffix.lower()}"
     card = dataset_card(
         built.document,

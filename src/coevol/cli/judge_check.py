@@ -30,7 +30,7 @@ __all__ = ["add_parser", "format_result", "print_result", "run"]
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``judge-check`` on the CLI's subparsers."""
-    from coevol.cli.main import _add_config_flags
+    from coevol.cli.flags import add_config_flags
 
     p: argparse.ArgumentParser = subparsers.add_parser(
         "judge-check",
@@ -55,7 +55,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="the call store (default: judge-check.db in the cache folder); a rerun pays nothing",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
-    _add_config_flags(p, loop=False, check=False)
+    add_config_flags(p, loop=False, check=False)
     return p
 
 
@@ -130,12 +130,12 @@ def _progress(err: Console, quiet: bool) -> Callable[[int, int], None] | None:
 
 def run(ns: argparse.Namespace, err: Console) -> int:
     """Check the judge; print (and write) the figures; the exit code says the verdict."""
-    from coevol.cli.main import _overrides
+    from coevol.cli.flags import overrides
     from coevol.config import load_config
     from coevol.errors import ConfigError
     from coevol.judge_check.run import acheck_judge
 
-    config = load_config(ns.config, _overrides(ns))
+    config = load_config(ns.config, overrides(ns))
     store = ns.store if ns.store is not None else _default_store()
     if ns.limit is not None and ns.limit < 1:
         raise ConfigError("--limit must be at least 1")

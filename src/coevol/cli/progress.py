@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from coevol.audit import judge_finding
+from coevol.domain import Role
 from coevol.engine.dispatch import RunStats
 from coevol.engine.endpoints import describe_pool
 from coevol.engine.runner import RunPaths, RunSummary
@@ -45,7 +46,14 @@ def _clock(when: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(when))
 
 
-_ROLE_ABBREV = {"positive": "pos", "critical": "crt", "advisor": "adv", "editor": "edt", "judge": "jdg"}
+_ROLE_ABBREV: dict[str, str] = {
+    Role.POSITIVE: "pos",
+    Role.CRITICAL: "crt",
+    Role.ADVISOR: "adv",
+    Role.EDITOR: "edt",
+    Role.JUDGE: "jdg",
+}
+"""Short names for the progress line; a role without one is shown by its full name."""
 
 
 def describe_waits(
@@ -238,7 +246,7 @@ class RunDisplay:
             return
         why = inert_line(summary.stopped or "stopped")
         if summary.resumable:
-            text = f"not finished ({why}). Finished work is kept in {inert_line(paths.store.name)}: "
+            text = f"not finished ({why}). Finished work is kept in {inert_line(_store_name(paths))}: "
             text += "rerun the same command to resume."
         else:
             text = f"not finished ({why}). Fix the setup, then rerun: finished work is kept."
@@ -252,6 +260,11 @@ def batch_lines(stats: RunStats, now: float) -> list[str]:
     if not stats.batches:
         return []
     return [f"batches: {sent} sent, {len(views)} in flight", *describe_batches(views, now)[:8]]
+
+
+def _store_name(paths: RunPaths) -> str:
+    """The store's name beside the output; its path in a run folder (``coevol.db`` alone says little)."""
+    return paths.store.name if paths.run_dir is None else str(paths.store)
 
 
 def summary_table(
@@ -278,7 +291,9 @@ def summary_table(
     if summary.failure_causes:
         row("failure causes", ", ".join(f"{k}: {v}" for k, v in summary.failure_causes.items()))
     if summary.judged:
-        row("judge verdicts unparseable", f"{summary.unparseable} of {summary.judged}")
+        # A stop message counts at the moment of the stop; calls in flight finish after it.
+        after = " (all, with those finished after the stop)" if summary.stopped else ""
+        row("judge verdicts unparseable", f"{summary.unparseable} of {summary.judged}{after}")
     row("calls sent / replayed", f"{stats.sent} / {stats.cached}")
     if stats.retries:
         row("retries", stats.retries)

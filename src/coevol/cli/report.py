@@ -7,28 +7,20 @@ Reads the run's files beside OUTPUT (trace, rejects, store) and writes ``OUTPUT.
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import shlex
-import stat
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from coevol.cli.exit_codes import EXIT_OK
-from coevol.errors import ConfigError, DataError, OutputError
-from coevol.io.guard import check_derived, regular_file
+from coevol.cli.report_targets import check_report_targets, open_hint, report_paths
+from coevol.errors import ConfigError, DataError
+from coevol.io.guard import regular_file
 from coevol.io.writers import write_whole
 from coevol.report.stats import DEFAULT_DIRECTION_LINES
 from coevol.textsafe import inert_line
 
-__all__ = ["add_parser", "check_report_targets", "open_hint", "report_paths", "run"]
-
-_JSON_HEAD = re.compile(rb'^\s*\{\s*"schema"\s*:\s*"coevol\.report/1"')
-_PAGE_HEAD = re.compile(
-    rb'^<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="Content-Security-Policy"'
-)
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -42,7 +34,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("output", type=Path, help="the refined output file of a run (its trace lies beside it)")
-    p.add_argument("-o", "--out", type=Path, help="where to write the page (default OUTPUT.report.html)")
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        metavar="DIR",
+        help="the run folder the run was given (--run-dir); `coevol report DIR` alone also finds its output",
+    )
+    p.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        help="where to write the page (default OUTPUT.report.html, or DIR/report.html for a run folder)",
+    )
     p.add_argument(
         "--tokenizer",
         default="cl100k_base",
@@ -68,60 +71,31 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def report_paths(output: Path, out: Path | None) -> tuple[Path, Path]:
-    """(page, JSON) paths for ``output`` and an optional ``-o``."""
-    if out is None:
-        return output.with_name(output.name + ".report.html"), output.with_name(output.name + ".report.json")
-    if out.suffix.lower() in (".html", ".htm"):
-        return out, out.with_suffix(".json")
-    return out, out.with_name(out.name + ".json")
-
-
-def _written_by_us(path: Path, head: re.Pattern[bytes]) -> bool:
-    """Whether ``path`` is absent or a regular file a previous report wrote (read from its first
-    bytes; a FIFO or a link is never opened)."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return True
-    if not stat.S_ISREG(mode):
-        return False
-    try:
-        with path.open("rb") as f:
-            return head.match(f.read(256)) is not None
-    except OSError:
-        return False
-
-
-def check_report_targets(page: Path, doc: Path | None, reads: dict[str, Path]) -> None:
-    """Refuse, before anything is written, a page or JSON that would replace a file the report reads,
-    a file of a running job, or any existing file that a report did not write (the run's input,
-    its refined output, a comparison's baseline ...)."""
-    writes = {"the page": page, **({"the JSON document": doc} if doc is not None else {})}
-    check_derived(writes, reads)
-    targets: list[tuple[str, Path, re.Pattern[bytes]]] = [("the page", page, _PAGE_HEAD)]
-    if doc is not None:
-        targets.append(("the JSON document", doc, _JSON_HEAD))
-    for what, path, head in targets:
-        if not _written_by_us(path, head):
-            raise OutputError(
-                f"refusing to write {what} {path}: that file exists and is not a coevol report "
-                "(it may be data); remove it or give -o another NAME.html"
-            )
-
-
-def open_hint(page: Path) -> str:
-    """The line that says how to open the page, its name quoted for a shell."""
-    quoted = inert_line(shlex.quote(str(page)))
-    return f"open it with: xdg-open {quoted}  (or any browser; it needs no network)"
-
-
 def _prices(path: Path | None) -> dict[str, tuple[float, float]] | None:
     if path is None:
         return None
     from coevol.config import load_config
 
     return load_config(path, {}).prices()
+
+
+def _run_of(output: Path, run_dir: Path | None) -> tuple[Path, Path | None]:
+    """(output, run folder): ``coevol report DIR`` reads the output's name from the folder's record."""
+    from coevol.io.rundir import read_marker
+    from coevol.report.reader import RunFiles
+
+    if run_dir is None and output.is_dir():
+        named = read_marker(output / "run.json")
+        if named is None:
+            raise DataError(f"{output} is a folder without a coevol run (no run.json); give the run's output")
+        return named, output
+    if run_dir is not None and not run_dir.is_dir():
+        raise DataError(f"the run folder {run_dir} is not a folder")
+    default = output.with_name(output.name + ".coevol")
+    beside = RunFiles.beside(output).trace
+    if run_dir is None and not beside.exists() and (default / "run.json").is_file():
+        return output, default  # run with a bare --run-dir: its folder is found without naming it
+    return output, run_dir
 
 
 def run(ns: argparse.Namespace) -> int:
@@ -138,9 +112,11 @@ def run(ns: argparse.Namespace) -> int:
 
     if is_compare_result(ns.output):  # a ``coevol compare`` result (schema coevol.compare/1)
         return report_compare(ns)
-    files = RunFiles.beside(ns.output)
+    output, run_dir = _run_of(ns.output, ns.run_dir)
+    files = RunFiles.of(output, run_dir)
     if not files.trace.exists():
-        raise DataError(f"no trace beside {ns.output}: expected {files.trace} (run coevol refine first)")
+        where = f"in the run folder {run_dir}" if run_dir is not None else f"beside {output}"
+        raise DataError(f"no trace {where}: expected {files.trace} (run coevol refine first)")
     regular_file(files.trace, "trace")  # a FIFO would hang the read, a link to /dev/zero never end
     options = ReportOptions(
         tokenizer=ns.tokenizer,
@@ -149,10 +125,10 @@ def run(ns: argparse.Namespace) -> int:
         direction_lines=ns.directions_lines,
         prices=_prices(ns.config),
     )
-    page, doc = report_paths(files.output, ns.out)
+    page, doc = report_paths(files.output, ns.out, run_dir)
     from coevol.engine.runner import RunPaths
 
-    run_files = RunPaths.beside(Path(), files.output)
+    run_files = RunPaths.of(Path(), files.output, None, run_dir)
     reads = {"the run's output": files.output, "the trace being read": files.trace}
     reads.update({f"the run's {k.removeprefix('the ')}": v for k, v in run_files.working().items()})
     reads["the run's partial trace"] = files.trace.with_name(run_files.trace.name + ".partial")

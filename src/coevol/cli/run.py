@@ -25,7 +25,7 @@ from coevol.cli.exit_codes import (
 )
 from coevol.config import Config
 from coevol.engine.dispatch import RunStats
-from coevol.engine.runner import RunPaths, RunSummary
+from coevol.engine.runner import RunPaths, RunSummary, run_dir_of
 from coevol.errors import BudgetExceeded, CoevolError
 from coevol.io.readers import count_rows, require_usable_row
 from coevol.judge_check.run import JudgeCheckFailed
@@ -61,7 +61,7 @@ def _dry_run(ns: argparse.Namespace, config: Config) -> int:
         calls_per_second=ns.rate,
     )
     sys.stdout.write(format_estimate(est))
-    store = config.cache or RunPaths.beside(ns.input, ns.output).store
+    store = config.cache or _paths(ns, config).store
     measured = measured_rows(Path(store))
     if measured is not None and est.examples:
         sys.stdout.write(format_expected(measured, est.examples, config.prices() or {}) + "\n")
@@ -227,17 +227,23 @@ def refine_command(ns: argparse.Namespace, config: Config, err: Any) -> int:
             signal.signal(signal.SIGTERM, previous)  # a SIGTERM during the summary still exits 143
             loop.remove_signal_handler(signal.SIGINT)
             signal.signal(signal.SIGINT, previous_int)
-        paths = RunPaths.beside(ns.input, ns.output, ns.pairs)
+        paths = _paths(ns, config)
         if getattr(ns, "executor", "local") == "ray":  # its stores live in the shards' folder
-            paths = dataclasses.replace(paths, store=ns.work_dir or Path(f"{ns.output}.shards"))
+            paths = dataclasses.replace(paths, store=ns.work_dir or paths.shards)
         display.summary(live.summary, live.stats, paths)
         if result is not None:
-            code = _finished(ns, err, result.summary, result.dataset_info, result.recovered)
+            code = _finished(ns, err, result.summary, result.dataset_info, result.recovered, paths)
             if ns.push_to_hub:
                 from coevol.cli.hub import push_run
 
                 push_run(
-                    ns.output, ns.push_to_hub, config, source=str(ns.input), private=ns.hub_private, err=err
+                    ns.output,
+                    ns.push_to_hub,
+                    config,
+                    source=str(ns.input),
+                    private=ns.hub_private,
+                    err=err,
+                    run_dir=paths.run_dir,
                 )
         return code
 
@@ -248,7 +254,13 @@ def refine_command(ns: argparse.Namespace, config: Config, err: Any) -> int:
         return EXIT_INTERRUPTED
 
 
-def _finished(ns: argparse.Namespace, err: Any, summary: RunSummary, info: Any, recovered: bool) -> int:
+def _paths(ns: argparse.Namespace, config: Config) -> RunPaths:
+    return RunPaths.of(ns.input, ns.output, ns.pairs, run_dir_of(config.run_dir, ns.output))
+
+
+def _finished(
+    ns: argparse.Namespace, err: Any, summary: RunSummary, info: Any, recovered: bool, paths: RunPaths
+) -> int:
     """A completed run: say what else was written, and exit 4 when some samples failed."""
     if recovered:
         err.print(
@@ -265,7 +277,7 @@ def _finished(ns: argparse.Namespace, err: Any, summary: RunSummary, info: Any, 
     if ns.show:
         from coevol.cli.show import show_trace
 
-        show_trace(RunPaths.beside(ns.input, ns.output).trace, limit=ns.show)
+        show_trace(paths.trace, limit=ns.show)
     if summary.failed:
         err.print(
             f"{summary.failed} samples failed (written unchanged); "

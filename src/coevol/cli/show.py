@@ -8,9 +8,9 @@ marked in their panel's title.
 
 Everything read from the file came from a dataset or a model: it goes through
 ``coevol.textsafe.inert`` and is printed as plain ``rich.text.Text``, never parsed as markup, so
-escape sequences and console markup in it show as inert text. The file is read through
-``TraceRecord.from_dict``; a file that is missing, a folder, not a trace or of another schema is
-refused with one line (``TraceError``, a ``CoevolError``).
+escape sequences and console markup in it show as inert text. The file is read by the one trace
+reader (``coevol.io.tracefile``); a file that is missing, a folder, not a regular file, not a
+trace or of another schema is refused with one line (``TraceError``, a ``CoevolError``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.text import Text
@@ -33,7 +32,9 @@ from coevol.domain import (
     TraceRecord,
     TurnTrace,
 )
-from coevol.errors import TraceError, TraceSchemaError
+from coevol.errors import TraceError
+from coevol.io import tracefile
+from coevol.io.tracefile import Problem, Unreadable
 from coevol.textdiff import word_diff
 from coevol.textsafe import inert, inert_line
 from coevol.tree.view import tree_lines
@@ -43,7 +44,7 @@ __all__ = ["read_trace", "render_record", "show_trace"]
 CUT_OFF = " (cut off: max_tokens reached)"
 
 STOP_REASONS: dict[StopReason, str] = {
-    StopReason.REJECTED: "the edit did not score higher than the previous response (Eq. 4)",
+    StopReason.TURNED_DOWN: "the edit did not score higher than the previous response (Eq. 4)",
     StopReason.MAX_ROUNDS: "the most accepted edits (K) reached",
     StopReason.JUDGE_UNPARSEABLE: "no usable judge verdict after every re-ask",
     StopReason.EDIT_UNUSABLE: "the editor's answer was empty or cut off, never judged",
@@ -191,7 +192,7 @@ def _turn(turn: TurnTrace) -> Iterator[Any]:
 
 def _stopped(turn: TurnTrace) -> Text:
     why = STOP_REASONS.get(turn.stop_reason, str(turn.stop_reason))
-    text = Text(f"stopped: {turn.stop_reason.value} ({why}); {turn.accepted_rounds} accepted edit(s)")
+    text = Text(f"stopped: {turn.stop_reason.value} ({why}); {turn.accepted_edits} accepted edit(s)")
     if turn.failure is not None:
         text.append(inert_line(f"\n  {turn.failure.type}: {turn.failure.message}"), style="red")
     text.stylize("bold cyan")
@@ -203,7 +204,7 @@ def render_record(record: TraceRecord) -> Iterable[Any]:
     head = f"row {record.index} (line {record.line})"
     if record.id is not None:
         head += f" id={inert_line(str(record.id))}"
-    yield Text(f"{head}: {record.status.value}, {record.accepted_rounds} accepted edit(s)", style="bold")
+    yield Text(f"{head}: {record.status.value}, {record.accepted_edits} accepted edit(s)", style="bold")
     if record.failure is not None:
         yield Text(inert_line(f"failure: {record.failure.type}: {record.failure.message}"), style="red")
     for role, route in record.roles.items():
@@ -216,38 +217,23 @@ def _where(path: Path) -> str:
     return inert_line(str(path))
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    try:
-        if path.is_dir():
-            raise TraceError(f"{_where(path)} is a folder, not a trace file (give OUT.trace.jsonl)")
-        with path.open("rb") as fh:
-            yield from enumerate(fh, 1)
-    except FileNotFoundError:
-        raise TraceError(f"no such trace file: {_where(path)}") from None
-    except OSError as exc:
-        raise TraceError(f"cannot read {_where(path)}: {inert_line(exc.strerror or str(exc))}") from None
+_HINTS = {
+    Problem.NOT_JSON: "is not JSON: not a trace file (the trace is OUT.trace.jsonl)",
+    Problem.NOT_RECORD: (
+        "is not a trace record: not a trace file (the trace is OUT.trace.jsonl, not the output)"
+    ),
+}
 
 
 def read_trace(path: Path) -> Iterator[TraceRecord]:
     """The records of a trace file, one per non-blank line; anything else raises ``TraceError``."""
-    for number, line in _lines(path):
-        if not line.strip():
-            continue
-        try:
-            data = orjson.loads(line)
-        except orjson.JSONDecodeError:
+    for item in tracefile.read_trace(path):
+        if isinstance(item, Unreadable):
+            hint = _HINTS.get(item.problem)
             raise TraceError(
-                f"{_where(path)} line {number} is not JSON: not a trace file (the trace is OUT.trace.jsonl)"
-            ) from None
-        if isinstance(data, dict) and "schema" not in data and "turns" not in data:
-            raise TraceError(
-                f"{_where(path)} line {number} is not a trace record: not a trace file "
-                "(the trace is OUT.trace.jsonl, not the output)"
+                f"{_where(path)} line {item.number} {hint}" if hint else f"{_where(path)} {item.message}"
             )
-        try:
-            yield TraceRecord.from_dict(data)
-        except TraceSchemaError as exc:
-            raise TraceError(f"{_where(path)} line {number}: {inert_line(str(exc))}") from None
+        yield item
 
 
 def show_trace(

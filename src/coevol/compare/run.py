@@ -23,8 +23,8 @@ from coevol.audit import JudgeAudit
 from coevol.compare.decide import Outcome, Rule, Tally, finding, outcome
 from coevol.compare.result import candidate_document, compare_document, unit_record
 from coevol.compare.units import Side, Unit, match_rows, units_of
-from coevol.config import ROLES, Config, RoleConfig
-from coevol.domain import Example, JudgeTrace
+from coevol.config import Config, RoleConfig
+from coevol.domain import COEVOL_ROLES, Example, JudgeTrace, Role
 from coevol.engine.dispatch import RunStats
 from coevol.engine.job import Job
 from coevol.engine.rows import StopTally
@@ -114,8 +114,8 @@ def judge_config(config: Config) -> Config:
     A comparison asks only the judge; building the other roles as configured could load the
     embedded model, or check servers that are never asked.
     """
-    own = config.roles.get("judge", RoleConfig())
-    return config.model_copy(update={"roles": {role: own.model_copy() for role in ROLES}})
+    own = config.roles.get(Role.JUDGE, RoleConfig())
+    return config.model_copy(update={"roles": {role: own.model_copy() for role in COEVOL_ROLES}})
 
 
 def _read(path: Path, input_format: str | None) -> tuple[list[Example], int]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from coevol.config import ROLES, Config
+from coevol.config import Config
+from coevol.domain import COEVOL_ROLES
 from coevol.engine.capacity import learn_capacity
 from coevol.engine.dispatch import Dispatcher, RetryPolicy, Route
 from coevol.engine.endpoints import EndpointGroup
@@ -142,7 +143,7 @@ async def _batched(
     except BaseException:
         await api.aclose()
         raise
-    roles = {prompts[f"{r}_system"]: r for r in ROLES}
+    roles = {prompts[f"{r}_system"]: r.value for r in COEVOL_ROLES}
     return BatchBackend(online, api, store=store, poll=plan.batch_poll, roles=roles)
 
 

@@ -43,6 +43,8 @@ from coevol.multiturn import ExampleOutcome, refine_example
 from coevol.store.sqlite import Store
 
 __all__ = [
+    "RUN_DIR_SUFFIX",
+    "RUN_MARKER",
     "ProgressFn",
     "RefineWork",
     "Refined",
@@ -52,12 +54,30 @@ __all__ = [
     "judge_counts",
     "resume_key",
     "role_routes",
+    "run_dir_of",
 ]
+
+
+RUN_DIR_SUFFIX = ".coevol"
+"""``--run-dir`` with no folder named: ``OUTPUT.coevol/`` beside the output."""
+
+RUN_MARKER = "run.json"
+"""The file that says which output a run folder belongs to (``coevol report DIR`` reads it)."""
+
+
+def run_dir_of(setting: Path | bool | None, output: Path) -> Path | None:
+    """The run folder a ``run_dir`` setting names for ``output``: ``True`` is ``OUTPUT.coevol``,
+    ``None``/``False`` is 0.2's layout (every file beside the output)."""
+    if setting is None or setting is False:
+        return None
+    if setting is True:
+        return output.with_name(output.name + RUN_DIR_SUFFIX)
+    return Path(setting)
 
 
 @dataclass(frozen=True, slots=True)
 class RunPaths:
-    """The files of one run, all beside the output."""
+    """The files of one run: beside the output (0.2's layout), or in one run folder."""
 
     input: Path
     output: Path
@@ -68,6 +88,37 @@ class RunPaths:
     dataset_info: Path = Path()
     lock: Path = Path()
     journal: Path = Path()
+    run_dir: Path | None = None
+
+    @classmethod
+    def of(cls, input: Path, output: Path, pairs: Path | None, run_dir: Path | None) -> RunPaths:
+        """The run's files in ``run_dir`` when one is given, else beside the output."""
+        if run_dir is None:
+            return cls.beside(input, output, pairs)
+        return cls(
+            input=input,
+            output=output,
+            trace=run_dir / "trace.jsonl",
+            rejects=run_dir / "rejects.jsonl",
+            store=run_dir / "coevol.db",
+            pairs=pairs,
+            dataset_info=run_dir / "dataset_info.json",
+            lock=run_dir / "lock",
+            journal=run_dir / "commit.json",
+            run_dir=run_dir,
+        )
+
+    @property
+    def shards(self) -> Path:
+        """The Ray shards' default folder (``--work-dir`` names another)."""
+        if self.run_dir is not None:
+            return self.run_dir / "shards"
+        return self.output.with_name(self.output.name + ".shards")
+
+    @property
+    def marker(self) -> Path | None:
+        """The run folder's ``run.json``, naming the output it belongs to."""
+        return self.run_dir / RUN_MARKER if self.run_dir is not None else None
 
     @classmethod
     def beside(cls, input: Path, output: Path, pairs: Path | None = None) -> RunPaths:
@@ -95,7 +146,7 @@ class RunPaths:
             "the LLaMA-Factory entry": self.dataset_info,
             "the lock file": self.lock,
             "the commit journal": self.journal,
-        }
+        } | ({"the run folder's record": self.marker} if self.marker is not None else {})
 
     def finals(self) -> list[Path]:
         """The files one commit moves into place together."""
@@ -144,10 +195,10 @@ class RunSummary:
             self.rejected += 1
         if record.failure is not None and record.status is not Status.REFINED:
             self.failure_causes[record.failure.type] += 1
-        self.accepted_edits += record.accepted_rounds
+        self.accepted_edits += record.accepted_edits
         self.audit.add_record(record)
         for turn in record.turns:
-            self.rounds[turn.accepted_rounds] += 1
+            self.rounds[turn.accepted_edits] += 1
             self.stop_reasons[turn.stop_reason.value] += 1
         judged, unparseable = judge_counts(record)
         self.judged += judged
@@ -271,7 +322,7 @@ class RefineWork:
         )
         if self.store is not None:
             self.store.put_sample(
-                resume_key(item, self.fingerprint), outcome.status.value, outcome.to_payload()
+                resume_key(item, self.fingerprint), outcome.status.value, outcome.to_payload_json()
             )
         return Refined(outcome)
 
@@ -414,7 +465,7 @@ class Runner:
         self.output_fmt = self.output_fmt or self.output_format or item.fmt
         self.output_columns.update(row)
         out.output.write(row)
-        out.trace.write(outcome.record.to_dict())
+        out.trace.write_encoded(outcome.record.to_json())
         if out.pairs is not None:
             for pair in outcome.pairs:
                 out.pairs.write(pair)

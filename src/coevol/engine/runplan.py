@@ -116,7 +116,7 @@ class RunPlan:
         model is never loaded for a role nobody asks) with ``config``'s rules for keys, groups and
         fallbacks, once."""
         names = config.active_roles() if roles is None else roles
-        resolved = {role: _role_plan(config, role) for role in names}
+        resolved = {str(role): _role_plan(config, role) for role in names}  # plain keys: orjson writes them
         c = config
         return cls(
             roles=resolved,

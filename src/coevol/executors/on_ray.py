@@ -38,7 +38,7 @@ from coevol import errors
 from coevol.audit import JudgeAudit
 from coevol.config import Config
 from coevol.engine.dispatch import RunStats
-from coevol.engine.runner import ProgressFn, RunPaths, RunSummary
+from coevol.engine.runner import ProgressFn, RunSummary
 from coevol.engine.runplan import RunPlan
 from coevol.errors import CoevolError, ConfigError, MissingExtra, OutputError
 from coevol.executors.shards import Shard, done_marker, merge_shards, plan_shards, verify_shard
@@ -473,20 +473,20 @@ async def arefine_file_ray(
     options: RayOptions | None = None,
 ) -> Any:
     """``arefine_file`` on Ray: the same files, byte for byte, and the same ``FileRun``."""
-    from coevol.api import FileRun, prepare
-    from coevol.io.guard import RunLock
+    from coevol.api import FileRun, claimed_lock, prepare, run_paths
     from coevol.io.writers import recover
 
     ray = import_ray()
     options = options or RayOptions()
     check_ray_config(config)
-    paths = RunPaths.beside(Path(input), Path(output), Path(pairs) if pairs is not None else None)
+    paths = run_paths(input, output, pairs, config)
     prepare(paths, None)
-    work_dir = options.work_dir or paths.output.with_name(paths.output.name + ".shards")
+    work_dir = options.work_dir or paths.shards
+    config = config.model_copy(update={"run_dir": None})  # each shard's files stay in its folder
     summary, stats = RunSummary(), RunStats()
     started = time.monotonic()
     description = f"coevol refine {paths.input} -o {paths.output} --executor ray"
-    with RunLock(paths.lock, description, also=[paths.pairs] if paths.pairs is not None else []):
+    with claimed_lock(paths, description):
         recovered = recover(paths.journal, paths.finals())
         try:
             work_dir.mkdir(parents=True, exist_ok=True)

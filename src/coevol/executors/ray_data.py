@@ -8,7 +8,7 @@
         RefineBatches,
         fn_constructor_kwargs={"config": {"base_url": "http://vllm:8000/v1", "model": "qwen"},
                                "store_dir": "/local/coevol-calls"},
-        concurrency=4, batch_size=64,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=4), num_cpus=0.25, batch_size=64,
     )
     ds.write_parquet("s3://bucket/sft-refined/")
 
@@ -30,10 +30,12 @@ a rerun replays the calls already paid for; SQLite is never shared between proce
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = ["RefineBatches"]
 
 STATUS_COLUMN = "coevol_status"
+_CLOSE_TIMEOUT = 30.0  # seconds a torn-down actor waits for its sessions to close
 
 
 def plain(value: Any) -> Any:
@@ -88,6 +91,20 @@ def rows_batch(rows: list[dict[str, Any]], kind: str) -> Any:
     return columns
 
 
+def _close_on(
+    loop: asyncio.AbstractEventLoop, close: Callable[[], Coroutine[Any, Any, None]], thread: int | None
+) -> None:
+    """Run ``close()`` on ``loop``: waited for from another thread (Ray Data runs an async UDF's
+    loop in a thread of its own), or to the end when the loop is stopped; from the loop's own
+    thread it can only be scheduled."""
+    if threading.get_ident() == thread:
+        loop.create_task(close())
+    elif loop.is_running():
+        asyncio.run_coroutine_threadsafe(close(), loop).result(timeout=_CLOSE_TIMEOUT)
+    else:
+        loop.run_until_complete(close())
+
+
 class RefineBatches:
     """A ``map_batches`` callable class: refines each batch's rows on this actor's engine."""
 
@@ -110,6 +127,8 @@ class RefineBatches:
         self.summary = RunSummary()  # this actor's rows, across its batches
         self._job: Job | None = None
         self._lock_fd: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the job's sessions live on
+        self._loop_thread: int | None = None
 
     def _own_store(self) -> Path:
         """The first store under ``store_dir`` that no other actor holds (an ``flock`` says so)."""
@@ -133,6 +152,8 @@ class RefineBatches:
     async def _ready(self) -> Job:
         if self._job is None:
             from coevol.engine.job import Job
+
+            self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
 
             store = self._own_store() if self.store_dir is not None else None
             self._job = await Job.open(self.plan, cache=store)  # the actor's calls, kept for a rerun
@@ -180,6 +201,12 @@ class RefineBatches:
             os.close(fd)
 
     def __del__(self) -> None:
+        """Ray Data deletes the instance when it tears the actor down: close the sessions and the
+        store on the loop that opened them (aiohttp warns of every session left open)."""
+        loop: asyncio.AbstractEventLoop | None = getattr(self, "_loop", None)
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(Exception):  # nothing may escape a finaliser
+                _close_on(loop, self.aclose, getattr(self, "_loop_thread", None))
         fd = getattr(self, "_lock_fd", None)  # absent when __init__ refused the config
         if fd is not None:
             with contextlib.suppress(OSError):

@@ -36,6 +36,7 @@ from coevol.errors import OutputError
 from coevol.io import jsonrow
 from coevol.io.formats import dataset_info_entry
 from coevol.io.readers import parquet_schema, read_examples
+from coevol.io.tracefile import trace_lines
 from coevol.io.writers import AtomicFile, RowWriter, commit, output_kind, write_whole
 
 __all__ = [
@@ -278,6 +279,16 @@ def _reindexed(line: bytes, start: int, where: Path) -> bytes:
     return match.group(1) + str(int(match.group(2)) + start).encode() + line[match.end() :]
 
 
+def _merge_trace(trace: AtomicFile, shard: Shard) -> None:
+    """The shard's trace lines, read by the one trace reader, re-indexed byte for byte."""
+    if not shard.paths.trace.exists():
+        return
+    for number, line in trace_lines(shard.paths.trace):
+        if line is None:
+            raise OutputError(f"{shard.paths.trace} line {number}: too long; rerun to rewrite the shard")
+        trace.write(_reindexed(line, shard.start, shard.paths.trace) + b"\n")
+
+
 def _merge_rows(final: Path, parts: Sequence[Path], parquet_input: Path | None) -> AtomicFile | RowWriter:
     """The shards' rows into one file of ``final``'s kind, byte for byte as one writer would."""
     kind = output_kind(final)
@@ -328,8 +339,7 @@ def merge_shards(shards: Sequence[Shard], paths: RunPaths, *, parquet_input: Pat
         trace = AtomicFile(paths.trace)
         files.append(trace)
         for s in shards:
-            for line in _lines(s.paths.trace):
-                trace.write(_reindexed(line, s.start, s.paths.trace))
+            _merge_trace(trace, s)
         remove: list[Path] = []
         rejects = [line for s in shards for line in _lines(s.paths.rejects)]
         if rejects:

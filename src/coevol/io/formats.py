@@ -12,9 +12,8 @@ from typing import Any
 
 import orjson
 
-from coevol.domain import Example, Turn
+from coevol.domain import NO_INPUT_PLACEHOLDERS, Example, Turn
 from coevol.errors import ConfigError, DataError
-from coevol.prompts.render import NO_INPUT_PLACEHOLDERS
 
 __all__ = [
     "ALPACA",

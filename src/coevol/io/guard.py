@@ -15,8 +15,9 @@ import errno
 import fcntl
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from coevol.errors import DataError, NoSpace, OutputError
 from coevol.textsafe import inert_line
@@ -33,6 +34,7 @@ __all__ = [
     "fsync_dir",
     "lock_path",
     "open_exclusive",
+    "open_regular",
     "os_error",
     "regular_file",
 ]
@@ -191,20 +193,32 @@ def check_not_running(paths: Iterable[Path]) -> None:
     """Refuse a file of another running coevol job: its output, its ``--pairs`` or one of its working
     files. A running job holds ``flock`` on ``<file>.lock``; probing never creates a lock file."""
     for path in paths:
-        for owner in _owners(path):
-            holder = _held_by(lock_path(owner))
+        for owner, lock in _locks(path):
+            holder = _held_by(lock)
             if holder is None:
                 continue
             who = holder or "unknown process"
             if owner == path:
                 raise OutputError(
                     f"another coevol run is already writing this output ({who}); "
-                    f"wait for it to finish or stop it (lock: {lock_path(owner)})"
+                    f"wait for it to finish or stop it (lock: {lock})"
                 )
             raise OutputError(
                 f"refusing to run: {path} is a file of another running coevol job ({who}); "
                 "wait for it to finish or choose another name"
             )
+
+
+def _locks(path: Path) -> Iterator[tuple[Path, Path]]:
+    """(owner, lock) for every run that ``path`` could belong to: an output's ``<X>.lock``, the
+    lock of its default run folder ``<X>.coevol/lock``, and the lock of the run folder ``path``
+    lies in (a folder holding coevol's ``run.json``)."""
+    for owner in _owners(path):
+        yield owner, lock_path(owner)
+        yield owner, owner.with_name(owner.name + ".coevol") / "lock"
+    folder = path.parent
+    if (folder / "run.json").exists():
+        yield folder, folder / "lock"
 
 
 def _held_by(lock: Path) -> str | None:
@@ -318,3 +332,25 @@ def _read_holder(fd: int) -> str:
         return inert_line(os.pread(fd, 1000, 0).decode("utf-8", "replace").strip())
     except OSError:
         return ""
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open ``path`` to read only when it is a regular file (links followed).
+
+    A FIFO would block the open and a device such as ``/dev/zero`` never ends, so both are refused
+    before a byte is read: the open does not wait (``O_NONBLOCK``) and ``fstat`` checks the file
+    that was opened, not the name. Raises ``IsADirectoryError`` for a folder and ``OSError``
+    (errno ``EINVAL``, "not a regular file ...") for a FIFO, device or socket.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, a device or a socket)", str(path))
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb", buffering=1 << 20)
+    except BaseException:
+        os.close(fd)
+        raise

@@ -1,5 +1,8 @@
 """Plain data shared by every model client. No I/O here.
 
+``Message``, ``Completion``, ``Choice``, ``TokenLogprob``, ``Usage`` and ``Generate`` are declared in
+``coevol.domain`` (the loop and the roles use them too) and importable from here as before.
+
 A ``ChatRequest`` is what a backend sends; its ``key()`` is the hash the store caches under, so it
 must name everything that changes the answer (endpoint, model, sampling parameters, messages) and
 nothing that does not (timeouts, API keys).
@@ -8,11 +11,12 @@ nothing that does not (timeouts, API keys).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
+
+from coevol.domain import Choice, Completion, Generate, Message, TokenLogprob, Usage
 
 __all__ = [
     "Backend",
@@ -25,9 +29,6 @@ __all__ = [
     "TokenLogprob",
     "Usage",
 ]
-
-Message = dict[str, str]
-"""One chat message, ``{"role": "system"|"user"|"assistant", "content": "..."}``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,71 +89,6 @@ class ChatRequest:
         return hashlib.sha256(orjson.dumps(canon, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-@dataclass(slots=True)
-class Usage:
-    """Token counts; summed per role for the progress display and the trace."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    calls: int = 0
-
-    def add(self, other: Usage) -> None:
-        self.prompt_tokens += other.prompt_tokens
-        self.completion_tokens += other.completion_tokens
-        self.calls += other.calls
-
-    def to_dict(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "calls": self.calls,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Choice:
-    """One of several choices of a completion asked with ``n`` > 1."""
-
-    text: str
-    finish_reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TokenLogprob:
-    """One generated token with its log-probability and the most likely alternatives at that step
-    (``top``: ``(token, logprob)`` pairs as the server listed them)."""
-
-    token: str
-    logprob: float
-    top: tuple[tuple[str, float], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """A model's answer. ``cached`` is true when it was replayed from the store, not sent.
-
-    ``text`` and ``finish_reason`` are the first choice; ``more`` holds the others when the request
-    asked for ``n`` > 1 and the server gave them (a server may give fewer than asked).
-    ``logprobs`` is the answer's tokens when the request asked for them and the server returned
-    them; ``None`` otherwise (a server that ignores the field gives ``None``, never an empty guess).
-    """
-
-    text: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str | None = None
-    cached: bool = False
-    more: tuple[Choice, ...] = ()
-    logprobs: tuple[TokenLogprob, ...] | None = None
-
-    def usage(self) -> Usage:
-        return Usage(self.prompt_tokens, self.completion_tokens, 1)
-
-    def choices(self) -> tuple[Choice, ...]:
-        """Every choice, the first one first."""
-        return (Choice(self.text, self.finish_reason), *self.more)
-
-
 class Backend(Protocol):
     """Something that answers chat requests: an HTTP server, llama.cpp in-process, or a fake.
 
@@ -165,25 +101,3 @@ class Backend(Protocol):
     async def complete(self, request: ChatRequest) -> Completion: ...
 
     async def aclose(self) -> None: ...
-
-
-class Generate(Protocol):
-    """What an agent role receives: ``await generate(role_name, messages)``.
-
-    Which model, endpoint and parameters serve ``role_name`` -- and caching, retries, rate limits
-    and concurrency -- are the engine's business, never the role's. ``attempt`` > 0 marks a
-    deliberate re-ask of the same prompt, so a cache does not hand back the same answer. ``seed``
-    (when given) replaces the role's seed for this call and ``n`` asks for several choices (the tree
-    strategy's sampled critiques and distinct children); both are part of the request, so of its
-    cache key.
-    """
-
-    def __call__(
-        self,
-        role: str,
-        messages: Sequence[Message],
-        *,
-        attempt: int = 0,
-        seed: int | None = None,
-        n: int = 1,
-    ) -> Awaitable[Completion]: ...

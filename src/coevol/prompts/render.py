@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from coevol.llm.types import Message
+from coevol.domain import NO_INPUT_PLACEHOLDERS, Message
 from coevol.prompts.templates import PromptSet
 
 __all__ = [
@@ -20,9 +20,6 @@ __all__ = [
     "render_request",
     "render_sample",
 ]
-
-NO_INPUT_PLACEHOLDERS = frozenset({"", "<noinput>", "<no input>", "<none>", "none", "n/a", "null"})
-"""Inputs that mean "no input" in public SFT data; such samples use the template without input."""
 
 
 @dataclass(frozen=True, slots=True)

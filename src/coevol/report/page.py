@@ -136,7 +136,7 @@ def sample_view(record: TraceRecord) -> dict[str, Any]:
         "line": record.line,
         "id": None if record.id is None else str(record.id)[:200],
         "status": record.status.value,
-        "accepted": record.accepted_rounds,
+        "accepted": record.accepted_edits,
         "failure": None
         if record.failure is None
         else f"{record.failure.type}: {record.failure.message}"[:2000],

@@ -1,8 +1,8 @@
 """Read a run's files for the report: the trace (streamed), the rejects file, the store.
 
-This is the report's I/O boundary: OS and sqlite errors become ``coevol.errors`` here, and every
-trace line goes through ``TraceRecord.from_dict``. A run that was interrupted has only its
-``.partial`` trace; that is read instead, and a cut-off last line is counted, not fatal.
+This is the report's I/O boundary: OS and sqlite errors become ``coevol.errors`` here, and the
+trace is read by the one trace reader (``coevol.io.tracefile``). A run that was interrupted has
+only its ``.partial`` trace; that is read instead, and a cut-off last line is counted, not fatal.
 """
 
 from __future__ import annotations
@@ -13,32 +13,27 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
-
-from coevol.domain import READABLE_SCHEMAS, Answer, IterationTrace, TraceRecord, TurnTrace
-from coevol.errors import DataError, TraceSchemaError
-from coevol.llm.types import Usage
-from coevol.report.stats import active_seconds
+from coevol.domain import TraceRecord
+from coevol.errors import DataError, TraceError
+from coevol.io import tracefile
+from coevol.io.tracefile import Problem, Unreadable
+from coevol.report.stats import Reservoir, active_seconds
 from coevol.store.sqlite import connect_read_only
 
 __all__ = [
-    "MAX_ROUNDS",
     "RunFiles",
     "SampleSelection",
     "StoreFacts",
-    "check_record",
+    "TraceReadStats",
     "count_lines",
     "read_store",
     "read_trace",
 ]
 
-MAX_ROUNDS = 1000
-"""More accepted edits than this in one unit is not a real run (and would size Fig. 2a's axis)."""
-
 
 @dataclass(frozen=True, slots=True)
 class RunFiles:
-    """The files of one run beside its output (the runner's naming)."""
+    """The files of one run, beside its output or in its run folder (the runner's naming)."""
 
     output: Path
     trace: Path
@@ -60,6 +55,16 @@ class RunFiles:
             trace = side(".trace.jsonl.partial")
         return cls(output, trace, side(".rejects.jsonl"), side(".coevol.db"))
 
+    @classmethod
+    def of(cls, output: Path, run_dir: Path | None) -> RunFiles:
+        """The files of the run of ``output``: in its run folder when given, else beside it."""
+        if run_dir is None:
+            return cls.beside(output)
+        trace = run_dir / "trace.jsonl"
+        if not trace.exists() and (run_dir / "trace.jsonl.partial").exists():
+            trace = run_dir / "trace.jsonl.partial"
+        return cls(output, trace, run_dir / "rejects.jsonl", run_dir / "coevol.db")
+
     @property
     def interrupted(self) -> bool:
         return self.trace.name.endswith(".partial")
@@ -75,105 +80,22 @@ class TraceReadStats:
 
 
 def read_trace(path: Path, stats: TraceReadStats) -> Iterator[TraceRecord]:
-    """Every record of the trace, streamed. A line that is not JSON or not a record is counted
-    in ``stats`` and skipped; a record of another schema version stops the read (it is refused,
-    never guessed at)."""
+    """Every record of the trace, streamed by the one trace reader. A line that is damaged (not
+    JSON, too long, a malformed record) is counted in ``stats`` and skipped; a line that is not a
+    record this coevol reads (another schema version, another kind of file) stops the read."""
     try:
-        f = path.open("rb", buffering=1 << 20)
-    except OSError as exc:
-        raise DataError(f"cannot read the trace {path}: {exc.strerror}") from None
-    with f:
-        try:
-            for raw in f:
-                if not raw.strip():
-                    continue
-                stats.lines += 1
-                try:
-                    data = orjson.loads(raw)
-                except orjson.JSONDecodeError as exc:
-                    _bad(stats, f"line {stats.lines}: not JSON ({exc})")
-                    continue
-                try:
-                    record = TraceRecord.from_dict(data)
-                    check_record(record)
-                    yield record
-                except TraceSchemaError as exc:
-                    if isinstance(data, dict) and data.get("schema") not in READABLE_SCHEMAS:
-                        raise DataError(f"{path}: {exc}") from None
-                    _bad(stats, f"line {stats.lines}: {exc}")
-        except OSError as exc:
-            raise DataError(f"cannot read the trace {path}: {exc.strerror}") from None
-
-
-def _fail(what: str) -> None:
-    raise TraceSchemaError(f"malformed trace record: {what}")
-
-
-def _int(value: object, what: str, top: int | None = None) -> None:
-    if not isinstance(value, int) or value < 0 or (top is not None and value > top):
-        _fail(f"{what} is {value!r}, not a count" + ("" if top is None else f" up to {top}"))
-
-
-def _str(value: object, what: str, optional: bool = False) -> None:
-    if not (isinstance(value, str) or (optional and value is None)):
-        _fail(f"{what} is a {type(value).__name__}, not text")
-
-
-def _answer(a: Answer | None, what: str) -> None:
-    if a is not None:
-        _str(a.text, what)
-        _str(a.finish_reason, f"{what} finish_reason", optional=True)
-
-
-def _usage(usage: dict[str, Usage], what: str) -> None:
-    for role, u in usage.items():
-        for name in ("prompt_tokens", "completion_tokens", "calls"):
-            _int(getattr(u, name), f"{what} usage {role}.{name}")
-
-
-def _iteration(it: IterationTrace) -> None:
-    _str(it.previous, "iteration previous")
-    _str(it.edited, "iteration edited", optional=True)
-    for name in ("suggestions", "edit"):
-        _answer(getattr(it, name), f"iteration {name}")
-    if it.debate is not None:
-        for name in ("positive_stage1", "critical_stage1", "positive_stage2", "critical_stage2"):
-            _answer(getattr(it.debate, name), f"debate {name}")
-    if it.judge is not None:
-        for o in it.judge.orders:
-            _str(o.order, "judge order")
-            _str(o.verdict, "judge verdict", optional=True)
-            _str(o.error, "judge error", optional=True)
-            for a in o.attempts:
-                _answer(a, "judge attempt")
-    _usage(it.usage, "iteration")
-
-
-def _turn(t: TurnTrace) -> None:
-    for name in ("instruction", "input", "original", "final"):
-        _str(getattr(t, name), f"turn {name}")
-    _int(t.accepted_rounds, "turn accepted_rounds", MAX_ROUNDS)
-    for it in t.iterations:
-        _iteration(it)
-
-
-def check_record(record: TraceRecord) -> None:
-    """Refuse a record whose fields have the wrong types (``from_dict`` checks the shape, not the
-    types): a hostile or corrupted line is counted as unreadable instead of failing the report."""
-    _int(record.index, "index")
-    _int(record.line, "line")
-    _int(record.accepted_rounds, "accepted_rounds", MAX_ROUNDS)
-    _usage(record.usage, "record")
-    for role, route in record.roles.items():
-        _str(route.model, f"role {role} model")
-    for t in record.turns:
-        _turn(t)
-
-
-def _bad(stats: TraceReadStats, message: str) -> None:
-    stats.unreadable += 1
-    if stats.first_error is None:
-        stats.first_error = message
+        for item in tracefile.read_trace(path):
+            stats.lines += 1
+            if not isinstance(item, Unreadable):
+                yield item
+            elif item.problem in (Problem.VERSION, Problem.NOT_RECORD):
+                raise DataError(f"{path}: {item.message}")
+            else:
+                stats.unreadable += 1
+                if stats.first_error is None:
+                    stats.first_error = item.message
+    except TraceError as exc:  # the file itself: missing, not a regular file, unreadable
+        raise DataError(f"cannot read the trace: {exc}") from None
 
 
 def count_lines(path: Path) -> int:
@@ -229,24 +151,27 @@ class SampleSelection:
 
     limit: int
     unusual: list[TraceRecord] = field(default_factory=list)
-    others: list[TraceRecord] = field(default_factory=list)
     unusual_seen: int = 0
-    others_seen: int = 0
-    _rng: random.Random = field(default_factory=lambda: random.Random(0))
+    _others: Reservoir[TraceRecord] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._others = Reservoir(self.limit)
+
+    @property
+    def others(self) -> list[TraceRecord]:
+        return self._others.items
+
+    @property
+    def others_seen(self) -> int:
+        return self._others.seen
 
     def offer(self, record: TraceRecord, unusual: bool) -> None:
         if unusual:
             self.unusual_seen += 1
             if len(self.unusual) < self.limit:
                 self.unusual.append(record)
-            return
-        self.others_seen += 1
-        if len(self.others) < self.limit:
-            self.others.append(record)
-            return
-        j = self._rng.randrange(self.others_seen)
-        if j < self.limit:
-            self.others[j] = record
+        else:
+            self._others.offer(record)
 
     def chosen(self) -> list[TraceRecord]:
         """The embedded records in input order: unusual first in the budget, then the sample."""

@@ -11,22 +11,23 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from coevol.audit import JudgeAudit
-from coevol.domain import Status, StopReason, TraceRecord
-from coevol.llm.types import Usage
+from coevol.domain import Status, StopReason, TraceRecord, Usage
 from coevol.report.directions import DirectionCounter, Extract, suggestion_lines
 
 __all__ = [
     "DEFAULT_DIRECTION_LINES",
     "IDLE_GAP",
     "REPORT_SCHEMA",
-    "LineSample",
     "ReportBuilder",
+    "Reservoir",
     "active_seconds",
     "histogram_median",
 ]
+
+_T = TypeVar("_T")
 
 REPORT_SCHEMA = "coevol.report/1"
 DEFAULT_DIRECTION_LINES = 5_000
@@ -114,22 +115,23 @@ def is_unusual(record: TraceRecord) -> bool:
 
 
 @dataclass(slots=True)
-class LineSample:
-    """A uniform random sample (reservoir, seed 0) of at most ``limit`` lines; 0 keeps them all."""
+class Reservoir(Generic[_T]):
+    """A uniform random sample of at most ``limit`` items of a stream (reservoir sampling, seed 0);
+    ``limit`` None keeps them all. The report's embedded rows and Fig. 3's lines both use it."""
 
-    limit: int
+    limit: int | None
     seen: int = 0
-    lines: list[str] = field(default_factory=list)
+    items: list[_T] = field(default_factory=list)
     _rng: random.Random = field(default_factory=lambda: random.Random(0))
 
-    def offer(self, line: str) -> None:
+    def offer(self, item: _T) -> None:
         self.seen += 1
-        if self.limit == 0 or len(self.lines) < self.limit:
-            self.lines.append(line)
+        if self.limit is None or len(self.items) < self.limit:
+            self.items.append(item)
             return
         j = self._rng.randrange(self.seen)
         if j < self.limit:
-            self.lines[j] = line
+            self.items[j] = item
 
 
 @dataclass(slots=True)
@@ -155,7 +157,7 @@ class ReportBuilder:
     final_len: Counter[int] = field(default_factory=Counter)
     direction_lines: int = DEFAULT_DIRECTION_LINES
     directions: DirectionCounter = field(default_factory=DirectionCounter)
-    _lines: LineSample | None = None
+    _lines: Reservoir[str] | None = None
     judge: JudgeAudit = field(default_factory=JudgeAudit)
     usage: dict[str, Usage] = field(default_factory=dict)
     models: dict[str, Counter[str]] = field(default_factory=dict)
@@ -170,12 +172,12 @@ class ReportBuilder:
             self.models.setdefault(role, Counter())[route.model] += 1
         for turn in record.turns:
             self.units += 1
-            self.rounds[turn.accepted_rounds] += 1
+            self.rounds[turn.accepted_edits] += 1
             self.stop_reasons[turn.stop_reason.value] += 1
             if turn.tree is not None:
                 self.tree_depths[turn.tree.depth_reached] += 1
             if turn.stop_reason is StopReason.MAX_ROUNDS:
-                self.max_rounds_seen = max(self.max_rounds_seen or 0, turn.accepted_rounds)
+                self.max_rounds_seen = max(self.max_rounds_seen or 0, turn.accepted_edits)
             if self.count_tokens is not None:
                 self.original_len[self.count_tokens(turn.original)] += 1
                 self.final_len[self.count_tokens(turn.final)] += 1
@@ -187,9 +189,13 @@ class ReportBuilder:
                 if it.accepted:
                     self.judge.add_accepted(self._longer(it.previous, it.edited))
 
+    def _line_sample(self) -> Reservoir[str]:
+        """Fig. 3 parses at most ``direction_lines`` suggestion lines (0: all of them)."""
+        return Reservoir(self.direction_lines or None)
+
     def _offer_lines(self, text: str) -> None:
         if self._lines is None:
-            self._lines = LineSample(self.direction_lines)
+            self._lines = self._line_sample()
         for line in suggestion_lines(text):
             self._lines.offer(line)
 
@@ -197,12 +203,12 @@ class ReportBuilder:
         """Parse the sampled lines (once) and count their directions."""
         if self.extract is None:
             return None
-        sample = self._lines or LineSample(self.direction_lines)
-        if sample.lines:
-            for start in range(0, len(sample.lines), 4096):
-                for direction in self.extract(sample.lines[start : start + 4096]):
+        sample = self._lines or self._line_sample()
+        if sample.items:
+            for start in range(0, len(sample.items), 4096):
+                for direction in self.extract(sample.items[start : start + 4096]):
                     self.directions.add(direction)
-            sample.lines = []
+            sample.items = []
         self._lines = sample
         d = self.directions.to_dict()
         return {**d, "suggestions": sample.seen, "sampled": d["suggestions"]}

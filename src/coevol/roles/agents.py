@@ -13,9 +13,17 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Literal, TypeVar, get_args
 
-from coevol.domain import Answer, DebateTrace, JudgeOrderTrace, JudgeTrace
+from coevol.domain import (
+    Answer,
+    Completion,
+    DebateTrace,
+    Generate,
+    JudgeOrderTrace,
+    JudgeTrace,
+    Message,
+    Role,
+)
 from coevol.errors import LogprobsMissing, ParseError, UnusableAnswer
-from coevol.llm.types import Completion, Generate, Message
 from coevol.prompts.render import Sample, messages, render_request, render_sample
 from coevol.prompts.templates import PromptSet
 from coevol.roles.prob import edit_probability, prob_cannot_accept, read_digits
@@ -65,9 +73,6 @@ async def _both(first: Awaitable[_A], second: Awaitable[_B]) -> tuple[_A, _B]:
     return a.result(), b.result()
 
 
-POSITIVE, CRITICAL, ADVISOR, EDITOR, JUDGE = "positive", "critical", "advisor", "editor", "judge"
-
-
 def _answer(completion: Completion, *, strip: bool = False) -> Answer:
     return Answer(completion.text.strip() if strip else completion.text, completion.finish_reason)
 
@@ -77,7 +82,7 @@ EMPTY_REASKS = 2
 _MAX_ATTEMPTS = 64  # stored empty answers replayed before fresh re-asks, at most
 
 
-async def _ask(generate: Generate, role: str, msgs: list[Message]) -> Completion:
+async def _ask(generate: Generate, role: Role, msgs: list[Message]) -> Completion:
     """A debater's, the advisor's or the editor's answer, never an empty one: an answer with no text
     is asked again (``attempt`` keys a new call, so the cache does not hand it back), and after
     ``EMPTY_REASKS`` fresh re-asks the call has failed, which fails the sample with the reason.
@@ -103,8 +108,8 @@ async def debate(generate: Generate, prompts: PromptSet, sample: Sample) -> Deba
     pos_task = prompts.render("positive_round1", sample=text)
     crt_task = prompts.render("critical_round1", sample=text)
     pos_pred, crt_pred = await _both(
-        _ask(generate, POSITIVE, messages(pos_sys, pos_task)),
-        _ask(generate, CRITICAL, messages(crt_sys, crt_task)),
+        _ask(generate, Role.POSITIVE, messages(pos_sys, pos_task)),
+        _ask(generate, Role.CRITICAL, messages(crt_sys, crt_task)),
     )
     # Stage 2: each debater keeps its own stage-1 exchange and reads the other's review.
     pos_memory: list[Message] = [
@@ -118,12 +123,12 @@ async def debate(generate: Generate, prompts: PromptSet, sample: Sample) -> Deba
     pos_free, crt_free = await _both(
         _ask(
             generate,
-            POSITIVE,
+            Role.POSITIVE,
             messages(pos_sys, prompts.render("positive_round2", crt_pred=crt_pred.text), pos_memory),
         ),
         _ask(
             generate,
-            CRITICAL,
+            Role.CRITICAL,
             messages(crt_sys, prompts.render("critical_round2", pos_pred=pos_pred.text), crt_memory),
         ),
     )
@@ -140,19 +145,19 @@ async def advise(generate: Generate, prompts: PromptSet, sample: Sample, dbt: De
         pos_free=dbt.positive_stage2.text,
         crt_free=dbt.critical_stage2.text,
     )
-    return _answer(await _ask(generate, ADVISOR, messages(prompts["advisor_system"], task)), strip=True)
+    return _answer(await _ask(generate, Role.ADVISOR, messages(prompts["advisor_system"], task)), strip=True)
 
 
 async def advise_from_response(generate: Generate, prompts: PromptSet, sample: Sample) -> Answer:
     """Ablation "advise + edit": suggestions from the sample with its response, no debate."""
     task = prompts.render("advisor_resp", sample=render_sample(prompts, sample))
-    return _answer(await _ask(generate, ADVISOR, messages(prompts["advisor_system"], task)), strip=True)
+    return _answer(await _ask(generate, Role.ADVISOR, messages(prompts["advisor_system"], task)), strip=True)
 
 
 async def advise_from_request(generate: Generate, prompts: PromptSet, sample: Sample) -> Answer:
     """Ablation "advise (w/o resp) + edit": the advisor never sees the response."""
     task = prompts.render("advisor_noresp", sample_request=render_request(prompts, sample))
-    return _answer(await _ask(generate, ADVISOR, messages(prompts["advisor_system"], task)), strip=True)
+    return _answer(await _ask(generate, Role.ADVISOR, messages(prompts["advisor_system"], task)), strip=True)
 
 
 def clean_edit(text: str) -> str:
@@ -174,13 +179,13 @@ async def edit(generate: Generate, prompts: PromptSet, sample: Sample, suggestio
         sample=render_sample(prompts, sample),
         sample_request=render_request(prompts, sample),
     )
-    return _answer(await _ask(generate, EDITOR, messages(prompts["editor_system"], task)))
+    return _answer(await _ask(generate, Role.EDITOR, messages(prompts["editor_system"], task)))
 
 
 async def edit_from_request(generate: Generate, prompts: PromptSet, sample: Sample) -> Answer:
     """Ablation "edit": answer the request afresh, without suggestions or the old response."""
     task = prompts.render("editor_nosugg", sample_request=render_request(prompts, sample))
-    return _answer(await _ask(generate, EDITOR, messages(prompts["editor_system"], task)))
+    return _answer(await _ask(generate, Role.EDITOR, messages(prompts["editor_system"], task)))
 
 
 NO_LOGPROBS = (
@@ -216,7 +221,7 @@ async def _judge_order(
     msgs = messages(prompts["judge_system"], task)
     result = JudgeOrderTrace(order.value)
     for attempt in range(reasks + 1):
-        completion = await generate(JUDGE, msgs, attempt=attempt)
+        completion = await generate(Role.JUDGE, msgs, attempt=attempt)
         answer = _answer(completion)
         result.attempts.append(answer)
         try:

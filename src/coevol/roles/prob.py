@@ -16,8 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from coevol.domain import DigitProbs
-from coevol.llm.types import TokenLogprob
+from coevol.domain import DigitProbs, TokenLogprob
 from coevol.roles.verdict import Order
 
 __all__ = [

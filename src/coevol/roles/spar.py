@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from typing import Literal, get_args
 
-from coevol.llm.types import Message
+from coevol.domain import Message
 from coevol.prompts.render import Sample, has_input
 from coevol.prompts.templates import PromptSet
 

@@ -35,11 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coevol.domain import Choice, Completion, TokenLogprob
 from coevol.errors import NoSpace, StoreError
 from coevol.io import jsonrow
 from coevol.io.guard import check_not_links
 from coevol.llm.logprobs import logprobs_from_json, logprobs_to_json
-from coevol.llm.types import Choice, Completion, TokenLogprob
 
 __all__ = ["OpenBatch", "Store", "bound_time", "connect_read_only", "schema_problem"]
 
@@ -419,9 +419,11 @@ class Store:
                 self.path, sqlite3.DatabaseError(f"a stored sample is not JSON: {exc}")
             ) from None
 
-    def put_sample(self, sample_key: str, status: str, payload: dict[str, Any]) -> None:
+    def put_sample(self, sample_key: str, status: str, payload: dict[str, Any] | bytes) -> None:
+        """Keep a finished sample; ``payload`` is its JSON object, or that object already encoded."""
         self._check()
-        self._samples[sample_key] = (sample_key, status, jsonrow.dumps(payload), time.time())
+        data = payload if isinstance(payload, bytes) else jsonrow.dumps(payload)
+        self._samples[sample_key] = (sample_key, status, data, time.time())
         self._written()
 
     # batches -----------------------------------------------------------------------------------

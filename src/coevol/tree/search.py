@@ -32,16 +32,18 @@ import orjson
 
 from coevol.domain import (
     Answer,
+    Completion,
     CritiqueTrace,
     Failure,
+    Generate,
     IterationTrace,
     JudgeTrace,
+    Message,
     StopReason,
     TreeNodeTrace,
     TreeTrace,
 )
 from coevol.errors import AuthenticationError, ContextLengthError, LLMError, NotFoundError
-from coevol.llm.types import Completion, Generate, Message
 from coevol.loop import LoopSettings, Refinement, UsageLedger, failure_stop, unusable_edit
 from coevol.prompts.render import Sample
 from coevol.prompts.templates import PromptSet

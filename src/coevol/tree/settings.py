@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
+from coevol.domain import TREE_ROLES
 from coevol.roles.spar import LabelRule
 
 __all__ = [
@@ -18,9 +19,6 @@ __all__ = [
     "TreeSettings",
     "Valuation",
 ]
-
-TREE_ROLES: tuple[str, ...] = ("critic", "refiner")
-"""The tree strategy's own roles (routed only when ``strategy: tree``)."""
 
 Algorithm = Literal["bfs", "dfs"]
 Expansion = Literal["spar", "coevol"]
