@@ -92,7 +92,6 @@ EXPECTED: dict[str, Any] = {
                                 "verdict": "assistant 2",
                                 "scores": {"previous": 0.0, "edited": 1.0},
                                 "error": None,
-                                "probs": None,
                             },
                             {
                                 "order": "reverse",
@@ -100,13 +99,11 @@ EXPECTED: dict[str, Any] = {
                                 "verdict": "assistant 1",
                                 "scores": {"previous": 0.0, "edited": 1.0},
                                 "error": None,
-                                "probs": None,
                             },
                         ],
                         "score_previous": 0.0,
                         "score_edited": 1.0,
                         "skipped_reverse": False,
-                        "margin": None,
                     },
                     "accepted": True,
                     "usage": {
@@ -175,18 +172,6 @@ async def test_round_trips_through_json_the_dict_and_the_store_payload() -> None
     assert TraceRecord.from_dict(EXPECTED).to_dict() == EXPECTED
     payload = orjson.loads(orjson.dumps(outcome.to_payload()))
     assert ExampleOutcome.from_payload(payload) == outcome
-
-
-def test_a_coevol_0_2_line_still_reads() -> None:
-    """A ``coevol.trace/2`` line has no ``--judge prob`` fields; it reads with them absent."""
-    old = copy.deepcopy(EXPECTED)
-    old["schema"] = "coevol.trace/2"
-    judge = old["turns"][0]["iterations"][0]["judge"]
-    del judge["margin"]
-    for order in judge["orders"]:
-        del order["probs"]
-    record = TraceRecord.from_dict(old)
-    assert record.to_dict() == EXPECTED  # written back as the current version
 
 
 @pytest.mark.parametrize(
@@ -265,3 +250,22 @@ def test_a_version_2_line_still_reads_and_is_rewritten_as_version_3() -> None:
 def test_a_malformed_tree_is_refused_as_a_whole(tree: dict[str, Any]) -> None:
     with pytest.raises(TraceSchemaError):
         TraceRecord.from_dict(mutate(["turns", 0, "tree"], tree))
+
+
+def test_the_judge_prob_fields_round_trip_and_are_left_out_when_unused() -> None:
+    """``--judge prob``'s fields are written only when set, so a verdict run's lines keep their bytes."""
+    record = mutate([*IT, "judge", "margin"], 0.1)
+    record["turns"][0]["iterations"][0]["judge"]["orders"][0]["probs"] = {
+        "token": "2",
+        "p1": 0.25,
+        "p2": 0.75,
+        "top": [["2", -0.29], ["1", -1.39]],
+        "line": "<assistant 2>",
+    }
+    parsed = TraceRecord.from_dict(record)
+    judge = parsed.turns[0].iterations[0].judge
+    assert judge is not None and judge.margin == 0.1
+    probs = judge.orders[0].probs
+    assert probs is not None and probs.position1 == 0.25 and probs.top == (("2", -0.29), ("1", -1.39))
+    assert parsed.to_dict() == record
+    assert "probs" not in EXPECTED["turns"][0]["iterations"][0]["judge"]["orders"][0]

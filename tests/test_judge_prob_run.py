@@ -60,14 +60,14 @@ def test_prob_accepts_what_an_unbiased_judge_prefers_and_verdict_keeps_ties(tmp_
     # the trace keeps, per order, both digit probabilities, the raw alternatives, the verdict line
     judge = prob[0]["turns"][0]["iterations"][0]["judge"]
     assert prob[0]["schema"] == "coevol.trace/3"
-    assert judge["margin"] == 0.0
+    assert judge["margin"] == 0.0  # written only by --judge prob
     for order in judge["orders"]:
         probs = order["probs"]
         assert probs["token"] == "2" and probs["line"] == "<assistant 2>"
         assert probs["p1"] + probs["p2"] == pytest.approx(1.0)
-        assert probs["position1"] in (pytest.approx(0.35), pytest.approx(0.05))
+        assert probs["p1"] in (pytest.approx(0.35), pytest.approx(0.05))
         assert [t for t, _ in probs["top"]] == ["2", "1"]
-    mean = (1 - judge["orders"][0]["probs"]["position1"] + judge["orders"][1]["probs"]["position1"]) / 2
+    mean = (1 - judge["orders"][0]["probs"]["p1"] + judge["orders"][1]["probs"]["p1"]) / 2
     assert judge["score_edited"] == pytest.approx(mean)
 
 

@@ -29,7 +29,6 @@ FORWARD_WINS_EDIT = {
         }
     ],
     "error": None,
-    "probs": None,  # --judge prob only (coevol.trace/3)
 }
 REVERSE_WINS_EDIT = {
     "order": "reverse",
@@ -42,7 +41,6 @@ REVERSE_WINS_EDIT = {
         }
     ],
     "error": None,
-    "probs": None,  # --judge prob only (coevol.trace/3)
 }
 
 
