@@ -238,3 +238,21 @@ async def test_a_batch_past_its_window_is_cancelled_not_waited_on_forever() -> N
             await b.aclose()
         assert server.batches.submitted[0].status == "cancelled"
     assert all(r.startswith("error: batch line") and "batch_cancelled" in r for r in results), results
+
+
+def test_the_progress_lines_of_a_batched_run() -> None:
+    from coevol.cli.progress import batch_lines
+    from coevol.engine.dispatch import RunStats
+
+    class Sent:
+        def __init__(self) -> None:
+            self.batches_sent = 3
+            self.views = {"t": BatchView("file-1", "batch_a", "edit", 4, 10, "validating", submitted=0.0)}
+
+    stats = RunStats()
+    stats.batches = [Sent()]
+    assert batch_lines(stats, 5.0) == [
+        "batches: 3 sent, 1 in flight",
+        "batch batch_a validating · stage 4: edit · waited 5s",
+    ]
+    assert batch_lines(RunStats(), 5.0) == []
