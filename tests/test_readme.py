@@ -78,7 +78,7 @@ def test_the_readme_has_the_ray_data_snippet() -> None:
 
 @pytest.mark.parametrize(("line", "code"), RAY_BLOCKS, ids=[f"README.md:{line}" for line, _ in RAY_BLOCKS])
 def test_the_ray_data_snippet_runs_as_written_on_two_cpus(line: int, code: str, tmp_path: Path) -> None:
-    """Only the s3:// paths (local folders) and the server's URL are replaced; the run must end,
+    """Only the s3:// paths (local folders), the store folder and the server's URL are replaced; the run must end,
     refine every row and leave no unclosed HTTP session behind."""
     pq = pytest.importorskip("pyarrow.parquet")
     pytest.importorskip("ray")
@@ -88,6 +88,10 @@ def test_the_ray_data_snippet_runs_as_written_on_two_cpus(line: int, code: str, 
     (tmp_path / "in").mkdir()
     pq.write_table(pa.Table.from_pylist(ALPACA_ROWS), tmp_path / "in" / "part-0.parquet")
     code = code.replace(source, str(tmp_path / "in")).replace(target, str(tmp_path / "out"))
+    # The snippet's store folder too: a store left there by another run (another version, another
+    # server) must not decide this test.
+    assert code.count('"/tmp/coevol-calls"') == 1
+    code = code.replace('"/tmp/coevol-calls"', repr(str(tmp_path / "calls")))
     with serve_in_subprocess() as url:
         for server in SERVERS:
             code = code.replace(server, url)
