@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from coevol.prompts.render import Sample
     from coevol.prompts.templates import PromptSet, load_prompts
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "APIConnectionError",
