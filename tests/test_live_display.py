@@ -68,20 +68,17 @@ def _input(tmp_path: Path) -> Path:
     return data
 
 
+def _refine(tmp_path: Path, server: ThreadedServer) -> Terminal:
+    """``coevol refine`` of the three sample rows against ``server``, on a pseudo-terminal."""
+    out = str(tmp_path / "out.jsonl")
+    return Terminal("refine", str(_input(tmp_path)), "-o", out, "--base-url", server.base_url, "--model", "m")
+
+
 def test_the_display_moves_with_calls_before_any_row_finishes(tmp_path: Path) -> None:
     """Each call takes 1 s and a row needs at least 5 such stages, so no row is done for 5 s: the
     display must already count answered calls and show calls in flight, and an ETA from calls."""
     with ThreadedServer(responder=CoEvolResponder(accept_up_to(3)), latency=1.0) as server:
-        term = Terminal(
-            "refine",
-            str(_input(tmp_path)),
-            "-o",
-            str(tmp_path / "out.jsonl"),
-            "--base-url",
-            server.base_url,
-            "--model",
-            "m",
-        )
+        term = _refine(tmp_path, server)
         try:
             screen = term.read_until(r"calls [1-9]\d* answered, \d+ in flight", timeout=60)
             assert re.search(r"refining .* 0/3 .* ~eta \d+:\d\d:\d\d", screen), screen[-2000:]
@@ -95,16 +92,7 @@ def test_a_429_with_retry_after_is_shown_waiting_at_once(tmp_path: Path) -> None
     what waits and until when (0.2 showed nothing until a row finished)."""
     faults = first_attempt_faults([Fault(FaultKind.RATE_LIMIT, retry_after=20.0)], 1.0)
     with ThreadedServer(responder=CoEvolResponder(accept_up_to(3)), faults=faults) as server:
-        term = Terminal(
-            "refine",
-            str(_input(tmp_path)),
-            "-o",
-            str(tmp_path / "out.jsonl"),
-            "--base-url",
-            server.base_url,
-            "--model",
-            "m",
-        )
+        term = _refine(tmp_path, server)
         try:
             screen = term.read_until(r"waiting: .*429.* until \d\d:\d\d:\d\d", timeout=15)
             assert "0/3" in screen
@@ -139,16 +127,7 @@ def test_ctrl_c_is_acknowledged_before_the_calls_in_flight_end(tmp_path: Path) -
     """Every call takes 120 s: the first Ctrl-C is answered at once with what it waits for, and the
     run stops (exit 130) long before any call could have finished."""
     with ThreadedServer(responder=CoEvolResponder(accept_up_to(3)), latency=120.0) as server:
-        term = Terminal(
-            "refine",
-            str(_input(tmp_path)),
-            "-o",
-            str(tmp_path / "out.jsonl"),
-            "--base-url",
-            server.base_url,
-            "--model",
-            "m",
-        )
+        term = _refine(tmp_path, server)
         try:
             term.read_until(r"0 answered, [1-9]\d* in flight", timeout=60)
             term.proc.send_signal(signal.SIGINT)
