@@ -12,6 +12,7 @@ import pytest
 
 from coevol.cli import report as report_cli
 from coevol.cli.main import main
+from coevol.judge_check.run import load_pairs
 from coevol.testing import ThreadedServer
 
 from .compare_support import (
@@ -98,6 +99,24 @@ def test_dry_run_sends_nothing(
     assert code == 0
     assert "6 pairs, 1 identical (ties, no call); 10 judge calls (up to 30 with re-asks)" in out
     assert server.count() == 0 and not (tmp_path / "r.json").exists()
+    assert "--judge-check" not in out
+
+
+@pytest.mark.parametrize("command", ["compare", "refine"])
+def test_a_dry_run_counts_the_judge_check_s_calls(
+    tmp_path: Path, server: ThreadedServer, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    base, cand = _files(tmp_path)
+    files = [str(base), str(cand)] if command == "compare" else [str(base)]
+    out_path = tmp_path / ("r.json" if command == "compare" else "out.jsonl")
+    flags = ["--base-url", server.base_url, "--judge-check", "--judge-reasks", "1", "--dry-run"]
+    assert main([command, *files, "-o", str(out_path), *flags]) == 0
+    pairs = len(load_pairs())
+    assert (
+        f"--judge-check first: {2 * pairs} judge calls ({pairs} built-in pairs in both orders; + up to "
+        f"{2 * pairs} re-asks), not in the figures above" in capsys.readouterr().out
+    )
+    assert server.count() == 0 and not out_path.exists()
 
 
 def test_a_mismatch_is_one_error_line_naming_the_row(

@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from coevol.cli.console import signal_handled, term_cancels
 from coevol.cli.exit_codes import (
     EXIT_BUDGET,
     EXIT_INTERRUPTED,
@@ -117,6 +118,7 @@ def _config(ns: argparse.Namespace) -> Config:
 
 
 def _dry_run(ns: argparse.Namespace, config: Config) -> int:
+    from coevol.cli.run import judge_check_cost
     from coevol.compare.dryrun import estimate_units, format_estimates
     from coevol.compare.run import judge_config, plan_comparison
     from coevol.compare.units import Misaligned
@@ -136,6 +138,7 @@ def _dry_run(ns: argparse.Namespace, config: Config) -> int:
             estimate = estimate_units(str(cand), plan.candidates[0].units, prompts, cfg)
         estimates.append(estimate)
     sys.stdout.write(inert(format_estimates(estimates)))
+    judge_check_cost(cfg)
     return EXIT_OK
 
 
@@ -195,30 +198,16 @@ def run(ns: argparse.Namespace) -> int:
     async def go() -> Any:
         from coevol.compare.run import acompare_files
 
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-
-        def on_sigterm() -> None:
-            terminated.append(signal.SIGTERM)
-            if task is not None:
-                task.cancel()
-
-        previous = signal.getsignal(signal.SIGTERM)  # asyncio restores SIG_DFL, not this
-        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-        try:
-            with _Display(err, ns.quiet) as display:
-                return await acompare_files(
-                    ns.baseline,
-                    ns.candidates,
-                    ns.output,
-                    config,
-                    rule=ns.rule,
-                    input_format=ns.input_format,
-                    progress=display,
-                )
-        finally:
-            loop.remove_signal_handler(signal.SIGTERM)
-            signal.signal(signal.SIGTERM, previous)
+        with signal_handled(signal.SIGTERM, term_cancels(terminated)), _Display(err, ns.quiet) as display:
+            return await acompare_files(
+                ns.baseline,
+                ns.candidates,
+                ns.output,
+                config,
+                rule=ns.rule,
+                input_format=ns.input_format,
+                progress=display,
+            )
 
     try:
         result = asyncio.run(go())

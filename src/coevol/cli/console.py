@@ -7,10 +7,14 @@ cannot raise and ``[parquet]`` is not eaten) from strings passed through ``texts
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import os
+import signal
 import sqlite3
 import traceback
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
 from rich.text import Text
@@ -24,7 +28,9 @@ __all__ = [
     "describe_unexpected",
     "error_text",
     "print_error",
+    "signal_handled",
     "stderr_console",
+    "term_cancels",
 ]
 
 DEBUG_ENV = "COEVOL_DEBUG"
@@ -34,6 +40,34 @@ DEBUG_ENV = "COEVOL_DEBUG"
 def stderr_console() -> Console:
     """The console for progress, summaries and errors: stderr, no automatic highlighting."""
     return Console(stderr=True, highlight=False)
+
+
+@contextlib.contextmanager
+def signal_handled(signum: int, handler: Callable[[], object]) -> Iterator[None]:
+    """``handler`` runs in the event loop on ``signum`` while inside; on the way out the handler
+    from before comes back (asyncio would restore the default instead, and then a SIGTERM while the
+    summary prints would no longer exit 143)."""
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signum)
+    loop.add_signal_handler(signum, handler)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signum)
+        signal.signal(signum, previous)
+
+
+def term_cancels(terminated: list[int]) -> Callable[[], None]:
+    """A SIGTERM handler that cancels the running task and notes the signal in ``terminated``, so
+    the command can tell a termination (exit 143) from an interrupt (130)."""
+    task = asyncio.current_task()
+
+    def on_sigterm() -> None:
+        terminated.append(signal.SIGTERM)
+        if task is not None:
+            task.cancel()
+
+    return on_sigterm
 
 
 def debug_enabled() -> bool:

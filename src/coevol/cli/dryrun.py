@@ -29,6 +29,7 @@ __all__ = [
     "estimate",
     "format_estimate",
     "format_expected",
+    "judge_check_line",
     "measured_rows",
 ]
 
@@ -122,6 +123,14 @@ def format_expected(measured: Measured, examples: int, prices: dict[str, tuple[f
     return (
         f"{text} for the {rows} rows left (at the {measured.calls_per_row:.1f} calls per row of the "
         f"{measured.rows} {noun} already refined in {measured.store.name}, which replay for nothing)"
+    )
+
+
+def judge_check_line(pairs: int, reasks: int) -> str:
+    """What ``--judge-check`` adds before the run: each built-in pair judged in both orders. Pure."""
+    return (
+        f"--judge-check first: {2 * pairs} judge calls ({pairs} built-in pairs in both orders; + up to "
+        f"{2 * pairs * reasks} re-asks), not in the figures above; a rerun replays them from the store"
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -14,6 +15,7 @@ from typing import Any
 
 from rich.text import Text
 
+from coevol.cli.console import signal_handled, term_cancels
 from coevol.cli.exit_codes import (
     EXIT_BUDGET,
     EXIT_ERROR,
@@ -31,7 +33,7 @@ from coevol.io.readers import count_rows, require_usable_row
 from coevol.judge_check.run import JudgeCheckFailed
 from coevol.textsafe import inert_line
 
-__all__ = ["refine_command"]
+__all__ = ["judge_check_cost", "refine_command"]
 
 
 def _error(err: Any, message: str) -> None:
@@ -61,11 +63,21 @@ def _dry_run(ns: argparse.Namespace, config: Config) -> int:
         calls_per_second=ns.rate,
     )
     sys.stdout.write(format_estimate(est))
+    judge_check_cost(config)
     store = config.cache or _paths(ns, config).store
     measured = measured_rows(Path(store))
     if measured is not None and est.examples:
         sys.stdout.write(format_expected(measured, est.examples, config.prices() or {}) + "\n")
     return EXIT_OK
+
+
+def judge_check_cost(config: Config) -> None:
+    """The dry run's line for ``--judge-check``'s own calls, when it is on."""
+    if config.judge_check:
+        from coevol.cli.dryrun import judge_check_line
+        from coevol.judge_check.run import load_pairs
+
+        sys.stdout.write(judge_check_line(len(load_pairs()), config.judge_reasks) + "\n")
 
 
 def _calls_per_row(config: Config) -> float:
@@ -177,17 +189,9 @@ def refine_command(ns: argparse.Namespace, config: Config, err: Any) -> int:
         live = _Live(display)
         ticker = asyncio.create_task(_tick(live))
         task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-
-        def on_sigterm() -> None:
-            terminated.append(signal.SIGTERM)
-            if task is not None:
-                task.cancel()
-
-        previous = signal.getsignal(signal.SIGTERM)  # asyncio restores SIG_DFL, not this
-        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-        previous_int = signal.getsignal(signal.SIGINT)
-        loop.add_signal_handler(signal.SIGINT, _Interrupt(err, live, task))
+        signals = contextlib.ExitStack()
+        signals.enter_context(signal_handled(signal.SIGTERM, term_cancels(terminated)))
+        signals.enter_context(signal_handled(signal.SIGINT, _Interrupt(err, live, task)))
         code = EXIT_OK
         result = None
         try:
@@ -223,10 +227,7 @@ def refine_command(ns: argparse.Namespace, config: Config, err: Any) -> int:
                 return EXIT_ERROR
             code = EXIT_ERROR
         finally:
-            loop.remove_signal_handler(signal.SIGTERM)
-            signal.signal(signal.SIGTERM, previous)  # a SIGTERM during the summary still exits 143
-            loop.remove_signal_handler(signal.SIGINT)
-            signal.signal(signal.SIGINT, previous_int)
+            signals.close()  # the handlers from before: a SIGTERM during the summary still exits 143
         paths = _paths(ns, config)
         if getattr(ns, "executor", "local") == "ray":  # its stores live in the shards' folder
             paths = dataclasses.replace(paths, store=ns.work_dir or paths.shards)
