@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from coevol.cli.exit_codes import EXIT_JUDGE_POSITION, EXIT_JUDGE_UNUSABLE, EXIT_OK
+from coevol.cli.exit_codes import EXIT_BUDGET, EXIT_JUDGE_POSITION, EXIT_JUDGE_UNUSABLE, EXIT_OK
 from coevol.domain import DigitProbs, JudgeOrderTrace, JudgeTrace
 from coevol.judge_check import CheckPair, JudgeVerdict, load_pairs, summarize
 from coevol.judge_check.metrics import PairResult
@@ -234,6 +234,26 @@ def test_compare_judge_check_stops_before_judging_the_files(tmp_path: Path) -> N
         sent = server.count()
     assert proc.returncode == EXIT_JUDGE_POSITION, proc.stderr
     assert sent == 2 * len(PAIRS) and not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("command", ["refine", "compare"])
+def test_max_budget_counts_the_judge_check_s_calls(tmp_path: Path, command: str) -> None:
+    from tests.compare_support import BASE_OUTPUTS, CAND_OUTPUTS, alpaca, write_rows
+
+    base = write_rows(tmp_path / "base.jsonl", alpaca(BASE_OUTPUTS))
+    cand = write_rows(tmp_path / "cand.jsonl", alpaca(CAND_OUTPUTS))
+    files = (base, cand) if command == "compare" else (base,)
+    out = tmp_path / ("r.json" if command == "compare" else "out.jsonl")
+    with ThreadedServer(responder=always_2) as server:
+        proc = run_cli(
+            command, *files, "-o", out, "--base-url", server.base_url, "--model", "m", "--judge-check",
+            "--quiet", "--price-prompt", "1000", "--price-completion", "1000", "--max-budget", "0.5",
+            "--concurrency", "1",
+        )  # fmt: skip
+        roles = _roles(server)
+    assert proc.returncode == EXIT_BUDGET, proc.stderr
+    assert set(roles) == {"judge"} and 0 < len(roles) < 2 * len(PAIRS)  # stopped inside the check
+    assert not out.exists()
 
 
 def test_judge_check_is_refused_with_ray() -> None:
