@@ -14,7 +14,8 @@ each in its own process with its own store, so a rerun replays and no run borrow
 written beside the outputs: at 0 a node's three children would be the same edit), then one
 ``coevol compare DATA full tree ctree``. The script prints, and writes to ``DIR/ablation.md`` (the
 figures also to ``DIR/ablation.json``), one Markdown row per run: what the run did (rows changed,
-stop reasons), what it spent (requests and tokens per row, wall time) and the compare judge's
+stop reasons, rows where it proposed anything new at all), what it spent (requests and tokens
+per row, the wall time of the run that produced the output: a rerun keeps it) and the compare judge's
 win/tie/loss against the original, with the judge's own finding when it looks position-driven. A
 rerun with the same DIR pays nothing: every call comes back from the stores.
 """
@@ -33,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from coevol.domain import COEVOL_ROLES, Role
+from coevol.domain import COEVOL_ROLES, Role, TurnTrace
 from coevol.io.tracefile import read_trace
 
 MODES: dict[str, list[str]] = {
@@ -57,6 +58,7 @@ class Run:
     rows: int = 0
     changed: int = 0
     failed: int = 0
+    found: int = 0  # rows where the run proposed a response other than the original, kept or not
     requests: int = 0
     tokens: int = 0
     stops: Counter[str] = field(default_factory=Counter)
@@ -74,6 +76,19 @@ def subset(data: Path, limit: int | None, out: Path) -> Path:
         rows = json.loads(data.read_text(encoding="utf-8"))
         target.write_text(json.dumps(rows[:limit], ensure_ascii=False, indent=1), encoding="utf-8")
     return target
+
+
+def refine(output: Path, args: list[str]) -> float:
+    """``coevol refine ... -o OUTPUT``; the seconds of the run that produced OUTPUT. A rerun that
+    finds OUTPUT done replays it from the store in seconds, so the first run's time (kept beside
+    it) stands."""
+    kept = output.with_name(output.name + ".seconds")
+    done = output.exists() and kept.exists()
+    seconds = coevol(["refine", *args, "-o", str(output)])
+    if done:
+        return float(kept.read_text(encoding="utf-8"))
+    kept.write_text(f"{seconds!r}\n", encoding="utf-8")
+    return seconds
 
 
 def coevol(args: list[str]) -> float:
@@ -108,16 +123,24 @@ def read_run(mode: str, seconds: float, trace: Path) -> Run:
             run.requests += usage.calls
             run.tokens += usage.prompt_tokens + usage.completion_tokens
         run.stops.update(str(t.stop_reason) for t in record.turns)
+        run.found += any(_proposed(t) for t in record.turns)
     return run
+
+
+def _proposed(turn: TurnTrace) -> bool:
+    """Did the run propose a response other than the original for this turn (an edit, a node)?"""
+    if turn.tree is not None:
+        return any(n.response not in (None, turn.original) for n in turn.tree.nodes)
+    return any(i.edited not in (None, turn.original) for i in turn.iterations)
 
 
 def table(runs: list[Run], compared: dict[str, Any]) -> str:
     rows = {r["candidate"]: r for r in compared["table"]}
     findings = {c["candidate"]: c.get("finding") for c in compared["candidates"]}
     head = (
-        "| strategy | rows changed | stop reasons | requests / row | tokens / row | s / row "
-        "| vs original: win / tie / loss | win rate (95% CI) |\n"
-        "| --- | ---: | --- | ---: | ---: | ---: | --- | --- |\n"
+        "| strategy | rows changed | rows with a new candidate | stop reasons (per turn) | requests / row "
+        "| tokens / row | s / row | vs original: win / tie / loss | win rate (95% CI) |\n"
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | --- | --- |\n"
     )
     lines = []
     for run in runs:
@@ -126,7 +149,8 @@ def table(runs: list[Run], compared: dict[str, Any]) -> str:
         stops = ", ".join(f"{k} {v}" for k, v in run.stops.most_common())
         failed = f" ({run.failed} failed)" if run.failed else ""
         lines.append(
-            f"| {LABELS[run.mode]} | {run.changed} of {run.rows}{failed} | {stops} | {run.requests / n:.1f} "
+            f"| {LABELS[run.mode]} | {run.changed} of {run.rows}{failed} | {run.found} | {stops} "
+            f"| {run.requests / n:.1f} "
             f"| {run.tokens / n:,.0f} | {run.seconds / n:.1f} | {c['win']} / {c['tie']} / {c['loss']} "
             f"| {c['win_rate']:.2f} ({c['low']:.2f}-{c['high']:.2f}) |"
         )
@@ -157,7 +181,7 @@ def main() -> None:
     for mode in ns.modes:
         output = ns.out / f"{mode}{data.suffix}"
         own = ctree_config(ns.out, ns.config, ns.ctree_temperature) if mode == "ctree" else config
-        seconds = coevol(["refine", str(data), "-o", str(output), "-q", *MODES[mode], *own, *flags])
+        seconds = refine(output, [str(data), "-q", *MODES[mode], *own, *flags])
         runs.append(read_run(mode, seconds, Path(f"{output}.trace.jsonl")))
         outputs.append(str(output))
         print(f"{mode}: {seconds:.0f} s", file=sys.stderr, flush=True)
