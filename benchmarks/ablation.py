@@ -137,6 +137,7 @@ def _proposed(turn: TurnTrace) -> bool:
 def table(runs: list[Run], compared: dict[str, Any]) -> str:
     rows = {r["candidate"]: r for r in compared["table"]}
     findings = {c["candidate"]: c.get("finding") for c in compared["candidates"]}
+    undecided = {c["candidate"]: c["unparseable"] + c["failed"] for c in compared["candidates"]}
     head = (
         "| strategy | rows changed | rows with a new candidate | stop reasons (per turn) | requests / row "
         "| tokens / row | s / row | vs original: win / tie / loss | win rate (95% CI) |\n"
@@ -145,13 +146,14 @@ def table(runs: list[Run], compared: dict[str, Any]) -> str:
     lines = []
     for run in runs:
         n = max(run.rows, 1)
-        c = next(v for k, v in rows.items() if Path(k).stem == run.mode)
+        name, c = next((k, v) for k, v in rows.items() if Path(k).stem == run.mode)
+        left = f" ({undecided[name]} undecided)" if undecided[name] else ""
         stops = ", ".join(f"{k} {v}" for k, v in run.stops.most_common())
         failed = f" ({run.failed} failed)" if run.failed else ""
         lines.append(
             f"| {LABELS[run.mode]} | {run.changed} of {run.rows}{failed} | {run.found} | {stops} "
             f"| {run.requests / n:.1f} "
-            f"| {run.tokens / n:,.0f} | {run.seconds / n:.1f} | {c['win']} / {c['tie']} / {c['loss']} "
+            f"| {run.tokens / n:,.0f} | {run.seconds / n:.1f} | {c['win']} / {c['tie']} / {c['loss']}{left} "
             f"| {c['win_rate']:.2f} ({c['low']:.2f}-{c['high']:.2f}) |"
         )
     notes = sorted({f for f in findings.values() if f})
