@@ -118,7 +118,7 @@ def _config(ns: argparse.Namespace) -> Config:
 
 
 def _dry_run(ns: argparse.Namespace, config: Config) -> int:
-    from coevol.cli.run import judge_check_cost
+    from coevol.cli.dryrun import judge_check_cost
     from coevol.compare.dryrun import estimate_units, format_estimates
     from coevol.compare.run import judge_config, plan_comparison
     from coevol.compare.units import Misaligned

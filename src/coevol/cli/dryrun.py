@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ __all__ = [
     "estimate",
     "format_estimate",
     "format_expected",
+    "judge_check_cost",
     "judge_check_line",
     "measured_rows",
 ]
@@ -132,6 +134,14 @@ def judge_check_line(pairs: int, reasks: int) -> str:
         f"--judge-check first: {2 * pairs} judge calls ({pairs} built-in pairs in both orders; + up to "
         f"{2 * pairs * reasks} re-asks), not in the figures above; a rerun replays them from the store"
     )
+
+
+def judge_check_cost(config: Config) -> None:
+    """Print the dry run's line for ``--judge-check``'s own calls, when it is on."""
+    if config.judge_check:
+        from coevol.judge_check.run import load_pairs
+
+        sys.stdout.write(judge_check_line(len(load_pairs()), config.judge_reasks) + "\n")
 
 
 def _tree_line(tree: TreeSettings) -> str:

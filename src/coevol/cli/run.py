@@ -33,7 +33,7 @@ from coevol.io.readers import count_rows, require_usable_row
 from coevol.judge_check.run import JudgeCheckFailed
 from coevol.textsafe import inert_line
 
-__all__ = ["judge_check_cost", "refine_command"]
+__all__ = ["refine_command"]
 
 
 def _error(err: Any, message: str) -> None:
@@ -50,7 +50,7 @@ def _total(ns: argparse.Namespace) -> int | None:
 
 
 def _dry_run(ns: argparse.Namespace, config: Config) -> int:
-    from coevol.cli.dryrun import estimate, format_estimate, format_expected, measured_rows
+    from coevol.cli.dryrun import estimate, format_estimate, format_expected, judge_check_cost, measured_rows
     from coevol.prompts.templates import load_prompts
 
     est = estimate(
@@ -69,15 +69,6 @@ def _dry_run(ns: argparse.Namespace, config: Config) -> int:
     if measured is not None and est.examples:
         sys.stdout.write(format_expected(measured, est.examples, config.prices() or {}) + "\n")
     return EXIT_OK
-
-
-def judge_check_cost(config: Config) -> None:
-    """The dry run's line for ``--judge-check``'s own calls, when it is on."""
-    if config.judge_check:
-        from coevol.cli.dryrun import judge_check_line
-        from coevol.judge_check.run import load_pairs
-
-        sys.stdout.write(judge_check_line(len(load_pairs()), config.judge_reasks) + "\n")
 
 
 def _calls_per_row(config: Config) -> float:
