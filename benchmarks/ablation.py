@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from coevol.domain import COEVOL_ROLES, Role, TurnTrace
-from coevol.io.tracefile import read_trace
+from coevol.io.tracefile import Unreadable, read_trace
 
 MODES: dict[str, list[str]] = {
     "full": [],
@@ -116,6 +116,8 @@ def ctree_config(out: Path, base: Path | None, temperature: float) -> list[str]:
 def read_run(mode: str, seconds: float, trace: Path) -> Run:
     run = Run(mode, seconds)
     for record in read_trace(trace):
+        if isinstance(record, Unreadable):
+            raise SystemExit(f"{trace}: {record.message}")
         run.rows += 1
         run.changed += record.status == "refined"
         run.failed += record.status == "failed"

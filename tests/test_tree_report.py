@@ -7,7 +7,11 @@ import json
 import time
 from pathlib import Path
 
+from coevol.audit import JudgeAudit
 from coevol.cli.report import run
+from coevol.domain import TraceRecord
+from coevol.io.tracefile import read_trace
+from coevol.testing.responders import CoEvolResponder, accept_up_to
 from coevol.testing.tree import Label, TreeResponder
 
 from .engine_support import ThreadedServer, refine_file, write_jsonl
@@ -99,3 +103,29 @@ def test_the_tree_view_in_a_real_browser(tmp_path: Path) -> None:
         assert title == f"deep {HOSTILE}"[:400]
     finally:
         browser.quit()
+
+
+def test_the_judge_audit_and_fig3_read_a_coevol_tree_s_children(tmp_path: Path) -> None:
+    """A CoEvol tree's judgments live on its nodes, not in the loop's iterations: the audit counts
+    each judged child, and its debates and advice are the turn's iterations for every reader."""
+    data = write_jsonl(tmp_path / "in.jsonl", [{"instruction": "C", "input": "", "output": "never"}])
+    out = tmp_path / "out.json"
+    responder = TreeResponder(votes, fallback=CoEvolResponder(accept_up_to(0)))
+    tree = {"expand": "coevol", "value": "pairwise", "depth": 2}
+    with ThreadedServer(responder=responder) as server:
+        asyncio.run(refine_file(server.base_url, data, out, strategy="tree", tree=tree))
+    (record,) = read_trace(Path(f"{out}.trace.jsonl"))
+    assert isinstance(record, TraceRecord)
+    turn = record.turns[0]
+    assert turn.tree is not None and not turn.iterations  # the loop never ran
+    judged = [n.judge for n in turn.tree.nodes if n.judge is not None]
+    expanded = [n.iteration for n in turn.tree.nodes if n.iteration is not None]
+    assert len(judged) >= 1 and len(expanded) >= 3
+    assert list(turn.judgments()) == judged and list(turn.all_iterations()) == expanded
+    audit = JudgeAudit()
+    audit.add_record(record)
+    assert audit.comparisons + audit.unparseable == len(judged)
+    assert run(_cli(str(out), "--tokenizer", "words", "--no-directions")) == 0
+    report = json.loads(Path(f"{out}.report.json").read_text())
+    assert report["judge"]["comparisons"] == audit.comparisons > 0
+    assert report["judge"]["primacy"] == audit.primacy and report["judge"]["recency"] == audit.recency

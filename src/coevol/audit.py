@@ -67,7 +67,7 @@ def preference_fairness(primacy: int, recency: int) -> float:
 
 @dataclass(slots=True)
 class JudgeAudit:
-    """Position-bias counts over iterations judged in both orders."""
+    """Position-bias counts over judgments made in both orders (the loop's, a tree's pairwise values)."""
 
     comparisons: int = 0
     consistent: int = 0
@@ -112,9 +112,8 @@ class JudgeAudit:
         """Every judged iteration of one record: what a live display calls per finished row, then
         ``judge_finding(audit.to_dict())`` to warn while the run goes on."""
         for turn in record.turns:
-            for it in turn.iterations:
-                if it.judge is not None:
-                    self.add(it.judge)
+            for judge in turn.judgments():
+                self.add(judge)
 
     def merge(self, other: JudgeAudit) -> None:
         """Add another audit's counts (shards of one run, each audited apart)."""

@@ -44,7 +44,7 @@ version written, ``READABLE_SCHEMAS`` the versions read; a line of another versi
 from __future__ import annotations
 
 import builtins
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated, Any, Protocol, TypeVar
@@ -500,6 +500,22 @@ class TurnTrace(_Encodes):
     iterations: list[IterationTrace] = field(default_factory=list)
     failure: Failure | None = None  # the call that stopped the loop (an error or the context limit)
     tree: IfSet[TreeTrace] = None  # the tree strategy's search (schema 3); None for the CoEvol loop
+
+    def all_iterations(self) -> Iterator[IterationTrace]:
+        """The loop's iterations, then those of each tree node a CoEvol expansion made (node order):
+        every debate, advice and edit of the turn, for readers that count them (Fig. 3)."""
+        yield from self.iterations
+        if self.tree is not None:
+            yield from (n.iteration for n in self.tree.nodes if n.iteration is not None)
+
+    def judgments(self) -> Iterator[JudgeTrace]:
+        """Every both-orders judgment of the turn: the loop's, and a tree's pairwise values (each
+        judged child against the original), for the judge audit."""
+        for it in self.all_iterations():
+            if it.judge is not None:
+                yield it.judge
+        if self.tree is not None:
+            yield from (n.judge for n in self.tree.nodes if n.judge is not None)
 
 
 @dataclass(frozen=True, slots=True)

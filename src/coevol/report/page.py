@@ -226,7 +226,7 @@ def _judge_table(j: dict[str, Any]) -> str:
         return "" if n == 0 else f"{v / n:.1%}"
 
     rows = [
-        ("comparisons (iterations judged in both orders)", _num(n), ""),
+        ("comparisons (edits, or tree children, judged in both orders)", _num(n), ""),
         (
             "consistent: the same response preferred in both orders, or two ties",
             _num(j["consistent"]),
@@ -249,8 +249,8 @@ def _judge_table(j: dict[str, Any]) -> str:
             "",
         ),
         ("comparisons with a tie in an order", _num(j["ties"]), share(j["ties"])),
-        ("iterations with a verdict left unparseable", _num(j["unparseable"]), ""),
-        ("iterations judged in one order only (early exit)", _num(j.get("single_order")), ""),
+        ("judgments with a verdict left unparseable", _num(j["unparseable"]), ""),
+        ("judgments made in one order only (early exit)", _num(j.get("single_order")), ""),
         (
             "--judge prob: mean position bias in probability (mean P(position 1) − 0.5)",
             "-" if j.get("prob_position_bias") is None else f"{j['prob_position_bias']:+.3f}",

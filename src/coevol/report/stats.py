@@ -98,7 +98,7 @@ def is_unusual(record: TraceRecord) -> bool:
     for turn in record.turns:
         if turn.stop_reason in _UNUSUAL_STOPS or turn.failure is not None:
             return True
-        for it in turn.iterations:
+        for it in turn.all_iterations():
             answers = [it.suggestions, it.edit]
             if it.debate is not None:
                 answers += [
@@ -181,11 +181,12 @@ class ReportBuilder:
             if self.count_tokens is not None:
                 self.original_len[self.count_tokens(turn.original)] += 1
                 self.final_len[self.count_tokens(turn.final)] += 1
-            for it in turn.iterations:
+            for it in turn.all_iterations():
                 if it.suggestions is not None and self.extract is not None:
                     self._offer_lines(it.suggestions.text)
-                if it.judge is not None:
-                    self.judge.add(it.judge)
+            for judge in turn.judgments():
+                self.judge.add(judge)
+            for it in turn.iterations:
                 if it.accepted:
                     self.judge.add_accepted(self._longer(it.previous, it.edited))
 
